@@ -1,0 +1,3 @@
+from batchnlp.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""Length-sorted, token-budget batches through a torch DataLoader.
+
+Rows of a shard are sorted longest first and packed so that (rows in batch) x (longest row)
+stays under the budget: padding waste is small and the largest batch comes first, so an
+out-of-memory error shows at once rather than at the end. The collate pads with the tokenizer's
+own `pad` (right padding, the model's pad id, an attention mask).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int,
+                         overhead_tokens: int = 256) -> list[list[int]]:
+    """Row indices grouped into batches, longest rows first, each within the token budget.
+
+    Greedy filling up to the budget pads short rows to the longest of a wide length range when a
+    shard is small. Instead the sorted rows are cut where it is cheapest: each batch costs its
+    padded tokens (rows x longest) plus a fixed `overhead_tokens` (the per-forward cost in token
+    equivalents), minimised exactly by dynamic programming over the sorted order. A row longer
+    than the whole budget gets a batch of its own rather than being dropped.
+    """
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")  # ties keep input order
+    sorted_lengths = np.asarray(lengths, dtype=np.int64)[order]
+    n = len(order)
+    best = np.zeros(n + 1)  # best[j]: cheapest cost of batching the first j sorted rows
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        # Candidate starts i of the last batch [i, j): its longest row is sorted_lengths[i].
+        low = max(0, j - max_batch_size)
+        starts = np.arange(low, j)
+        rows = j - starts
+        fits = rows * sorted_lengths[starts] <= batch_tokens
+        fits[-1] = True  # a single row always forms a batch
+        cost = np.where(fits, best[starts] + rows * sorted_lengths[starts] + overhead_tokens, np.inf)
+        k = int(np.argmin(cost))
+        best[j], cut[j] = cost[k], starts[k]
+    batches = []
+    j = n
+    while j > 0:
+        batches.append(order[cut[j]:j].tolist())
+        j = int(cut[j])
+    return batches[::-1]
+
+
+class EncodedRows(Dataset):
+    def __init__(self, rows: Sequence[dict[str, list[int]]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, list[int]]]:
+        return i, self.rows[i]
+
+
+class PadCollate:
+    """A picklable collate (DataLoader workers need one) that pads a batch to its longest row."""
+
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None):
+        self.tokenizer = tokenizer
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: list[tuple[int, dict[str, list[int]]]]) -> tuple[list[int], dict[str, torch.Tensor]]:
+        indices = [i for i, _ in items]
+        batch = self.tokenizer.pad([row for _, row in items], padding=True, return_tensors="pt",
+                                   pad_to_multiple_of=self.pad_to_multiple_of)
+        return indices, dict(batch)
+
+
+def loader(rows: Sequence[dict[str, list[int]]], batches: list[list[int]], tokenizer: Any, num_workers: int,
+           pin_memory: bool) -> DataLoader:
+    return DataLoader(EncodedRows(rows), batch_sampler=batches, collate_fn=PadCollate(tokenizer),
+                      num_workers=num_workers, pin_memory=pin_memory)

@@ -1,0 +1,139 @@
+"""The `batchnlp` command. Exit status: 0 success, 2 a user error (one line on stderr), 1 a bug.
+
+torch and transformers are imported inside `run` only, so `--help`, `validate`, `inspect` and
+`tasks` answer at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from batchnlp import __version__
+from batchnlp.errors import UserError
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError into one line and exit status 2; let bugs raise (click exits 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchnlp")
+def main() -> None:
+    """Annotate corpora with Hugging Face models: streaming, resumable, reproducible."""
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Discard any earlier output of this or another job and start over.")
+@click.option("--limit", type=click.IntRange(min=1), help="Annotate only the first N input rows.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@user_errors
+def run(job: str, overwrite: bool, limit: int | None, quiet: bool) -> None:
+    """Run JOB (a YAML or TOML job spec), resuming its output if it was interrupted."""
+    from batchnlp.runner import run as run_job
+    from batchnlp.spec import load_spec
+    from batchnlp.write.manifest import MANIFEST_NAME
+
+    result = run_job(load_spec(job), overwrite=overwrite, limit=limit, quiet=quiet)
+    if result.shards_written == 0 and result.resumed_from:
+        click.echo(f"{result.output}: already complete ({result.resumed_from} parts); "
+                   "nothing to do (--overwrite reruns it)")
+        return
+    resumed = f", resumed after {result.resumed_from} committed parts" if result.resumed_from else ""
+    click.echo(f"{result.output}: wrote {result.rows_written} rows in {result.shards_written} parts{resumed}; "
+               f"manifest: {result.output / MANIFEST_NAME}")
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@user_errors
+def validate(job: str) -> None:
+    """Check JOB without running it: the spec, the input files and columns, the model source."""
+    from batchnlp.model import source
+    from batchnlp.read.plan import check_columns
+    from batchnlp.read import files
+    from batchnlp.spec import load_spec
+
+    spec = load_spec(job)
+    if spec.input.path:
+        paths = files.discover(spec.input)
+        for path in paths:
+            check_columns(spec.input, files.schema(spec.input, path), str(path))
+        where = f"{len(paths)} {spec.input.format or 'input'} file(s)"
+    else:
+        where = f"dataset {spec.input.dataset}"
+    source.check(spec.model)
+    click.echo(f"{job}: ok — task {spec.task.name} on {where}, model {spec.model.source}, "
+               f"output {spec.output.path}")
+
+
+@main.command()
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@user_errors
+def inspect(output_dir: str, as_json: bool) -> None:
+    """Summarise an output directory from its manifest."""
+    from batchnlp.errors import OutputConflictError
+    from batchnlp.write.lock import is_locked
+    from batchnlp.write.manifest import MANIFEST_NAME, Manifest
+
+    directory = Path(output_dir)
+    manifest = Manifest.load(directory)
+    if manifest is None:
+        raise OutputConflictError(f"{directory}: no {MANIFEST_NAME} here; is this a batchnlp output directory?")
+    data = manifest.data
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    status = data["status"]
+    if status == "running" and not is_locked(directory):
+        status = "interrupted (rerun the job to resume)"
+    totals, planned, model = data["totals"], data["planned"], data["model"]
+    model_name = model.get("id") or model.get("package") or model.get("path")
+    pinned = model.get("commit_sha") or model.get("version") or ""
+    last_run = data["runs"][-1] if data["runs"] else {}
+    lines = [
+        f"output:   {directory}",
+        f"status:   {status}",
+        f"task:     {data['job']['resolved']['task']['name']}",
+        f"model:    {model_name} {pinned} ({model.get('architecture')})",
+        f"rows:     {totals.get('rows', 0)} of {planned.get('rows')}",
+        f"parts:    {totals.get('shards', 0)} of {planned.get('shards')}",
+        f"errors:   {totals.get('errors', 0)} rows with an error",
+        f"speed:    {totals.get('rows_per_second')} rows/s, {totals.get('tokens_per_second')} tokens/s, "
+        f"padding efficiency {totals.get('padding_efficiency')}",
+        f"device:   {last_run.get('device')} {last_run.get('weights_dtype')}"
+        + (f" (autocast {last_run['autocast_dtype']})" if last_run.get("autocast_dtype") else ""),
+        f"runs:     {len(data['runs'])}, started {data['started_at']}, finished {data['finished_at']}",
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command()
+def tasks() -> None:
+    """List the tasks and their parameters."""
+    from batchnlp.spec import field_docs
+    from batchnlp.tasks import task_class, task_names
+
+    for name in task_names():
+        cls = task_class(name)
+        click.echo(f"{name}: {cls.description}")
+        for field, default, doc in field_docs(cls.Params):
+            click.echo(f"    {field} (default {default}): {doc}")
+        click.echo("")

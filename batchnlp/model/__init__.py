@@ -1,0 +1,1 @@
+"""Model sources, device and precision, loading."""

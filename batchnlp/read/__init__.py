@@ -1,0 +1,1 @@
+"""Reading input: files, Hugging Face datasets, the shard plan."""

@@ -1,0 +1,123 @@
+"""Input files (CSV, Parquet, JSONL) through pyarrow.dataset: discovery, schema, streaming batches.
+
+Errors from pyarrow are rewritten into one line naming the file and, where pyarrow knows it,
+the row; the raw text of pyarrow's message is kept after that.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.json as pajson
+
+from batchnlp.errors import InputError
+from batchnlp.spec import InputSpec
+
+EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
+# Rows pyarrow reads at a time: small enough to bound memory, big enough to be fast.
+BATCH_ROWS = 8192
+
+
+def discover(spec: InputSpec) -> list[Path]:
+    """The input files in a deterministic order (sorted paths); hidden and `_`-prefixed files skipped."""
+    raw = spec.path
+    path = Path(raw)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = [p for p in sorted(path.rglob("*")) if p.is_file() and _wanted(p, spec.format)]
+    elif any(c in raw for c in "*?["):
+        files = [Path(p) for p in sorted(glob.glob(raw, recursive=True)) if Path(p).is_file()]
+        files = [p for p in files if not p.name.startswith((".", "_"))]
+    else:
+        raise InputError(f"input.path: {raw} does not exist (paths are relative to the working directory "
+                         f"{Path.cwd()})")
+    if not files:
+        raise InputError(f"input.path: no {spec.format or 'input'} files found at {raw}")
+    formats = {spec.format or _format_of(p) for p in files}
+    if None in formats or len(formats) > 1:
+        raise InputError(f"input.format: cannot tell one format for the files at {raw}; set input.format")
+    for p in files:
+        if p.stat().st_size == 0:
+            raise InputError(f"{p}: the file is empty (0 bytes); remove it or fill it")
+    return files
+
+
+def _wanted(path: Path, fmt: str | None) -> bool:
+    if path.name.startswith((".", "_")):
+        return False
+    return _format_of(path) == fmt if fmt else _format_of(path) is not None
+
+
+def _format_of(path: Path) -> str | None:
+    for fmt, exts in EXTENSIONS.items():
+        if path.suffix.lower() in exts:
+            return fmt
+    return None
+
+
+def file_format(spec: InputSpec, path: Path) -> ds.FileFormat:
+    fmt = spec.format or _format_of(path)
+    text_columns = {c: pa.string() for c in (spec.text_column, spec.text_pair_column) if c}
+    if fmt == "csv":
+        # Text columns are read as strings, never inferred, so bytes that are not valid text fail
+        # loudly (with the row) instead of becoming a binary column.
+        return ds.CsvFileFormat(
+            read_options=pacsv.ReadOptions(encoding=spec.encoding, block_size=1 << 22),
+            convert_options=pacsv.ConvertOptions(column_types=text_columns, strings_can_be_null=True))
+    if fmt == "jsonl":
+        return ds.JsonFileFormat(read_options=pajson.ReadOptions(block_size=1 << 22))
+    return ds.ParquetFileFormat()
+
+
+def open_dataset(spec: InputSpec, path: Path) -> ds.Dataset:
+    try:
+        return ds.dataset(str(path), format=file_format(spec, path))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, LookupError) as e:
+        raise InputError(describe(path, e)) from None
+
+
+def schema(spec: InputSpec, path: Path) -> pa.Schema:
+    return open_dataset(spec, path).schema
+
+
+def count_rows(spec: InputSpec, path: Path) -> int:
+    """Rows in a file. Parquet reads its metadata; CSV and JSONL are parsed whole, which also
+    surfaces a malformed row before anything is written."""
+    dataset = open_dataset(spec, path)
+    try:
+        if (spec.format or _format_of(path)) == "parquet":
+            return dataset.count_rows()
+        return sum(b.num_rows for b in dataset.to_batches(batch_size=BATCH_ROWS))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
+        raise InputError(describe(path, e)) from None
+
+
+def iter_batches(spec: InputSpec, path: Path) -> Iterator[pa.RecordBatch]:
+    dataset = open_dataset(spec, path)
+    try:
+        # use_threads=False keeps the batch order equal to the file order, which resume relies on.
+        yield from dataset.to_batches(batch_size=BATCH_ROWS, use_threads=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
+        raise InputError(describe(path, e)) from None
+
+
+def describe(path: Path, error: Exception) -> str:
+    """One line naming the file, the row where pyarrow gives it, and what to do."""
+    message = str(error).strip().splitlines()[0]
+    for marker in ("CSV parse error", "In CSV column", "JSON parse error", "CSV conversion error"):
+        at = message.find(marker)
+        if at >= 0:
+            message = message[at:]
+            break
+    hint = ""
+    if "UTF8" in message or "utf-8" in message.lower() or isinstance(error, UnicodeDecodeError):
+        hint = "; the file is not valid UTF-8: set input.encoding (e.g. latin-1) or convert it"
+    elif "Expected" in message and "columns" in message:
+        hint = "; fix or quote that row"
+    return f"{path}: {message}{hint}"

@@ -1,0 +1,161 @@
+"""The shard plan: which rows of which input make up shard i, decided before anything runs.
+
+The plan is deterministic (sorted files, fixed rows per shard), so a rerun of the same job maps
+shard i to exactly the same rows and resume can skip the shards already committed. Shards never
+span two files. Reading streams: at most one shard of rows is held in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from batchnlp.errors import InputError, SpecError
+from batchnlp.read import files as file_reader
+from batchnlp.spec import InputSpec
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One input file (or one dataset split): the unit that shards are cut from."""
+
+    name: str
+    rows: int | None  # None: a streamed hub dataset whose length is not known up front
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    unit: int
+    start: int
+    rows: int
+
+
+@dataclass
+class Plan:
+    spec: InputSpec
+    rows_per_shard: int
+    units: list[Unit]
+    schema: pa.Schema
+    limit: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # dataset identity for the fingerprint
+
+    @property
+    def total_rows(self) -> int | None:
+        if any(u.rows is None for u in self.units):
+            return self.limit
+        return sum(u.rows for u in self.units)
+
+    @property
+    def shard_count(self) -> int | None:
+        if any(u.rows is None for u in self.units):
+            return None
+        return sum(math.ceil(u.rows / self.rows_per_shard) for u in self.units)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the input: file names, sizes and modification times, row counts."""
+        return {
+            "units": [{"name": u.name, "rows": u.rows, "size": u.size, "mtime_ns": u.mtime_ns} for u in self.units],
+            "total_rows": self.total_rows,
+            **self.extra,
+        }
+
+
+def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None) -> Plan:
+    """Find the input, check its columns and count its rows (parsing CSV/JSONL whole, so a bad row
+    fails here, before anything is written)."""
+    if spec.dataset:
+        from batchnlp.read import hf  # imports `datasets`, only for dataset inputs
+
+        units, schema, extra = hf.plan_units(spec)
+        check_columns(spec, schema, spec.dataset)
+    else:
+        paths = file_reader.discover(spec)
+        schema = file_reader.schema(spec, paths[0])
+        units = []
+        for p in paths:
+            check_columns(spec, schema if p is paths[0] else file_reader.schema(spec, p), str(p))
+            stat = p.stat()
+            units.append(Unit(str(p.resolve()), file_reader.count_rows(spec, p), stat.st_size, stat.st_mtime_ns))
+            if limit is not None and sum(u.rows for u in units) >= limit:
+                break  # no need to parse files past the limit
+        extra = {"format": spec.format}
+    plan = Plan(spec, rows_per_shard, units, schema, limit, extra)
+    if limit is not None:
+        plan.units = _cut(units, limit)
+    if plan.total_rows == 0:
+        raise InputError(f"input.path: {spec.path or spec.dataset} has no rows (only a header?)")
+    return plan
+
+
+def _cut(units: list[Unit], limit: int) -> list[Unit]:
+    out, left = [], limit
+    for unit in units:
+        if left <= 0:
+            break
+        rows = left if unit.rows is None else min(unit.rows, left)
+        out.append(Unit(unit.name, rows, unit.size, unit.mtime_ns))
+        left -= rows
+    return out
+
+
+def check_columns(spec: InputSpec, schema: pa.Schema, where: str) -> None:
+    for key in ("text_column", "text_pair_column", "id_column"):
+        column = getattr(spec, key)
+        if column is None:
+            continue
+        if column not in schema.names:
+            raise SpecError(f"input.{key}", f'column "{column}" not found in {where}; columns are: '
+                                            f'{", ".join(schema.names)}')
+        kind = schema.field(column).type
+        if key != "id_column" and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                                       or pa.types.is_string_view(kind) or pa.types.is_null(kind)):
+            raise SpecError(f"input.{key}", f'column "{column}" in {where} holds {kind}, not text')
+
+
+def read_shards(plan: Plan, skip: set[int]) -> Iterator[tuple[Shard, pa.Table]]:
+    """Yield (shard, rows) in plan order, except the shards in `skip`; each table holds one shard."""
+    base = 0
+    for u, unit in enumerate(plan.units):
+        count = None if unit.rows is None else math.ceil(unit.rows / plan.rows_per_shard)
+        if count is not None and all(base + i in skip for i in range(count)):
+            base += count  # every shard of this unit is committed: don't even open it
+            continue
+        index = base
+        for start, table in _chunks(plan, u, unit):
+            if index not in skip:
+                yield Shard(index, u, start, table.num_rows), table
+            index += 1
+        base = index
+
+
+def _chunks(plan: Plan, u: int, unit: Unit) -> Iterator[tuple[int, pa.Table]]:
+    """Cut a unit's stream of record batches into tables of rows_per_shard rows (the last may be short)."""
+    if plan.spec.dataset:
+        from batchnlp.read import hf
+
+        batches = hf.iter_batches(plan.spec)
+    else:
+        batches = file_reader.iter_batches(plan.spec, Path(unit.name))
+    size, pending, have, start = plan.rows_per_shard, [], 0, 0
+    limit = unit.rows
+    for batch in batches:
+        if limit is not None and start + have + batch.num_rows > limit:
+            batch = batch.slice(0, limit - start - have)
+        pending.append(batch)
+        have += batch.num_rows
+        while have >= size:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield start, table.slice(0, size)
+            rest = table.slice(size)
+            pending, have, start = rest.to_batches(), rest.num_rows, start + size
+        if limit is not None and start + have >= limit:
+            break
+    if have:
+        yield start, pa.Table.from_batches(pending).combine_chunks()

@@ -1,0 +1,324 @@
+"""The job spec: parsed from YAML or TOML and validated here, and only here, into frozen dataclasses.
+
+Every error is a `SpecError` naming the key in the job file (`runtime.dtype: ...`). Checks that
+need the data (does the column exist?) live in `batchnlp.read.plan` and name the key too.
+Nothing here imports torch, so `batchnlp validate` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from batchnlp.errors import SpecError
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its documentation (shown by `batchnlp tasks` and the README)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+INPUT_FORMATS = ("csv", "parquet", "jsonl")
+_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
+               ".ndjson": "jsonl"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    text_column: str = doc("Column holding the text to annotate.")
+    path: str | None = doc("A file, a directory or a glob (relative to the working directory).", default=None)
+    format: Literal["csv", "parquet", "jsonl"] | None = doc(
+        "csv | parquet | jsonl; taken from the file extension when omitted.", default=None)
+    text_pair_column: str | None = doc("Optional second text (sentence pairs, e.g. NLI).", default=None)
+    id_column: str | None = doc("Optional column identifying each row (kept; uniqueness is not checked).",
+                                default=None)
+    encoding: str = doc("Character encoding of CSV files.", default="utf-8")
+    dataset: str | None = doc("A Hugging Face dataset: a `save_to_disk` directory or a hub id.", default=None)
+    revision: str | None = doc("Hub dataset revision (required for a hub dataset id).", default=None)
+    split: str | None = doc("Dataset split (required for a hub dataset id).", default=None)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str | None = doc("Hugging Face hub model id; needs `revision`.", default=None)
+    revision: str | None = doc("Hub tag, branch or commit; resolved to a commit SHA in the manifest.",
+                               default=None)
+    path: str | None = doc("A local model directory (save_pretrained layout).", default=None)
+    package: str | None = doc("An installed Python package that ships a model directory.", default=None)
+    subpath: str = doc("Directory of the model inside `package`.", default="")
+    trust_remote_code: bool = doc("Allow model code from the model repository to run.", default=False)
+
+    @property
+    def source(self) -> str:
+        return "hub" if self.id else "path" if self.path else "package"
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    device: str = doc("auto | cpu | cuda | cuda:N (auto: cuda when available).", default="auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = doc(
+        "auto: float16 on CUDA, float32 on CPU. bfloat16 on CPU runs under autocast.", default="auto")
+    max_length: int | None = doc("Truncate inputs to this many tokens (default: the model's limit).",
+                                 default=None)
+    batch_tokens: int = doc("Budget of padded tokens per batch (batch size x longest row).", default=16384)
+    max_batch_size: int = doc("Upper bound on rows per batch.", default=256)
+    num_workers: int = doc("DataLoader worker processes that pad batches (0: in the main process).",
+                           default=0)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: str = doc("Output directory: Parquet parts plus _manifest.json.")
+    rows_per_shard: int = doc("Input rows per output part; the unit of progress and resume.", default=5000)
+    prefix: str = doc("Prefix for the annotation column names (avoids clashes with input columns).",
+                      default="")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    params: Any  # the task's own frozen Params dataclass
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    input: InputSpec
+    task: TaskSpec
+    model: ModelSpec
+    runtime: RuntimeSpec
+    output: OutputSpec
+    source_file: str = ""
+    source_text: str = ""
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec with every default filled in, as plain data (for the manifest and fingerprints)."""
+        return {
+            "input": dataclasses.asdict(self.input),
+            "task": {"name": self.task.name, **dataclasses.asdict(self.task.params)},
+            "model": dataclasses.asdict(self.model),
+            "runtime": dataclasses.asdict(self.runtime),
+            "output": dataclasses.asdict(self.output),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic dataclass builder: type checks, enums, unknown keys; errors name the full key.
+
+
+def build(cls: type, data: Any, key: str) -> Any:
+    if not isinstance(data, dict):
+        raise SpecError(key, f"expected a table of settings, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"{key}.{unknown[0]}", f"unknown setting; known settings are: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _check(hints[name], data[name], f"{key}.{name}")
+        elif f.default is dataclasses.MISSING:
+            raise SpecError(f"{key}.{name}", f"required: {f.metadata.get('doc', '')}".rstrip(": "))
+    return cls(**values)
+
+
+def _check(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _check(option, value, key)
+            except SpecError as e:
+                errors.append(str(e))
+        raise SpecError("", errors[0]) if len(errors) == 1 else SpecError(
+            key, f"expected {' or '.join(_name(o) for o in options)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise SpecError(key, f"must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str) or not isinstance(value, list):
+            raise SpecError(key, f"expected a list, got {_kind(value)}")
+        return tuple(_check(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpecError(key, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(map(str, typing.get_args(hint)))
+    return {int: "an integer", str: "a string", bool: "true/false", float: "a number"}.get(hint, str(hint))
+
+
+def _kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else "a string" if isinstance(value, str) else repr(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The job spec
+
+
+def load_text(path: str | Path) -> tuple[dict[str, Any], str]:
+    """Read a YAML or TOML job file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("", f"job file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise SpecError("", f"{path}: job files end in .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise SpecError("", f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError("", f"{path}: expected the sections input, task, model, runtime, output")
+    return data, text
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    data, text = load_text(path)
+    spec = parse(data)
+    return dataclasses.replace(spec, source_file=str(Path(path).resolve()), source_text=text)
+
+
+SECTIONS = ("input", "task", "model", "runtime", "output")
+
+
+def parse(data: dict[str, Any]) -> JobSpec:
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise SpecError(unknown[0], f"unknown section; sections are: {', '.join(SECTIONS)}")
+    for required in ("input", "task", "model", "output"):
+        if required not in data:
+            raise SpecError(required, "required section is missing")
+    spec = JobSpec(
+        input=_parse_input(data["input"]),
+        task=_parse_task(data["task"]),
+        model=_parse_model(data["model"]),
+        runtime=_parse_runtime(data.get("runtime") or {}),
+        output=_parse_output(data["output"]),
+    )
+    return spec
+
+
+def _parse_input(data: Any) -> InputSpec:
+    spec = build(InputSpec, data, "input")
+    if bool(spec.path) == bool(spec.dataset):
+        raise SpecError("input", "give exactly one of input.path (files) or input.dataset (Hugging Face dataset)")
+    if spec.dataset:
+        local = Path(spec.dataset).exists()
+        if not local and not (spec.revision and spec.split):
+            raise SpecError("input.revision" if not spec.revision else "input.split",
+                            f"required for the hub dataset {spec.dataset!r}: pin a revision (tag or commit) and "
+                            "name a split; or point input.dataset at a save_to_disk directory")
+        return spec
+    if spec.format is None:
+        fmt = _EXTENSIONS.get(Path(spec.path.rstrip("/*")).suffix.lower())
+        if fmt is None and not _is_dir_or_glob(spec.path):
+            raise SpecError("input.format", f"cannot tell the format of {spec.path!r} from its extension; "
+                                            f"set input.format to one of {', '.join(INPUT_FORMATS)}")
+        spec = dataclasses.replace(spec, format=fmt)
+    return spec
+
+
+def _is_dir_or_glob(path: str) -> bool:
+    return Path(path).is_dir() or any(c in path for c in "*?[")
+
+
+def _parse_task(data: Any) -> TaskSpec:
+    from batchnlp.tasks import task_class  # the registry imports no torch
+
+    if not isinstance(data, dict):
+        raise SpecError("task", f"expected a table with at least `name`, got {_kind(data)}")
+    data = dict(data)
+    name = data.pop("name", None)
+    if not isinstance(name, str):
+        raise SpecError("task.name", "required: the task to run (see `batchnlp tasks`)")
+    cls = task_class(name)
+    params = build(cls.Params, data, "task")
+    if hasattr(params, "validate"):
+        params.validate()
+    return TaskSpec(name=name, params=params)
+
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def _parse_model(data: Any) -> ModelSpec:
+    spec = build(ModelSpec, data, "model")
+    given = [k for k in ("id", "path", "package") if getattr(spec, k)]
+    if len(given) != 1:
+        raise SpecError("model", "give exactly one of model.id (hub, with model.revision), model.path "
+                                 "(a local directory) or model.package (an installed package)")
+    if spec.id:
+        if not _HUB_ID.match(spec.id):
+            raise SpecError("model.id", f"{spec.id!r} is not a hub id like 'org/name'; "
+                                        "for a directory on disk use model.path")
+        if not spec.revision:
+            raise SpecError("model.revision", "required for hub models; pin a tag or a commit")
+    elif spec.revision:
+        raise SpecError("model.revision", "only applies to hub models (model.id)")
+    if spec.subpath and not spec.package:
+        raise SpecError("model.subpath", "only applies to model.package")
+    return spec
+
+
+def _parse_runtime(data: Any) -> RuntimeSpec:
+    spec = build(RuntimeSpec, data, "runtime")
+    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", spec.device):
+        raise SpecError("runtime.device", f"must be auto, cpu, cuda or cuda:N; got {spec.device!r}")
+    for key in ("batch_tokens", "max_batch_size"):
+        if getattr(spec, key) < 1:
+            raise SpecError(f"runtime.{key}", "must be at least 1")
+    if spec.max_length is not None and spec.max_length < 2:
+        raise SpecError("runtime.max_length", "must be at least 2 (room for the special tokens)")
+    if spec.num_workers < 0:
+        raise SpecError("runtime.num_workers", "must be 0 or more")
+    return spec
+
+
+def _parse_output(data: Any) -> OutputSpec:
+    spec = build(OutputSpec, data, "output")
+    if spec.rows_per_shard < 1:
+        raise SpecError("output.rows_per_shard", "must be at least 1")
+    return spec
+
+
+def field_docs(cls: type) -> list[tuple[str, str, str]]:
+    """(name, default, doc) for each field of a spec dataclass, for `batchnlp tasks` and docs."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = "required" if f.default is dataclasses.MISSING else repr(f.default)
+        out.append((f.name, default, f.metadata.get("doc", "")))
+    return out

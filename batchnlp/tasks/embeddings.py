@@ -1,0 +1,46 @@
+"""Embeddings (feature extraction): one pooled, optionally normalised vector a row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from batchnlp.spec import doc
+from batchnlp.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class Params:
+    pooling: Literal["mean", "cls"] = doc(
+        "mean: average of the token vectors (padding excluded), as sentence-transformers; cls: first token.",
+        default="mean")
+    normalize: bool = doc("Scale each vector to unit length, so a dot product is the cosine similarity.",
+                          default=True)
+
+
+class Embeddings(Task):
+    name = "embeddings"
+    description = "A fixed-size vector per text from an encoder's last hidden state (AutoModel)."
+    Params = Params
+    model_class = "AutoModel"
+
+    def fields(self) -> list[pa.Field]:
+        return [pa.field("embedding", pa.list_(pa.float32(), self.config.hidden_size))]
+
+    def forward(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        hidden = model(**batch).last_hidden_state.float()
+        if self.params.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if self.params.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+        return {"embedding": pooled.cpu().numpy()}
+
+
+TASK = Embeddings

@@ -1,0 +1,1 @@
+"""Output: Parquet parts, the manifest, the lock."""

@@ -1,0 +1,51 @@
+"""One run per output directory, enforced with an advisory file lock. The kernel drops the lock
+when the process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from batchnlp.errors import OutputConflictError
+
+LOCK_NAME = ".batchnlp.lock"
+
+
+class OutputLock:
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            self.fd = None
+            raise OutputConflictError(f"output.path: {self.path.parent} is in use by a running job (pid "
+                                      f"{holder}); wait for it to finish or choose another output.path") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
+def is_locked(directory: Path) -> bool:
+    path = directory / LOCK_NAME
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

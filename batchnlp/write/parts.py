@@ -1,0 +1,64 @@
+"""Annotated Parquet parts: the input columns, the task's typed columns and `error`, written to a
+temporary name and renamed into place, so a part either exists whole or not at all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ERROR_FIELD = pa.field("error", pa.string())
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def output_schema(input_schema: pa.Schema, fields: Sequence[pa.Field], prefix: str) -> pa.Schema:
+    extra = [f.with_name(prefix + f.name) for f in [*fields, ERROR_FIELD]]
+    return pa.schema([*input_schema, *extra])
+
+
+def annotation_array(field: pa.Field, n: int, positions: np.ndarray, values: Sequence[Any]) -> pa.Array:
+    """An array of n rows in the field's type: values land at `positions` (the rows that ran, in
+    the order they ran), every other row is null."""
+    if isinstance(values, np.ndarray) and pa.types.is_fixed_size_list(field.type):
+        width = field.type.list_size
+        dense = np.zeros((n, width), dtype=np.float32)
+        dense[positions] = values
+        mask = np.ones(n, dtype=bool)
+        mask[positions] = False
+        return pa.FixedSizeListArray.from_arrays(pa.array(dense.ravel()), width, mask=pa.array(mask))
+    full: list[Any] = [None] * n
+    for position, value in zip(positions.tolist(), values.tolist() if isinstance(values, np.ndarray) else values):
+        full[position] = value
+    return pa.array(full, type=field.type)
+
+
+def build_table(rows: pa.Table, schema: pa.Schema, annotations: list[pa.Array], errors: list[str | None]) -> pa.Table:
+    """Input columns followed by the annotation columns; `schema` (declared before the run) is enforced."""
+    arrays = [*rows.columns, *annotations, pa.array(errors, type=pa.string())]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_atomic(table: pa.Table, path: Path) -> int:
+    """Write, flush to disk, then rename: a crash leaves either the old state or the whole part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path.stat().st_size
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

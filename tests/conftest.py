@@ -1,0 +1,111 @@
+"""Fixtures: tiny random models with a real WordPiece tokenizer, saved to disk and loaded through
+the same code path as a user's model; helpers to write inputs and job files."""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = """the a an and or but of to in on at for with is was it this that not very good great bad
+terrible awful excellent love hate movie film product battery screen sound quality price works broke
+fine ok okay recommend would again never always best worst fast slow cheap expensive story acting
+plot ending characters music coffee machine shoes fit size comfortable return refund""".split()
+
+
+def build_tokenizer(directory: Path):
+    from transformers import BertTokenizerFast
+
+    pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *pieces, *[f"##{p}" for p in pieces]]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True,
+                                  model_max_length=128)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-dim DistilBERT sentiment classifier with 3 labels and random weights."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    directory = tmp_path_factory.mktemp("classifier")
+    tokenizer = build_tokenizer(directory)
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=128, initializer_range=0.3,
+                              id2label={0: "negative", 1: "neutral", 2: "positive"},
+                              label2id={"negative": 0, "neutral": 1, "positive": 2})
+    DistilBertForSequenceClassification(config).eval().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-dim BERT encoder with random weights, for embeddings."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("encoder")
+    tokenizer = build_tokenizer(directory)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.3)
+    BertModel(config).eval().save_pretrained(directory)
+    return directory
+
+
+TEXTS = [
+    "great battery, would buy again",
+    "terrible. it broke after a week and the refund never came",
+    "ok",
+    "the story was slow but the ending was excellent and the music was great, i would recommend it to "
+    "anyone who likes a good film with a long plot and great acting",
+    "bad fit",
+    "love it",
+    "the price is very expensive for the quality of the sound",
+    "fine",
+    "never again",
+    "the screen is fast and the coffee machine works, the shoes fit and the movie was good",
+    "awful acting",
+    "best product",
+]
+
+
+@pytest.fixture
+def reviews_csv(tmp_path) -> Path:
+    import csv
+
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "stars"])
+        for i, text in enumerate(TEXTS):
+            writer.writerow([f"r{i}", text, i % 5 + 1])
+    return path
+
+
+def write_job(directory: Path, *, input: dict, task: dict, model: dict, output: dict | None = None,
+              runtime: dict | None = None, name: str = "job.yaml") -> Path:
+    spec = {"input": input, "task": task, "model": model,
+            "output": output or {"path": str(directory / "out"), "rows_per_shard": 4}}
+    if runtime:
+        spec["runtime"] = runtime
+    path = directory / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def read_output(directory: Path):
+    """The whole annotated output, parts in order (the manifest and lock file are skipped)."""
+    return ds.dataset(str(directory), format="parquet").to_table()

