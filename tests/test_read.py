@@ -124,3 +124,10 @@ def test_malformed_jsonl(tmp_path):
     path.write_text('{"text": "a"}\n{"text": \n')
     with pytest.raises(InputError, match=r"bad.jsonl: JSON parse error"):
         make_plan(spec(path), 10)
+
+
+def test_hub_dataset_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(InputError, match="input.dataset: cannot open hub dataset 'org/no-such-corpus' at "
+                                         "revision 'v1'.*save_to_disk"):
+        make_plan(InputSpec(text_column="text", dataset="org/no-such-corpus", revision="v1", split="test"), 10)
