@@ -1,5 +1,5 @@
-"""One shard through the model: check rows, encode, sort into token-budget batches, run, and put
-the results back in input order."""
+"""One shard through the model: check rows, encode them into features, sort the features into
+token-budget batches, run, and decode each row back in input order."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from batchnlp.batch.loader import loader, token_budget_batches
 from batchnlp.model.device import Placement
-from batchnlp.model.load import LoadedModel
 from batchnlp.spec import JobSpec
-from batchnlp.tasks.base import Task
+from batchnlp.tasks.base import RowError, Task
 from batchnlp.write.parts import annotation_array, build_table
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    config: Any
+    max_length: int
 
 
 @dataclass
@@ -26,54 +32,84 @@ class Annotator:
     placement: Placement
     schema: pa.Schema
 
-    def __call__(self, rows: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
+    def __call__(self, rows: pa.Table, shard_index: int) -> tuple[pa.Table, dict[str, Any]]:
         began = time.perf_counter()
         n = rows.num_rows
-        texts = rows.column(self.spec.input.text_column).to_pylist()
-        pair_column = self.spec.input.text_pair_column
-        pairs = rows.column(pair_column).to_pylist() if pair_column else None
-        errors = [row_error(texts[i], pairs[i] if pairs else "-") for i in range(n)]
-        valid = np.array([i for i in range(n) if errors[i] is None], dtype=np.int64)
+        records = self.records(rows)
+        errors: list[str | None] = [row_error(r) for r in records]
+        valid = [i for i in range(n) if errors[i] is None]
+        self.task.start_shard(shard_index)
 
-        positions, outputs, tokens, padded, at_max = [], [], 0, 0, 0
-        if len(valid):
-            encoded = self.task.encode(self.loaded.tokenizer, [texts[i] for i in valid],
-                                       [pairs[i] for i in valid] if pairs else None, self.loaded.max_length)
-            lengths = [len(e["input_ids"]) for e in encoded]
-            tokens = sum(lengths)
-            at_max = sum(1 for length in lengths if length >= self.loaded.max_length)
-            batches = token_budget_batches(lengths, self.spec.runtime.batch_tokens, self.spec.runtime.max_batch_size)
-            device = self.placement.device
-            for indices, batch in loader(encoded, batches, self.loaded.tokenizer, self.spec.runtime.num_workers,
-                                         pin_memory=device.type == "cuda"):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                padded += batch["input_ids"].numel()
-                with self.placement.context():
-                    outputs.append(self.task.forward(self.loaded.model, batch))
-                positions.append(valid[indices])
+        features, owners = [], []
+        for i, encoded in zip(valid, self.task.encode([records[i] for i in valid]) if valid else []):
+            if isinstance(encoded, RowError):
+                errors[i] = str(encoded)
+                continue
+            features.extend(encoded)
+            owners.extend([i] * len(encoded))
 
+        outputs, padded = self.run_features(features)
+        per_row: dict[int, list[Any]] = {}
+        for owner, output in zip(owners, outputs):
+            per_row.setdefault(owner, []).append(output)
         fields = self.task.fields()
-        order = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
-        arrays = [annotation_array(f, n, order, _merge([o[f.name] for o in outputs])) for f in fields]
-        table = build_table(rows, self.schema, arrays, errors)
-        stats = {"rows": n, "tokens": tokens, "padded_tokens": padded, "errors": n - len(valid),
-                 "rows_at_max_length": at_max, "seconds": round(time.perf_counter() - began, 4)}
+        values: dict[str, list[Any]] = {f.name: [None] * n for f in fields}
+        for i, row_outputs in per_row.items():
+            try:
+                decoded = self.task.decode(records[i], row_outputs)
+            except RowError as e:
+                errors[i] = str(e)
+                continue
+            for f in fields:
+                values[f.name][i] = decoded[f.name]
+
+        table = build_table(rows, self.schema, [annotation_array(f, values[f.name]) for f in fields], errors)
+        tokens = sum(len(f["input_ids"]) for f in features)
+        truncated = len({o for o, f in zip(owners, features) if len(f["input_ids"]) >= self.loaded.max_length})
+        stats = {"rows": n, "features": len(features), "tokens": tokens, "padded_tokens": padded,
+                 "errors": sum(e is not None for e in errors),
+                 "rows_at_max_length": 0 if self.task.windowed else truncated,
+                 "seconds": round(time.perf_counter() - began, 4)}
         return table, stats
 
+    def records(self, rows: pa.Table) -> list[dict[str, Any]]:
+        """Each row as {"text", "pair"?, and each of the task's extra columns under its parameter name}."""
+        columns = {"text": self.spec.input.text_column}
+        if self.spec.input.text_pair_column:
+            columns["pair"] = self.spec.input.text_pair_column
+        for key, column in self.task.extra_columns(self.task.params).items():
+            columns[key.removeprefix("task.")] = column
+        data = {key: rows.column(column).to_pylist() for key, column in columns.items()}
+        return [{key: data[key][i] for key in columns} for i in range(rows.num_rows)]
 
-def row_error(text: Any, pair: Any) -> str | None:
+    def run_features(self, features: list[dict[str, Any]]) -> tuple[list[Any], int]:
+        """Each feature's output (in feature order) and the padded tokens that took."""
+        if not features:
+            return [], 0
+        runtime = self.spec.runtime
+        lengths = [self.task.batch_length(f) for f in features]
+        batches = token_budget_batches(lengths, runtime.batch_tokens, runtime.max_batch_size)
+        device = self.placement.device
+        outputs: list[Any] = [None] * len(features)
+        padded = 0
+        for indices, batch, meta in loader(features, batches, self.loaded.tokenizer, self.task.padding_side,
+                                           runtime.num_workers, pin_memory=device.type == "cuda"):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            padded += batch["input_ids"].numel()
+            with self.placement.context():
+                for i, output in zip(indices, self.task.forward(self.loaded.model, batch, meta)):
+                    outputs[i] = output
+        return outputs, padded
+
+
+def row_error(record: dict[str, Any]) -> str | None:
     """The documented policy for rows that cannot be annotated: null annotations and this message."""
-    for value, what in ((text, "text"), (pair, "text pair")):
+    for key, what in (("text", "text"), ("pair", "text pair")):
+        if key not in record:
+            continue
+        value = record[key]
         if value is None:
             return f"null {what}"
         if not value.strip():
             return f"empty {what}"
     return None
-
-
-def _merge(parts: list[Any]) -> Any:
-    if not parts:
-        return []
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    return [v for part in parts for v in part]

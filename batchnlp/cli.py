@@ -69,12 +69,14 @@ def validate(job: str) -> None:
     from batchnlp.read.plan import check_columns
     from batchnlp.read import files
     from batchnlp.spec import load_spec
+    from batchnlp.tasks import task_class
 
     spec = load_spec(job)
+    task_columns = task_class(spec.task.name).extra_columns(spec.task.params)
     if spec.input.path:
         paths = files.discover(spec.input)
         for path in paths:
-            check_columns(spec.input, files.schema(spec.input, path), str(path))
+            check_columns(spec.input, files.schema(spec.input, path), str(path), task_columns)
         where = f"{len(paths)} {spec.input.format or 'input'} file(s)"
     else:
         where = f"dataset {spec.input.dataset}"

@@ -32,12 +32,16 @@ class RunResult:
 
 def fingerprint(spec: JobSpec, plan: Plan, model_identity: dict[str, Any], limit: int | None) -> dict[str, Any]:
     """What must not change for an output to be resumed. Device, batch budget and workers may change
-    between runs (they change speed, not which rows map to which part); dtype and max_length may not."""
+    between runs (they change speed, not which rows map to which part); dtype and max_length may not.
+    Sampling draws its random numbers batch by batch, so there the batch settings must stay too."""
     resolved = spec.resolved()
+    runtime = {"dtype": spec.runtime.dtype, "max_length": spec.runtime.max_length}
+    if getattr(spec.task.params, "do_sample", False):
+        runtime.update(batch_tokens=spec.runtime.batch_tokens, max_batch_size=spec.runtime.max_batch_size)
     return {
         "spec": {
             "input": resolved["input"], "task": resolved["task"], "model": resolved["model"],
-            "runtime": {"dtype": spec.runtime.dtype, "max_length": spec.runtime.max_length},
+            "runtime": runtime,
             "output": {"rows_per_shard": spec.output.rows_per_shard, "prefix": spec.output.prefix},
         },
         "model": {k: v for k, v in model_identity.items() if k != "path"},
@@ -47,8 +51,8 @@ def fingerprint(spec: JobSpec, plan: Plan, model_identity: dict[str, Any], limit
 
 
 def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False) -> RunResult:
-    plan = make_plan(spec.input, spec.output.rows_per_shard, limit)
     task_cls = task_class(spec.task.name)
+    plan = make_plan(spec.input, spec.output.rows_per_shard, limit, task_cls.extra_columns(spec.task.params))
     resolved = source.resolve(spec.model)
     out = Path(spec.output.path)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +64,7 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
                              len(manifest.done_shards()))
 
         # Heavy imports only now: `validate`, `--help` and the checks above stay instant.
-        from batchnlp.annotate import Annotator
+        from batchnlp.annotate import Annotator, LoadedModel
         from batchnlp.model import device, load
 
         if quiet:
@@ -68,11 +72,17 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
 
             transformers.utils.logging.disable_progress_bar()
         placement = device.choose(spec.runtime)
-        task = task_cls(spec.task.params, load.load_config(resolved, spec.model.trust_remote_code))
+        trust = spec.model.trust_remote_code
+        config = load.load_config(resolved, trust)
+        tokenizer = load.load_tokenizer(resolved, trust)
+        max_length = spec.runtime.max_length or load.default_max_length(resolved.directory, tokenizer, config)
+        task = task_cls(spec.task.params, config, tokenizer, max_length)
         schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
         _check_collisions(schema.names)
-        loaded = load.load(resolved, task_cls.model_class, placement, spec.model.trust_remote_code,
-                           spec.runtime.max_length)
+        model = load.load_model(resolved, task.model_class, placement, trust)
+        with placement.context():
+            task.prepare(model)
+        loaded = LoadedModel(model, tokenizer, model.config, max_length)
 
         shards_total = plan.shard_count
         if manifest is None:
@@ -80,7 +90,7 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
                 out,
                 job={"file": spec.source_file, "text": spec.source_text, "resolved": spec.resolved()},
                 fingerprint=job_fingerprint,
-                model={**resolved.identity, "class": task_cls.model_class,
+                model={**resolved.identity, "class": task.model_class,
                        "architecture": (loaded.config.architectures or [None])[0],
                        "max_length": loaded.max_length},
                 input=plan.fingerprint(),
@@ -107,7 +117,7 @@ def _loop(plan: Plan, manifest: Manifest, annotate: Any, done: set[int], out: Pa
     try:
         for shard, table in read_shards(plan, done):
             began = time.perf_counter()
-            annotated, stats = annotate(table)
+            annotated, stats = annotate(table, shard.index)
             size = write_atomic(annotated, out / part_name(shard.index))
             _crash_point("part-written", shard.index)
             stats.update(index=shard.index, input=plan.units[shard.unit].name, start=shard.start, bytes=size,

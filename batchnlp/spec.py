@@ -55,6 +55,8 @@ class ModelSpec:
     package: str | None = doc("An installed Python package that ships a model directory.", default=None)
     subpath: str = doc("Directory of the model inside `package`.", default="")
     trust_remote_code: bool = doc("Allow model code from the model repository to run.", default=False)
+    gguf_file: str | None = doc("A GGUF checkpoint inside the model directory, package or hub repo (needs the "
+                                "`gguf` extra); it is dequantised to the runtime dtype when loaded.", default=None)
 
     @property
     def source(self) -> str:
@@ -229,6 +231,9 @@ def parse(data: dict[str, Any]) -> JobSpec:
         runtime=_parse_runtime(data.get("runtime") or {}),
         output=_parse_output(data["output"]),
     )
+    from batchnlp.tasks import task_class
+
+    task_class(spec.task.name).check_input(spec.task.params, spec.input)
     return spec
 
 
@@ -291,6 +296,8 @@ def _parse_model(data: Any) -> ModelSpec:
         raise SpecError("model.revision", "only applies to hub models (model.id)")
     if spec.subpath and not spec.package:
         raise SpecError("model.subpath", "only applies to model.package")
+    if spec.gguf_file is not None and not spec.gguf_file.endswith(".gguf"):
+        raise SpecError("model.gguf_file", f"{spec.gguf_file!r} is not a .gguf file name")
     return spec
 
 

@@ -48,32 +48,34 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch_si
     return batches[::-1]
 
 
-class EncodedRows(Dataset):
-    def __init__(self, rows: Sequence[dict[str, list[int]]]):
-        self.rows = rows
+class Features(Dataset):
+    def __init__(self, features: Sequence[dict[str, Any]]):
+        self.features = features
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.features)
 
-    def __getitem__(self, i: int) -> tuple[int, dict[str, list[int]]]:
-        return i, self.rows[i]
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any]]:
+        return i, self.features[i]
 
 
 class PadCollate:
-    """A picklable collate (DataLoader workers need one) that pads a batch to its longest row."""
+    """A picklable collate (DataLoader workers need one): pads a batch to its longest feature with
+    the tokenizer's own `pad` and hands each feature's "meta" through untouched."""
 
-    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None):
+    def __init__(self, tokenizer: Any, padding_side: str = "right"):
         self.tokenizer = tokenizer
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_side = padding_side
 
-    def __call__(self, items: list[tuple[int, dict[str, list[int]]]]) -> tuple[list[int], dict[str, torch.Tensor]]:
+    def __call__(self, items: list[tuple[int, dict[str, Any]]]) -> tuple[list[int], dict[str, torch.Tensor], list]:
         indices = [i for i, _ in items]
-        batch = self.tokenizer.pad([row for _, row in items], padding=True, return_tensors="pt",
-                                   pad_to_multiple_of=self.pad_to_multiple_of)
-        return indices, dict(batch)
+        meta = [feature.get("meta") for _, feature in items]
+        inputs = [{k: v for k, v in feature.items() if k != "meta"} for _, feature in items]
+        batch = self.tokenizer.pad(inputs, padding=True, return_tensors="pt", padding_side=self.padding_side)
+        return indices, dict(batch), meta
 
 
-def loader(rows: Sequence[dict[str, list[int]]], batches: list[list[int]], tokenizer: Any, num_workers: int,
-           pin_memory: bool) -> DataLoader:
-    return DataLoader(EncodedRows(rows), batch_sampler=batches, collate_fn=PadCollate(tokenizer),
+def loader(features: Sequence[dict[str, Any]], batches: list[list[int]], tokenizer: Any, padding_side: str,
+           num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(Features(features), batch_sampler=batches, collate_fn=PadCollate(tokenizer, padding_side),
                       num_workers=num_workers, pin_memory=pin_memory)

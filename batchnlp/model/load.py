@@ -1,9 +1,9 @@
-"""Loading a tokenizer and model from a resolved directory onto the chosen device and precision."""
+"""Loading the config, tokenizer and model from a resolved directory onto the chosen device and
+precision. Kept apart from running the model (as crossfit does)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +12,53 @@ from batchnlp.model.device import Placement
 from batchnlp.model.source import ResolvedModel
 
 
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    config: Any
-    max_length: int
+def _kwargs(resolved: ResolvedModel, trust_remote_code: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    return kwargs
+
+
+def _fail(what: str, resolved: ResolvedModel, error: Exception) -> ModelUnavailableError:
+    hint = ""
+    if resolved.gguf_file and isinstance(error, ImportError):
+        hint = " (GGUF checkpoints need the gguf and accelerate packages: pip install -e '.[gguf]')"
+    return ModelUnavailableError(f"model: cannot load the {what} from {resolved.directory}: "
+                                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}{hint}")
 
 
 def load_config(resolved: ResolvedModel, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolved.directory, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelUnavailableError(f"model: cannot read the config in {resolved.directory}: "
-                                    f"{str(e).splitlines()[0]}") from None
+        return AutoConfig.from_pretrained(resolved.directory, **_kwargs(resolved, trust_remote_code))
+    except (OSError, ValueError, ImportError) as e:
+        raise _fail("config", resolved, e) from None
 
 
-def load(resolved: ResolvedModel, model_class: str, placement: Placement, trust_remote_code: bool,
-         max_length: int | None) -> LoadedModel:
+def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.directory, **_kwargs(resolved, trust_remote_code))
+    except (OSError, ValueError, ImportError, TypeError) as e:
+        raise _fail("tokenizer", resolved, e) from None
+    if tokenizer.pad_token is None:
+        # Decoder-only models (GPT-2, Llama) ship no pad token; any id works since padded
+        # positions are masked out, and the end-of-sequence token is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, trust_remote_code: bool) -> Any:
     import transformers
 
-    directory = resolved.directory
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
         model = getattr(transformers, model_class).from_pretrained(
-            directory, trust_remote_code=trust_remote_code, dtype=placement.weights_dtype)
-    except (OSError, ValueError) as e:
-        raise ModelUnavailableError(f"model: cannot load {model_class} from {directory}: "
-                                    f"{str(e).splitlines()[0]}") from None
-    model.to(placement.device).eval()
-    return LoadedModel(model, tokenizer, model.config, max_length or default_max_length(directory, tokenizer,
-                                                                                        model.config))
+            resolved.directory, dtype=placement.weights_dtype, **_kwargs(resolved, trust_remote_code))
+    except (OSError, ValueError, ImportError) as e:
+        raise _fail(model_class, resolved, e) from None
+    return model.to(placement.device).eval()
 
 
 def default_max_length(directory: Path, tokenizer: Any, config: Any) -> int:
@@ -55,6 +69,8 @@ def default_max_length(directory: Path, tokenizer: Any, config: Any) -> int:
         limit = json.loads(st_config.read_text()).get("max_seq_length")
         if isinstance(limit, int):
             return limit
+    config = getattr(config, "get_text_config", lambda: config)()
     limits = [n for n in (getattr(tokenizer, "model_max_length", None),
-                          getattr(config, "max_position_embeddings", None)) if isinstance(n, int) and n < 1_000_000]
+                          getattr(config, "max_position_embeddings", None),
+                          getattr(config, "n_positions", None)) if isinstance(n, int) and n < 1_000_000]
     return min(limits) if limits else 512

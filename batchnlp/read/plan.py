@@ -67,20 +67,21 @@ class Plan:
         }
 
 
-def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None) -> Plan:
+def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
+              task_columns: dict[str, str] | None = None) -> Plan:
     """Find the input, check its columns and count its rows (parsing CSV/JSONL whole, so a bad row
     fails here, before anything is written)."""
     if spec.dataset:
         from batchnlp.read import hf  # imports `datasets`, only for dataset inputs
 
         units, schema, extra = hf.plan_units(spec)
-        check_columns(spec, schema, spec.dataset)
+        check_columns(spec, schema, spec.dataset, task_columns)
     else:
         paths = file_reader.discover(spec)
         schema = file_reader.schema(spec, paths[0])
         units = []
         for p in paths:
-            check_columns(spec, schema if p is paths[0] else file_reader.schema(spec, p), str(p))
+            check_columns(spec, schema if p is paths[0] else file_reader.schema(spec, p), str(p), task_columns)
             stat = p.stat()
             units.append(Unit(str(p.resolve()), file_reader.count_rows(spec, p), stat.st_size, stat.st_mtime_ns))
             if limit is not None and sum(u.rows for u in units) >= limit:
@@ -105,18 +106,20 @@ def _cut(units: list[Unit], limit: int) -> list[Unit]:
     return out
 
 
-def check_columns(spec: InputSpec, schema: pa.Schema, where: str) -> None:
-    for key in ("text_column", "text_pair_column", "id_column"):
-        column = getattr(spec, key)
+def check_columns(spec: InputSpec, schema: pa.Schema, where: str,
+                  task_columns: dict[str, str] | None = None) -> None:
+    """Every column the job names exists; text columns hold text. task_columns: {"task.<key>": column}."""
+    named = {f"input.{key}": getattr(spec, key) for key in ("text_column", "text_pair_column", "id_column")}
+    for key, column in {**named, **(task_columns or {})}.items():
         if column is None:
             continue
         if column not in schema.names:
-            raise SpecError(f"input.{key}", f'column "{column}" not found in {where}; columns are: '
-                                            f'{", ".join(schema.names)}')
+            raise SpecError(key, f'column "{column}" not found in {where}; columns are: {", ".join(schema.names)}')
         kind = schema.field(column).type
-        if key != "id_column" and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                                       or pa.types.is_string_view(kind) or pa.types.is_null(kind)):
-            raise SpecError(f"input.{key}", f'column "{column}" in {where} holds {kind}, not text')
+        is_text = (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+                   or pa.types.is_null(kind))
+        if key in ("input.text_column", "input.text_pair_column") and not is_text:
+            raise SpecError(key, f'column "{column}" in {where} holds {kind}, not text')
 
 
 def read_shards(plan: Plan, skip: set[int]) -> Iterator[tuple[Shard, pa.Table]]:

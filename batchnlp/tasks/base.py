@@ -1,7 +1,12 @@
-"""The protocol every task follows: declare its columns, encode rows, run a batch.
+"""The protocol every task follows: declare columns, encode rows into features, run a batch of
+features, decode each row from its features' outputs.
 
-The runner owns everything else (reading, sorting, batching, device, precision, writing), so a
-task never moves tensors between devices nor changes precision.
+A row becomes one or more *features* (one model input each): a QA context split into windows,
+a zero-shot text paired with each label, a long NER text cut into overlapping windows. Features
+of all rows of a shard are sorted by length and batched together under the token budget, so a
+task with many features per row pays no per-row overhead. The runner owns everything else
+(reading, sorting, batching, device, precision, writing): a task never moves tensors between
+devices nor changes precision.
 """
 
 from __future__ import annotations
@@ -10,6 +15,15 @@ from typing import Any, ClassVar, Sequence
 
 import pyarrow as pa
 
+#: A feature: the model inputs (lists of token ids) plus "meta", anything the task needs back
+#: when decoding (offsets, which label, ...). The collate pads every key but "meta".
+Feature = dict[str, Any]
+
+
+class RowError(Exception):
+    """Raised (or returned from `encode`) for one row that cannot be annotated; it lands in the
+    row's `error` column instead of stopping the job."""
+
 
 class Task:
     name: ClassVar[str]
@@ -17,24 +31,54 @@ class Task:
     Params: ClassVar[type]
     #: The transformers Auto class the model is loaded with.
     model_class: ClassVar[str]
+    #: Generation pads prompts on the left, so that new tokens follow every prompt directly.
+    padding_side: ClassVar[str] = "right"
+    #: Long inputs are split into overlapping windows rather than truncated.
+    windowed: ClassVar[bool] = False
 
-    def __init__(self, params: Any, model_config: Any):
+    def __init__(self, params: Any, model_config: Any, tokenizer: Any, max_length: int):
         self.params = params
         self.config = model_config
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def extra_columns(cls, params: Any) -> dict[str, str]:
+        """Input columns the task reads besides input.text_column/text_pair_column: {key: column}."""
+        return {}
+
+    @classmethod
+    def check_input(cls, params: Any, input_spec: Any) -> None:
+        """Spec checks that involve both the task and the input section (raise SpecError)."""
 
     def fields(self) -> list[pa.Field]:
         """The annotation columns this task adds, typed, before anything runs."""
         raise NotImplementedError
 
-    def encode(self, tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None,
-               max_length: int) -> list[dict[str, list[int]]]:
-        """Token ids for each row, truncated to max_length and not padded (the collate pads)."""
-        enc = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True,
-                        max_length=max_length, padding=False, return_attention_mask=False,
-                        return_token_type_ids="token_type_ids" in tokenizer.model_input_names)
-        keys = list(enc.keys())
-        return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+    def prepare(self, model: Any) -> None:
+        """Called once after the model is loaded, inside the inference context."""
 
-    def forward(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        """Run one padded batch; return each annotation column as a list or numpy array (one item a row)."""
+    def start_shard(self, index: int) -> None:
+        """Called before each shard (generation reseeds here so a resumed run samples the same)."""
+
+    def batch_length(self, feature: Feature) -> int:
+        """The length a feature is sorted and budgeted by (generation adds the tokens it will make)."""
+        return len(feature["input_ids"])
+
+    def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
+        """Features for each row (or a RowError); default: one feature, the tokenized text (and pair)."""
+        texts = [row["text"] for row in rows]
+        pairs = [row["pair"] for row in rows] if rows and "pair" in rows[0] else None
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=False,
+                             return_attention_mask=False,
+                             return_token_type_ids="token_type_ids" in self.tokenizer.model_input_names)
+        keys = list(enc.keys())
+        return [[{k: enc[k][i] for k in keys}] for i in range(len(texts))]
+
+    def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> Sequence[Any]:
+        """Run one padded batch of features; return one output per feature."""
         raise NotImplementedError
+
+    def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
+        """The annotation columns of one row from its features' outputs (in feature order)."""
+        return outputs[0]

@@ -35,8 +35,8 @@ class Classification(Task):
     Params = Params
     model_class = "AutoModelForSequenceClassification"
 
-    def __init__(self, params: Params, model_config: Any):
-        super().__init__(params, model_config)
+    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
+        super().__init__(params, model_config, tokenizer, max_length)
         self.labels = [model_config.id2label.get(i, f"LABEL_{i}") for i in range(model_config.num_labels)]
         self.function = params.function_to_apply or default_function(model_config)
 
@@ -46,28 +46,29 @@ class Classification(Task):
             fields.append(pa.field("scores", pa.list_(SCORE_ENTRY)))
         return fields
 
-    def forward(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
+    def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[dict[str, Any]]:
+        return [self.row(scores) for scores in apply_function(model(**batch).logits, self.function)]
 
-        logits = model(**batch).logits.float()
-        if self.function == "softmax":
-            scores = torch.softmax(logits, dim=-1)
-        elif self.function == "sigmoid":
-            scores = torch.sigmoid(logits)
-        else:
-            scores = logits
-        scores = scores.cpu().numpy()
-        best = scores.argmax(axis=-1)
-        out: dict[str, Any] = {
-            "label": [self.labels[i] for i in best],
-            "score": scores[np.arange(len(best)), best].astype(np.float32),
-        }
+    def row(self, scores: np.ndarray) -> dict[str, Any]:
+        best = int(scores.argmax())
+        out: dict[str, Any] = {"label": self.labels[best], "score": float(scores[best])}
         if self.params.top_k != 1:
             k = len(self.labels) if self.params.top_k == "all" else min(self.params.top_k, len(self.labels))
-            order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
-            out["scores"] = [[{"label": self.labels[j], "score": float(row[j])} for j in idx]
-                             for row, idx in zip(scores, order)]
+            order = np.argsort(-scores, kind="stable")[:k]
+            out["scores"] = [{"label": self.labels[j], "score": float(scores[j])} for j in order]
         return out
+
+
+def apply_function(logits: Any, function: str) -> np.ndarray:
+    """Logits (a torch tensor) to float32 scores, as numpy."""
+    import torch
+
+    logits = logits.float()
+    if function == "softmax":
+        logits = torch.softmax(logits, dim=-1)
+    elif function == "sigmoid":
+        logits = torch.sigmoid(logits)
+    return logits.cpu().numpy()
 
 
 def default_function(config: Any) -> str:

@@ -29,18 +29,25 @@ class Embeddings(Task):
     def fields(self) -> list[pa.Field]:
         return [pa.field("embedding", pa.list_(pa.float32(), self.config.hidden_size))]
 
-    def forward(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
+    def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[dict[str, Any]]:
+        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"], self.params.pooling,
+                       self.params.normalize)
+        return [{"embedding": v} for v in vectors]
 
-        hidden = model(**batch).last_hidden_state.float()
-        if self.params.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        if self.params.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-        return {"embedding": pooled.cpu().numpy()}
+
+def pool(hidden: Any, attention_mask: Any, pooling: str, normalize: bool) -> Any:
+    """Token vectors to one float32 numpy vector per row."""
+    import torch
+
+    hidden = hidden.float()
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+    return pooled.cpu().numpy()
 
 
 TASK = Embeddings

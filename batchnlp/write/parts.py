@@ -23,20 +23,18 @@ def output_schema(input_schema: pa.Schema, fields: Sequence[pa.Field], prefix: s
     return pa.schema([*input_schema, *extra])
 
 
-def annotation_array(field: pa.Field, n: int, positions: np.ndarray, values: Sequence[Any]) -> pa.Array:
-    """An array of n rows in the field's type: values land at `positions` (the rows that ran, in
-    the order they ran), every other row is null."""
-    if isinstance(values, np.ndarray) and pa.types.is_fixed_size_list(field.type):
+def annotation_array(field: pa.Field, values: list[Any]) -> pa.Array:
+    """One annotation column in its declared type; None marks a row with no annotation."""
+    if pa.types.is_fixed_size_list(field.type):
+        # Vectors go through numpy in one piece: a Python list of floats per row would be slow.
         width = field.type.list_size
-        dense = np.zeros((n, width), dtype=np.float32)
-        dense[positions] = values
-        mask = np.ones(n, dtype=bool)
-        mask[positions] = False
+        dense = np.zeros((len(values), width), dtype=np.float32)
+        mask = np.array([v is None for v in values], dtype=bool)
+        present = [v for v in values if v is not None]
+        if present:
+            dense[~mask] = np.stack(present)
         return pa.FixedSizeListArray.from_arrays(pa.array(dense.ravel()), width, mask=pa.array(mask))
-    full: list[Any] = [None] * n
-    for position, value in zip(positions.tolist(), values.tolist() if isinstance(values, np.ndarray) else values):
-        full[position] = value
-    return pa.array(full, type=field.type)
+    return pa.array(values, type=field.type)
 
 
 def build_table(rows: pa.Table, schema: pa.Schema, annotations: list[pa.Array], errors: list[str | None]) -> pa.Table:
