@@ -4,34 +4,16 @@ the same code path as a user's model; helpers to write inputs and job files."""
 from __future__ import annotations
 
 import os
-import string
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 import yaml
 
+import tiny_models
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-WORDS = """the a an and or but of to in on at for with is was it this that not very good great bad
-terrible awful excellent love hate movie film product battery screen sound quality price works broke
-fine ok okay recommend would again never always best worst fast slow cheap expensive story acting
-plot ending characters music coffee machine shoes fit size comfortable return refund""".split()
-
-
-def build_tokenizer(directory: Path):
-    from transformers import BertTokenizerFast
-
-    pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *pieces, *[f"##{p}" for p in pieces]]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True,
-                                  model_max_length=128)
-    tokenizer.save_pretrained(directory)
-    return tokenizer
-
 
 @pytest.fixture(scope="session")
 def classifier_dir(tmp_path_factory) -> Path:
@@ -40,7 +22,7 @@ def classifier_dir(tmp_path_factory) -> Path:
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     directory = tmp_path_factory.mktemp("classifier")
-    tokenizer = build_tokenizer(directory)
+    tokenizer = tiny_models.wordpiece_tokenizer(directory)
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                               max_position_embeddings=128, initializer_range=0.3,
@@ -57,12 +39,47 @@ def encoder_dir(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel
 
     directory = tmp_path_factory.mktemp("encoder")
-    tokenizer = build_tokenizer(directory)
+    tokenizer = tiny_models.wordpiece_tokenizer(directory)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, initializer_range=0.3)
     BertModel(config).eval().save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def nli_dir(tmp_path_factory) -> Path:
+    return tiny_models.nli_classifier(tmp_path_factory.mktemp("nli"))
+
+
+@pytest.fixture(scope="session")
+def mlm_dir(tmp_path_factory) -> Path:
+    return tiny_models.masked_lm(tmp_path_factory.mktemp("mlm"))
+
+
+@pytest.fixture(scope="session")
+def ner_dir(tmp_path_factory) -> Path:
+    return tiny_models.token_classifier(tmp_path_factory.mktemp("ner"))
+
+
+@pytest.fixture(scope="session")
+def qa_dir(tmp_path_factory) -> Path:
+    return tiny_models.span_picking_qa(tmp_path_factory.mktemp("qa"))
+
+
+@pytest.fixture(scope="session")
+def causal_dir(tmp_path_factory) -> Path:
+    return tiny_models.causal_lm(tmp_path_factory.mktemp("causal"))
+
+
+@pytest.fixture(scope="session")
+def bart_dir(tmp_path_factory) -> Path:
+    return tiny_models.bart(tmp_path_factory.mktemp("bart"))
+
+
+@pytest.fixture(scope="session")
+def marian_dir(tmp_path_factory) -> Path:
+    return tiny_models.marian(tmp_path_factory.mktemp("marian"))
 
 
 TEXTS = [

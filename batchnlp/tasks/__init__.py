@@ -13,8 +13,15 @@ from batchnlp.errors import SpecError
 _TASKS = {
     "text-classification": "batchnlp.tasks.classification",
     "embeddings": "batchnlp.tasks.embeddings",
+    "zero-shot-classification": "batchnlp.tasks.zero_shot",
+    "question-answering": "batchnlp.tasks.question_answering",
+    "fill-mask": "batchnlp.tasks.fill_mask",
+    "token-classification": "batchnlp.tasks.token_classification",
+    "text-generation": "batchnlp.tasks.text_generation",
+    "summarization": "batchnlp.tasks.summarization",
+    "translation": "batchnlp.tasks.translation",
 }
-ALIASES = {"sentiment": "text-classification", "feature-extraction": "embeddings"}
+ALIASES = {"sentiment": "text-classification", "feature-extraction": "embeddings", "ner": "token-classification"}
 
 
 def task_names() -> list[str]:

@@ -115,7 +115,7 @@ class Manifest:
 
 
 def totals(shards: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("rows", "tokens", "padded_tokens", "errors", "rows_at_max_length", "seconds")
+    keys = ("rows", "features", "tokens", "padded_tokens", "errors", "rows_at_max_length", "seconds")
     out: dict[str, Any] = {k: sum(s.get(k, 0) for s in shards) for k in keys}
     out["shards"] = len(shards)
     out["seconds"] = round(out["seconds"], 3)

@@ -1,0 +1,370 @@
+"""Every task against a reference: transformers' own pipelines where they still exist (same tiny
+model, same inputs: labels and words exactly, scores to 1e-4), `model.generate` one row at a
+time for the encoder-decoders, a model built to pick a known span for question answering."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from batchnlp.runner import run
+from batchnlp.spec import load_spec
+
+from conftest import read_output, write_job
+
+LONG = ("the story was slow but the ending was excellent and the music was great, i would recommend it to anyone "
+        "who likes a good film with a long plot and great acting. the price of the ticket was cheap and the "
+        "screen and the sound quality were the best")
+MIXED = ["ok", LONG, "great battery", "the coffee machine broke after a week, never again", "fine", LONG[:150],
+         "love it", "what is the capital of france"]
+BUDGETS = [40, 256, 100_000]  # 40 tokens: one long row per batch; 100k: everything in one batch
+
+
+def run_task(tmp_path, model_dir, task, rows, runtime=None, text_pair=None, name="job.yaml", **input_extra):
+    path = tmp_path / "input.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = write_job(tmp_path, input={"path": str(path), "text_column": "text",
+                                     **({"text_pair_column": text_pair} if text_pair else {}), **input_extra},
+                    task=task, model={"path": str(model_dir)}, runtime=runtime, name=name,
+                    output={"path": str(tmp_path / "out"), "rows_per_shard": 5})
+    run(load_spec(job), overwrite=True, quiet=True)
+    return read_output(tmp_path / "out")
+
+
+def oracle(task, model_dir, **kwargs):
+    from transformers import pipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipeline(task, model=str(model_dir), device="cpu", **kwargs)
+
+
+# -- zero-shot -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_zero_shot_matches_pipeline(tmp_path, nli_dir, budget, multi_label):
+    labels = ["sports", "politics", "business", "science", "world"]
+    table = run_task(tmp_path, nli_dir, {"name": "zero-shot-classification", "candidate_labels": labels,
+                                         "multi_label": multi_label},
+                     [{"text": t} for t in MIXED], runtime={"batch_tokens": budget})
+    pipe = oracle("zero-shot-classification", nli_dir)
+    for text, got_labels, got_scores in zip(MIXED, table.column("labels").to_pylist(),
+                                            table.column("scores").to_pylist()):
+        expected = pipe(text, candidate_labels=labels, multi_label=multi_label)
+        assert got_labels == expected["labels"]
+        np.testing.assert_allclose(got_scores, expected["scores"], atol=1e-4)
+
+
+def test_zero_shot_labels_from_a_column(tmp_path, nli_dir):
+    rows = [{"text": "great battery", "candidates": ["good", "bad"]}, {"text": "the city", "candidates": ["world", "sports"]},
+            {"text": "no labels", "candidates": []}]
+    table = run_task(tmp_path, nli_dir, {"name": "zero-shot-classification", "candidate_labels_column": "candidates"},
+                     rows)
+    pipe = oracle("zero-shot-classification", nli_dir)
+    for row, got in zip(rows[:2], table.column("labels").to_pylist()[:2]):
+        assert got == pipe(row["text"], candidate_labels=row["candidates"])["labels"]
+    assert table.column("error").to_pylist() == [None, None, "no candidate labels"]
+
+    csv = tmp_path / "labels.csv"  # a CSV holds the labels as one comma-separated string
+    csv.write_text('text,candidates\nthe city,"world, sports"\n')
+    job = write_job(tmp_path, input={"path": str(csv), "text_column": "text"}, model={"path": str(nli_dir)},
+                    task={"name": "zero-shot-classification", "candidate_labels_column": "candidates"}, name="csv.yaml")
+    run(load_spec(job), overwrite=True, quiet=True)
+    assert read_output(tmp_path / "out").column("labels").to_pylist() == [
+        pipe("the city", candidate_labels=["world", "sports"])["labels"]]
+
+
+def test_zero_shot_embedding_method(tmp_path, encoder_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    labels = ["sports", "business", "science"]
+    table = run_task(tmp_path, encoder_dir, {"name": "zero-shot-classification", "candidate_labels": labels,
+                                             "method": "embedding", "temperature": 0.1},
+                     [{"text": t} for t in MIXED])
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    model = AutoModel.from_pretrained(encoder_dir).eval()
+
+    def embed(text):
+        with torch.inference_mode():
+            vector = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0].mean(0)
+        return torch.nn.functional.normalize(vector, dim=-1).numpy()
+
+    label_vectors = np.stack([embed(label) for label in labels])
+    for text, got_labels, got_scores in zip(MIXED, table.column("labels").to_pylist(),
+                                            table.column("scores").to_pylist()):
+        logits = label_vectors @ embed(text) / 0.1
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        order = np.argsort(-probs)
+        assert got_labels == [labels[i] for i in order]
+        np.testing.assert_allclose(got_scores, probs[order], atol=1e-4)
+
+
+# -- fill-mask -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_fill_mask_matches_pipeline(tmp_path, mlm_dir, budget):
+    texts = ["the movie was {mask}.", "paris is the [MASK] of france", LONG + " {mask}", "{mask} it"]
+    table = run_task(tmp_path, mlm_dir, {"name": "fill-mask", "top_k": 3}, [{"text": t} for t in texts],
+                     runtime={"batch_tokens": budget})
+    pipe = oracle("fill-mask", mlm_dir)
+    for text, got in zip(texts, table.column("predictions").to_pylist()):
+        expected = pipe(text.replace("{mask}", "[MASK]"), top_k=3)
+        assert [(p["token"], p["token_str"], p["sequence"]) for p in got] == \
+               [(p["token"], p["token_str"], p["sequence"]) for p in expected]
+        np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-4)
+
+
+def test_fill_mask_targets_and_bad_rows(tmp_path, mlm_dir):
+    texts = ["the movie was {mask}.", "no mask here", "two [MASK] and {mask}"]
+    table = run_task(tmp_path, mlm_dir, {"name": "fill-mask", "targets": ["good", "bad", "great"]},
+                     [{"text": t} for t in texts])
+    expected = oracle("fill-mask", mlm_dir)("the movie was [MASK].", targets=["good", "bad", "great"])
+    got = table.column("predictions").to_pylist()[0]
+    assert [p["token_str"] for p in got] == [p["token_str"] for p in expected]
+    np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-4)
+    errors = table.column("error").to_pylist()
+    assert errors[0] is None
+    assert errors[1] == "expected exactly one mask ({mask} or [MASK]), found 0"
+    assert errors[2] == "expected exactly one mask ({mask} or [MASK]), found 2"
+    assert table.column("predictions").to_pylist()[1:] == [None, None]
+
+
+# -- token classification ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
+@pytest.mark.parametrize("budget", [40, 100_000])
+def test_token_classification_matches_pipeline(tmp_path, ner_dir, strategy, budget):
+    texts = MIXED + ["Paris, France: the capital city of France is Paris.", "unknownword xyz'q paris"]
+    table = run_task(tmp_path, ner_dir, {"name": "ner", "aggregation_strategy": strategy},
+                     [{"text": t} for t in texts], runtime={"batch_tokens": budget})
+    pipe = oracle("token-classification", ner_dir, aggregation_strategy=strategy)
+    key = "entity" if strategy == "none" else "entity_group"
+    compared = 0
+    for text, got in zip(texts, table.column("entities").to_pylist()):
+        expected = pipe(text)
+        assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in got] == \
+               [(e[key], e["word"], e["start"], e["end"]) for e in expected]
+        np.testing.assert_allclose([e["score"] for e in got], [e["score"] for e in expected], atol=1e-4)
+        for e in got:
+            assert text[e["start"]:e["end"]].lower().replace(" ", "") == e["word"].replace("##", "").replace(" ", "")
+        compared += len(got)
+    assert compared > 10  # the random model does find entities to compare
+
+
+def test_long_text_is_windowed_and_nothing_is_lost(tmp_path, ner_dir):
+    words = [f"{w}{i % 10}" for i, w in enumerate(("paris france city capital " * 80).split())]
+    text = " ".join(words)  # 640 tokens, past the 512 of a BERT: six windows of 128
+    table = run_task(tmp_path, ner_dir, {"name": "ner", "aggregation_strategy": "none", "ignore_labels": [],
+                                         "stride": 16}, [{"text": text}], runtime={"max_length": 128})
+    tokens = table.column("entities").to_pylist()[0]
+    from transformers import AutoTokenizer
+
+    offsets = AutoTokenizer.from_pretrained(ner_dir)(text, add_special_tokens=False,
+                                                     return_offsets_mapping=True)["offset_mapping"]
+    assert len(offsets) > 600
+    assert [(t["start"], t["end"]) for t in tokens] == [tuple(o) for o in offsets]  # every token once, in order
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["shards"][0]["features"] == 6 and manifest["totals"]["rows_at_max_length"] == 0
+
+
+# -- question answering --------------------------------------------------------------------------
+
+
+def test_question_answering_finds_the_span_with_exact_offsets(tmp_path, qa_dir):
+    filler = " ".join(["the city is a good city and the music is great."] * 12)  # ~150 tokens: 4+ windows
+    rows = [
+        {"q": "what is the capital?", "c": "The capital is Paris, France. It is a city."},
+        {"q": "where?", "c": filler + " At the end: Paris, France!"},  # only in a later window
+        {"q": "where?", "c": "Paris,  FRANCE  is far"},
+    ]
+    table = run_task(tmp_path, qa_dir, {"name": "question-answering", "doc_stride": 16, "top_k": 2},
+                     [{"text": r["q"], "ctx": r["c"]} for r in rows], text_pair="ctx",
+                     runtime={"max_length": 48})
+    answers = table.column("answer").to_pylist()
+    assert answers == ["Paris, France", "Paris, France", "Paris,  FRANCE"]
+    for row, start, end, answer in zip(rows, table.column("start").to_pylist(), table.column("end").to_pylist(),
+                                       answers):
+        assert row["c"][start:end] == answer
+    assert table.column("start").to_pylist()[1] > len(filler)
+    scores = table.column("score").to_pylist()
+    assert all(0.9 < s <= 1.0 for s in scores)
+    second = table.column("answers").to_pylist()[0]
+    assert second[0]["answer"] == "Paris, France" and second[1]["score"] < second[0]["score"]
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["totals"]["features"] > 6  # the long context really was split
+
+
+def test_question_answering_needs_a_context_column(tmp_path, qa_dir):
+    from batchnlp.errors import SpecError
+
+    with pytest.raises(SpecError, match="input.text_pair_column: required by question-answering"):
+        run_task(tmp_path, qa_dir, {"name": "question-answering"}, [{"text": "q"}])
+
+
+def test_impossible_answer(tmp_path, qa_dir):
+    table = run_task(tmp_path, qa_dir, {"name": "question-answering", "handle_impossible_answer": True},
+                     [{"text": "where?", "ctx": "nothing relevant in this text"}], text_pair="ctx")
+    assert table.column("answer").to_pylist() == [""]
+    assert table.column("start").to_pylist() == [0] and table.column("end").to_pylist() == [0]
+
+
+# -- embeddings vs feature-extraction ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_embeddings_match_feature_extraction_pipeline(tmp_path, encoder_dir, budget):
+    table = run_task(tmp_path, encoder_dir, {"name": "embeddings", "normalize": False},
+                     [{"text": t} for t in MIXED], runtime={"batch_tokens": budget})
+    pipe = oracle("feature-extraction", encoder_dir)
+    for text, got in zip(MIXED, table.column("embedding").to_pylist()):
+        expected = np.array(pipe(text)[0]).mean(0)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+# -- generation ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [40, 100_000])
+def test_greedy_generation_matches_pipeline(tmp_path, causal_dir, budget):
+    prompts = ["the quick brown", "a good movie with great acting and a slow plot", "das", "the battery of"]
+    table = run_task(tmp_path, causal_dir, {"name": "text-generation", "max_new_tokens": 8},
+                     [{"text": t} for t in prompts], runtime={"batch_tokens": budget})
+    pipe = oracle("text-generation", causal_dir)
+    for prompt, got in zip(prompts, table.column("generated_text").to_pylist()):
+        expected = pipe(prompt, max_new_tokens=8, do_sample=False, return_full_text=False)[0]["generated_text"]
+        assert got == expected
+
+
+def test_generation_options(tmp_path, causal_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    table = run_task(tmp_path, causal_dir, {"name": "text-generation", "max_new_tokens": 6, "chat_template": True,
+                                            "system_prompt": "be brief", "return_full_text": True,
+                                            "num_return_sequences": 2, "num_beams": 2},
+                     [{"text": "the quick brown"}])
+    texts = table.column("generated_text").to_pylist()[0]
+    assert len(texts) == 2 and all(t.startswith("the quick brown") for t in texts)
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "system", "content": "be brief"},
+                                            {"role": "user", "content": "the quick brown"}],
+                                           add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("<s>assistant:")
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=6, num_beams=2, num_return_sequences=2, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert texts == ["the quick brown" + t for t in expected]
+
+
+def test_stop_strings_cut_the_text(tmp_path, causal_dir):
+    free = run_task(tmp_path, causal_dir, {"name": "text-generation", "max_new_tokens": 12},
+                    [{"text": "the quick brown"}]).column("generated_text").to_pylist()[0]
+    assert len(free) > 4
+    stop = free[2:4]
+    cut = run_task(tmp_path, causal_dir, {"name": "text-generation", "max_new_tokens": 12, "stop": [stop]},
+                   [{"text": "the quick brown"}], name="stop.yaml").column("generated_text").to_pylist()[0]
+    assert cut == free[:free.find(stop)]
+
+
+def test_sampling_is_reproducible_across_a_killed_run(tmp_path, causal_dir):
+    rows = [{"text": t} for t in MIXED * 2]
+    path = tmp_path / "input.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = {"name": "text-generation", "max_new_tokens": 6, "do_sample": True, "temperature": 1.5, "seed": 7}
+
+    def job(directory):
+        directory.mkdir(exist_ok=True)
+        return write_job(directory, input={"path": str(path), "text_column": "text"}, task=task,
+                         model={"path": str(causal_dir)},
+                         output={"path": str(directory / "out"), "rows_per_shard": 4})
+
+    def launch(j, crash=""):
+        return subprocess.run([sys.executable, "-m", "batchnlp", "run", str(j), "--quiet"],
+                              env={**os.environ, "BATCHNLP_TEST_CRASH": crash}, capture_output=True, text=True)
+
+    assert launch(job(tmp_path / "a")).returncode == 0
+    killed = job(tmp_path / "b")
+    assert launch(killed, "shard-recorded:1").returncode == -9
+    assert launch(killed).returncode == 0
+    a, b = read_output(tmp_path / "a" / "out"), read_output(tmp_path / "b" / "out")
+    assert a.equals(b)
+    assert len(set(a.column("generated_text").to_pylist())) > 8  # really sampled, not constant
+
+
+# -- encoder-decoder -----------------------------------------------------------------------------
+
+
+def generate_one_by_one(model_dir, texts, prefix="", **kwargs):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    out = []
+    for text in texts:
+        ids = model.generate(**tokenizer(prefix + text, return_tensors="pt"), **kwargs)
+        out.append(tokenizer.decode(ids[0], skip_special_tokens=True))
+    return out
+
+
+@pytest.mark.parametrize("budget", [40, 100_000])
+def test_summarization_greedy_matches_generate_row_by_row(tmp_path, bart_dir, budget):
+    table = run_task(tmp_path, bart_dir, {"name": "summarization", "max_new_tokens": 10},
+                     [{"text": t} for t in MIXED], runtime={"batch_tokens": budget})
+    assert table.column("summary_text").to_pylist() == generate_one_by_one(bart_dir, MIXED, max_new_tokens=10,
+                                                                            do_sample=False)
+
+
+def test_summarization_beam_search_runs(tmp_path, bart_dir):
+    table = run_task(tmp_path, bart_dir, {"name": "summarization", "num_beams": 3, "length_penalty": 1.5,
+                                          "no_repeat_ngram_size": 2, "max_new_tokens": 10},
+                     [{"text": t} for t in MIXED[:3]])
+    expected = generate_one_by_one(bart_dir, MIXED[:3], num_beams=3, length_penalty=1.5, no_repeat_ngram_size=2,
+                                   max_new_tokens=10, do_sample=False)
+    assert table.column("summary_text").to_pylist() == expected
+
+
+def test_marian_translation_end_to_end(tmp_path, marian_dir):
+    texts = ["the house is wonderful", "the quick brown fox jumps over the lazy dog", "a good movie"]
+    table = run_task(tmp_path, marian_dir, {"name": "translation", "max_new_tokens": 12},
+                     [{"text": t} for t in texts])
+    got = table.column("translation_text").to_pylist()
+    assert got == generate_one_by_one(marian_dir, texts, max_new_tokens=12, do_sample=False)
+    assert all(isinstance(t, str) and t for t in got)
+
+
+def test_t5_translation_prefix_and_forced_language_codes():
+    from types import SimpleNamespace
+
+    from batchnlp.tasks.translation import Params, Translation
+
+    t5 = SimpleNamespace(model_type="t5", task_specific_params={
+        "translation_en_to_de": {"prefix": "translate English to German: "}})
+    tokenizer = SimpleNamespace()
+    assert Translation(Params(src_lang="en", tgt_lang="de"), t5, tokenizer, 512).prefix == \
+           "translate English to German: "
+    assert Translation(Params(src_lang="en", tgt_lang="fr"), SimpleNamespace(model_type="t5"), tokenizer,
+                       512).prefix == "translate English to French: "
+
+    class NllbTokenizer:
+        unk_token_id = 3
+        src_lang = None
+
+        def convert_tokens_to_ids(self, token):
+            return {"deu_Latn": 42}.get(token, 3)
+
+    nllb = NllbTokenizer()
+    task = Translation(Params(src_lang="eng_Latn", tgt_lang="deu_Latn"), SimpleNamespace(model_type="nllb"), nllb,
+                       512)
+    assert nllb.src_lang == "eng_Latn" and task.generate_extra == {"forced_bos_token_id": 42}
