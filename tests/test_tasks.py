@@ -368,3 +368,13 @@ def test_t5_translation_prefix_and_forced_language_codes():
     task = Translation(Params(src_lang="eng_Latn", tgt_lang="deu_Latn"), SimpleNamespace(model_type="nllb"), nllb,
                        512)
     assert nllb.src_lang == "eng_Latn" and task.generate_extra == {"forced_bos_token_id": 42}
+
+
+def test_prompt_template(tmp_path, causal_dir):
+    template = "review: {text} verdict:"
+    table = run_task(tmp_path, causal_dir, {"name": "text-generation", "max_new_tokens": 5,
+                                            "prompt_template": template, "return_full_text": True},
+                     [{"text": "the battery of"}])
+    expected = oracle("text-generation", causal_dir)("review: the battery of verdict:", max_new_tokens=5,
+                                                     do_sample=False)[0]["generated_text"]
+    assert table.column("generated_text").to_pylist() == [expected]

@@ -24,7 +24,10 @@ class Params(decoding.DecodingParams):
     num_return_sequences: int = doc("Texts per prompt; above 1, `generated_text` is a list.", default=1)
     stop: list[str] | None = doc("Stop generating at any of these strings (left out of the output).",
                                  default=None)
-    return_full_text: bool = doc("Prepend the prompt (the input text) to the generated text.", default=False)
+    prompt_template: str = doc("The prompt made from each text; {text} marks where the text goes.",
+                               default="{text}")
+    return_full_text: bool = doc("Prepend the prompt (the text through prompt_template; without the chat "
+                                 "template's markup) to the generated text.", default=False)
     chat_template: bool = doc("Wrap the text as the user message of the model's chat template.", default=False)
     system_prompt: str | None = doc("With chat_template: a system message before the user message.",
                                     default=None)
@@ -33,6 +36,8 @@ class Params(decoding.DecodingParams):
         super().validate()
         if self.num_return_sequences < 1:
             raise SpecError("task.num_return_sequences", "must be 1 or more")
+        if "{text}" not in self.prompt_template:
+            raise SpecError("task.prompt_template", "must contain {text} where each row's text goes")
         if self.system_prompt is not None and not self.chat_template:
             raise SpecError("task.system_prompt", "only applies with chat_template: true")
         if self.num_return_sequences > 1 and not self.do_sample and (self.num_beams or 1) < self.num_return_sequences:
@@ -74,6 +79,8 @@ class TextGeneration(Task):
         return [[{"input_ids": ids[-room:], "meta": None}] for ids in enc["input_ids"]]
 
     def _prompt(self, text: str) -> str:
+        # str.replace, not format: the text and the template may hold braces of their own.
+        text = self.params.prompt_template.replace("{text}", text)
         if not self.params.chat_template:
             return text
         messages = ([{"role": "system", "content": self.params.system_prompt}] if self.params.system_prompt else [])
@@ -93,7 +100,8 @@ class TextGeneration(Task):
                 for i in range(len(meta))]
 
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
-        texts = [row["text"] + t if self.params.return_full_text else t for t in outputs[0]]
+        prompt = self.params.prompt_template.replace("{text}", row["text"])
+        texts = [prompt + t if self.params.return_full_text else t for t in outputs[0]]
         return {"generated_text": texts[0] if self.params.num_return_sequences == 1 else texts}
 
 
