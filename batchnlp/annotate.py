@@ -1,10 +1,17 @@
-"""One shard through the model: check rows, encode them into features, sort the features into
-token-budget batches, run, and decode each row back in input order."""
+"""One shard through the model, in three stages the runner overlaps:
+
+1. `prepare` (reader thread): check rows, encode them into features, sort the features into
+   token-budget batches. CPU only.
+2. `infer` (main thread): run the batches on the device. On CUDA out-of-memory a batch is split in
+   two and retried, and the budget that worked is kept for the rest of the run.
+3. `finish` (writer thread): decode each row back in input order and build the typed table.
+"""
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -25,52 +32,51 @@ class LoadedModel:
 
 
 @dataclass
+class Prepared:
+    rows: pa.Table
+    records: list[dict[str, Any]]
+    errors: list[str | None]
+    features: list[dict[str, Any]]
+    owners: list[int]
+    batches: list[list[int]]
+    seconds: float
+    outputs: list[Any] = field(default_factory=list)
+    padded: int = 0
+
+
 class Annotator:
-    spec: JobSpec
-    task: Task
-    loaded: LoadedModel
-    placement: Placement
-    schema: pa.Schema
+    def __init__(self, spec: JobSpec, task: Task, loaded: LoadedModel, placement: Placement, schema: pa.Schema):
+        self.spec, self.task, self.loaded, self.placement, self.schema = spec, task, loaded, placement, schema
+        self.batch_tokens = spec.runtime.batch_tokens  # lowered for good after an out-of-memory error
+        self.oom_splits = 0
+        # Fast tokenizers must not be used from two threads at once ("Already borrowed"): the
+        # reader and writer threads each get their own copy of the task and its tokenizer.
+        self.encoder = _with_own_tokenizer(task)
+        self.decoder = _with_own_tokenizer(task)
 
     def __call__(self, rows: pa.Table, shard_index: int) -> tuple[pa.Table, dict[str, Any]]:
+        """All three stages in this thread (the bench and the precision probe use this)."""
+        prepared = self.prepare(rows)
+        self.infer(prepared, shard_index)
+        return self.finish(prepared)
+
+    # -- 1. prepare ----------------------------------------------------------------------------
+
+    def prepare(self, rows: pa.Table) -> Prepared:
         began = time.perf_counter()
-        n = rows.num_rows
         records = self.records(rows)
         errors: list[str | None] = [row_error(r) for r in records]
-        valid = [i for i in range(n) if errors[i] is None]
-        self.task.start_shard(shard_index)
-
+        valid = [i for i in range(len(records)) if errors[i] is None]
         features, owners = [], []
-        for i, encoded in zip(valid, self.task.encode([records[i] for i in valid]) if valid else []):
+        for i, encoded in zip(valid, self.encoder.encode([records[i] for i in valid]) if valid else []):
             if isinstance(encoded, RowError):
                 errors[i] = str(encoded)
                 continue
             features.extend(encoded)
             owners.extend([i] * len(encoded))
-
-        outputs, padded = self.run_features(features)
-        per_row: dict[int, list[Any]] = {}
-        for owner, output in zip(owners, outputs):
-            per_row.setdefault(owner, []).append(output)
-        fields = self.task.fields()
-        values: dict[str, list[Any]] = {f.name: [None] * n for f in fields}
-        for i, row_outputs in per_row.items():
-            try:
-                decoded = self.task.decode(records[i], row_outputs)
-            except RowError as e:
-                errors[i] = str(e)
-                continue
-            for f in fields:
-                values[f.name][i] = decoded[f.name]
-
-        table = build_table(rows, self.schema, [annotation_array(f, values[f.name]) for f in fields], errors)
-        tokens = sum(len(f["input_ids"]) for f in features)
-        truncated = len({o for o, f in zip(owners, features) if len(f["input_ids"]) >= self.loaded.max_length})
-        stats = {"rows": n, "features": len(features), "tokens": tokens, "padded_tokens": padded,
-                 "errors": sum(e is not None for e in errors),
-                 "rows_at_max_length": 0 if self.task.windowed else truncated,
-                 "seconds": round(time.perf_counter() - began, 4)}
-        return table, stats
+        lengths = [self.task.batch_length(f) for f in features]
+        batches = token_budget_batches(lengths, self.batch_tokens, self.spec.runtime.max_batch_size)
+        return Prepared(rows, records, errors, features, owners, batches, time.perf_counter() - began)
 
     def records(self, rows: pa.Table) -> list[dict[str, Any]]:
         """Each row as {"text", "pair"?, and each of the task's extra columns under its parameter name}."""
@@ -82,24 +88,82 @@ class Annotator:
         data = {key: rows.column(column).to_pylist() for key, column in columns.items()}
         return [{key: data[key][i] for key in columns} for i in range(rows.num_rows)]
 
-    def run_features(self, features: list[dict[str, Any]]) -> tuple[list[Any], int]:
-        """Each feature's output (in feature order) and the padded tokens that took."""
-        if not features:
-            return [], 0
-        runtime = self.spec.runtime
-        lengths = [self.task.batch_length(f) for f in features]
-        batches = token_budget_batches(lengths, runtime.batch_tokens, runtime.max_batch_size)
-        device = self.placement.device
-        outputs: list[Any] = [None] * len(features)
-        padded = 0
-        for indices, batch, meta in loader(features, batches, self.loaded.tokenizer, self.task.padding_side,
-                                           runtime.num_workers, pin_memory=device.type == "cuda"):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            padded += batch["input_ids"].numel()
+    # -- 2. infer ------------------------------------------------------------------------------
+
+    def infer(self, prepared: Prepared, shard_index: int) -> None:
+        began = time.perf_counter()
+        self.task.start_shard(shard_index)
+        prepared.outputs = [None] * len(prepared.features)
+        if prepared.features:
+            device = self.placement.device
+            for indices, batch, meta in loader(prepared.features, prepared.batches, self.loaded.tokenizer,
+                                               self.task.padding_side, self.spec.runtime.num_workers,
+                                               pin_memory=device.type == "cuda"):
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                self._run(prepared, indices, batch, meta)
+        prepared.seconds += time.perf_counter() - began
+
+    def _run(self, prepared: Prepared, indices: list[int], batch: dict[str, Any], meta: list[Any]) -> None:
+        """Run a batch, in pieces if it exceeds the (possibly lowered) budget or runs out of memory."""
+        import torch
+
+        rows, width = batch["input_ids"].shape
+        if rows > 1 and rows * width > self.batch_tokens:
+            self._halves(prepared, indices, batch, meta)
+            return
+        try:
             with self.placement.context():
-                for i, output in zip(indices, self.task.forward(self.loaded.model, batch, meta)):
-                    outputs[i] = output
-        return outputs, padded
+                outputs = self.task.forward(self.loaded.model, batch, meta)
+        except torch.cuda.OutOfMemoryError:
+            if rows == 1:
+                raise
+            torch.cuda.empty_cache()
+            self.batch_tokens = min(self.batch_tokens, rows * width // 2)
+            self.oom_splits += 1
+            self._halves(prepared, indices, batch, meta)
+            return
+        prepared.padded += rows * width
+        for i, output in zip(indices, outputs):
+            prepared.outputs[i] = output
+
+    def _halves(self, prepared: Prepared, indices: list[int], batch: dict[str, Any], meta: list[Any]) -> None:
+        half = len(indices) // 2
+        for part in (slice(0, half), slice(half, None)):
+            self._run(prepared, indices[part], {k: v[part] for k, v in batch.items()}, meta[part])
+
+    # -- 3. finish -----------------------------------------------------------------------------
+
+    def finish(self, prepared: Prepared) -> tuple[pa.Table, dict[str, Any]]:
+        began = time.perf_counter()
+        n, errors = prepared.rows.num_rows, prepared.errors
+        per_row: dict[int, list[Any]] = {}
+        for owner, output in zip(prepared.owners, prepared.outputs):
+            per_row.setdefault(owner, []).append(output)
+        fields = self.task.fields()
+        values: dict[str, list[Any]] = {f.name: [None] * n for f in fields}
+        for i, row_outputs in per_row.items():
+            try:
+                decoded = self.decoder.decode(prepared.records[i], row_outputs)
+            except RowError as e:
+                errors[i] = str(e)
+                continue
+            for f in fields:
+                values[f.name][i] = decoded[f.name]
+        table = build_table(prepared.rows, self.schema, [annotation_array(f, values[f.name]) for f in fields], errors)
+        features = prepared.features
+        max_length = self.loaded.max_length
+        truncated = len({o for o, f in zip(prepared.owners, features) if len(f["input_ids"]) >= max_length})
+        stats = {"rows": n, "features": len(features), "tokens": sum(len(f["input_ids"]) for f in features),
+                 "padded_tokens": prepared.padded, "errors": sum(e is not None for e in errors),
+                 "rows_at_max_length": 0 if self.task.windowed else truncated,
+                 "seconds": round(prepared.seconds + time.perf_counter() - began, 4)}
+        return table, stats
+
+
+def _with_own_tokenizer(task: Task) -> Task:
+    twin = copy.copy(task)
+    twin.tokenizer = copy.deepcopy(task.tokenizer)
+    return twin
 
 
 def row_error(record: dict[str, Any]) -> str | None:

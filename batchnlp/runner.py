@@ -51,8 +51,7 @@ def fingerprint(spec: JobSpec, plan: Plan, model_identity: dict[str, Any], limit
 
 
 def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False) -> RunResult:
-    task_cls = task_class(spec.task.name)
-    plan = make_plan(spec.input, spec.output.rows_per_shard, limit, task_cls.extra_columns(spec.task.params))
+    plan = plan_job(spec, limit)
     resolved = source.resolve(spec.model)
     out = Path(spec.output.path)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,72 +61,153 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
         if manifest is not None and manifest.status == "complete":
             return RunResult(out, "complete", 0, 0, manifest.data["totals"].get("shards"),
                              len(manifest.done_shards()))
-
-        # Heavy imports only now: `validate`, `--help` and the checks above stay instant.
-        from batchnlp.annotate import Annotator, LoadedModel
-        from batchnlp.model import device, load
-
-        if quiet:
-            import transformers
-
-            transformers.utils.logging.disable_progress_bar()
-        placement = device.choose(spec.runtime)
-        trust = spec.model.trust_remote_code
-        config = load.load_config(resolved, trust)
-        tokenizer = load.load_tokenizer(resolved, trust)
-        max_length = spec.runtime.max_length or load.default_max_length(resolved.directory, tokenizer, config)
-        task = task_cls(spec.task.params, config, tokenizer, max_length)
-        schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
-        _check_collisions(schema.names)
-        model = load.load_model(resolved, task.model_class, placement, trust)
-        with placement.context():
-            task.prepare(model)
-        loaded = LoadedModel(model, tokenizer, model.config, max_length)
-
-        shards_total = plan.shard_count
+        session = open_session(spec, plan, resolved, quiet)
         if manifest is None:
-            manifest = Manifest.new(
-                out,
-                job={"file": spec.source_file, "text": spec.source_text, "resolved": spec.resolved()},
-                fingerprint=job_fingerprint,
-                model={**resolved.identity, "class": task.model_class,
-                       "architecture": (loaded.config.architectures or [loaded.config.model_type])[0],
-                       "max_length": loaded.max_length},
-                input=plan.fingerprint(),
-                planned={"rows": plan.total_rows, "shards": shards_total, "limit": limit},
-                output={"schema": [f"{f.name}: {f.type}" for f in schema]},
-                libraries=library_versions(),
-            )
+            manifest = new_manifest(session, out, job_fingerprint, limit)
         done = manifest.done_shards()
-        manifest.start_run({**placement.describe(), "batch_tokens": spec.runtime.batch_tokens,
-                            "max_batch_size": spec.runtime.max_batch_size, "num_workers": spec.runtime.num_workers,
-                            "resumed_from_shards": len(done)})
-        annotate = Annotator(spec, task, loaded, placement, schema)
-        return _loop(plan, manifest, annotate, done, out, shards_total, quiet)
+        manifest.start_run({**session.run_info(), "resumed_from_shards": len(done)})
+        return _loop(plan, manifest, session.annotator, done, out, plan.shard_count, quiet)
+
+
+def plan_job(spec: JobSpec, limit: int | None = None) -> Plan:
+    task_cls = task_class(spec.task.name)
+    return make_plan(spec.input, spec.output.rows_per_shard, limit, task_cls.extra_columns(spec.task.params))
+
+
+@dataclass
+class Session:
+    """A job ready to annotate: model loaded once, precision settled, output schema declared."""
+
+    spec: JobSpec
+    resolved: Any
+    annotator: Any
+    probe: dict[str, Any] | None
+
+    def run_info(self) -> dict[str, Any]:
+        runtime, model = self.spec.runtime, self.annotator.loaded.model
+        return {**self.annotator.placement.describe(), "precision_probe": self.probe,
+                "attention": getattr(model.config, "_attn_implementation", None),
+                "batch_tokens": runtime.batch_tokens, "max_batch_size": runtime.max_batch_size,
+                "num_workers": runtime.num_workers}
+
+
+def open_session(spec: JobSpec, plan: Plan, resolved: Any, quiet: bool = True) -> Session:
+    # Heavy imports only now: `validate`, `--help` and the checks before this stay instant.
+    from batchnlp.annotate import Annotator, LoadedModel
+    from batchnlp.model import device, load
+
+    if quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    placement = device.choose(spec.runtime)
+    trust = spec.model.trust_remote_code
+    config = load.load_config(resolved, trust)
+    tokenizer = load.load_tokenizer(resolved, trust)
+    max_length = spec.runtime.max_length or load.default_max_length(resolved.directory, tokenizer, config)
+    task = task_class(spec.task.name)(spec.task.params, config, tokenizer, max_length)
+    schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
+    _check_collisions(schema.names)
+    model = load.load_model(resolved, task.model_class, placement, trust)
+    with placement.context():
+        task.prepare(model)
+    annotator = Annotator(spec, task, LoadedModel(model, tokenizer, model.config, max_length), placement, schema)
+    probe = None
+    if placement.needs_probe:
+        probe = precision_probe(annotator, plan)
+        if not probe["kept"]:
+            annotator = Annotator(spec, task, annotator.loaded, placement.float32(), schema)
+    return Session(spec, resolved, annotator, probe)
+
+
+PROBE_ROWS = 32
+
+
+def precision_probe(annotator: Any, plan: Plan) -> dict[str, Any]:
+    """Annotate the first rows in the chosen precision and in float32; keep the faster precision
+    only if the answers agree as well as the task requires (its agreement_threshold)."""
+    from batchnlp.annotate import Annotator
+
+    _, table = next(read_shards(plan, set()))
+    sample = table.slice(0, PROBE_ROWS)
+    reference = Annotator(annotator.spec, annotator.task, annotator.loaded, annotator.placement.float32(),
+                          annotator.schema)
+    fast, _ = annotator(sample, 0)
+    exact, _ = reference(sample, 0)
+    task = annotator.task
+    agreement = task.agreement(fast.to_pylist(), exact.to_pylist())
+    return {"dtype": annotator.placement.name, "rows": sample.num_rows, "agreement": round(agreement, 5),
+            "threshold": task.agreement_threshold, "kept": agreement >= task.agreement_threshold}
+
+
+def new_manifest(session: Session, out: Path, job_fingerprint: dict[str, Any], limit: int | None) -> Manifest:
+    spec, loaded, plan_fields = session.spec, session.annotator.loaded, session.annotator.schema
+    return Manifest.new(
+        out,
+        job={"file": spec.source_file, "text": spec.source_text, "resolved": spec.resolved()},
+        fingerprint=job_fingerprint,
+        model={**session.resolved.identity, "class": session.annotator.task.model_class,
+               "architecture": (loaded.config.architectures or [loaded.config.model_type])[0],
+               "max_length": loaded.max_length},
+        input=job_fingerprint["input"],
+        planned={"rows": job_fingerprint["input"]["total_rows"], "shards": job_fingerprint["input"].get("shards"),
+                 "limit": limit},
+        output={"schema": [f"{f.name}: {f.type}" for f in plan_fields]},
+        libraries=library_versions(),
+    )
 
 
 def _loop(plan: Plan, manifest: Manifest, annotate: Any, done: set[int], out: Path, shards_total: int | None,
           quiet: bool) -> RunResult:
+    """Three stages overlap, one thread each: reading and tokenizing shard i+1, running the model
+    on shard i, decoding and writing shard i-1. So the device never waits for I/O or the
+    tokenizer, and the order of commits stays the shard order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     done_rows = sum(s["rows"] for s in manifest.data["shards"] if s["index"] in done)
     progress = tqdm(total=plan.total_rows, initial=done_rows, unit="rows", disable=quiet, dynamic_ncols=True,
                     desc="annotating")
-    rows = shards = 0
+    shards = read_shards(plan, done)
+    began = time.perf_counter()
+    written = {"rows": 0, "shards": 0}
+
+    def read_next() -> Any:
+        item = next(shards, None)
+        return None if item is None else (item[0], annotate.prepare(item[1]))
+
+    def commit(shard: Any, prepared: Any) -> None:
+        table, stats = annotate.finish(prepared)
+        size = write_atomic(table, out / part_name(shard.index))
+        _crash_point("part-written", shard.index)
+        stats.update(index=shard.index, input=plan.units[shard.unit].name, start=shard.start, bytes=size)
+        written["rows"] += shard.rows
+        written["shards"] += 1
+        manifest.record_shard(stats, run={"rows": written["rows"], "seconds": round(time.perf_counter() - began, 3),
+                                          "batch_tokens_in_use": annotate.batch_tokens,
+                                          "oom_splits": annotate.oom_splits})
+        _crash_point("shard-recorded", shard.index)
+        progress.update(shard.rows)
+        progress.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.0f}")
+
+    writing = None
     try:
-        for shard, table in read_shards(plan, done):
-            began = time.perf_counter()
-            annotated, stats = annotate(table, shard.index)
-            size = write_atomic(annotated, out / part_name(shard.index))
-            _crash_point("part-written", shard.index)
-            stats.update(index=shard.index, input=plan.units[shard.unit].name, start=shard.start, bytes=size,
-                         seconds=round(time.perf_counter() - began, 4))
-            manifest.record_shard(stats)
-            _crash_point("shard-recorded", shard.index)
-            rows += shard.rows
-            shards += 1
-            progress.update(shard.rows)
-            progress.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.0f}")
+        with ThreadPoolExecutor(1, "batchnlp-read") as reader, ThreadPoolExecutor(1, "batchnlp-write") as writer:
+            reading = reader.submit(read_next)
+            try:
+                while (item := reading.result()) is not None:
+                    reading = reader.submit(read_next)  # prefetch the next shard while this one runs
+                    shard, prepared = item
+                    annotate.infer(prepared, shard.index)
+                    if writing is not None:
+                        writing.result()  # one write in flight at most; raises the writer's error here
+                    writing = writer.submit(commit, shard, prepared)
+                if writing is not None:
+                    writing.result()
+            finally:
+                if writing is not None and not writing.done():
+                    writing.exception()  # let a commit in flight finish before the manifest is closed
     except KeyboardInterrupt:
         manifest.finish("interrupted")
         raise
@@ -137,7 +217,7 @@ def _loop(plan: Plan, manifest: Manifest, annotate: Any, done: set[int], out: Pa
     finally:
         progress.close()
     manifest.finish("complete")
-    return RunResult(out, "complete", rows, shards, shards_total, len(done))
+    return RunResult(out, "complete", written["rows"], written["shards"], shards_total, len(done))
 
 
 def _existing(out: Path, job_fingerprint: dict[str, Any], overwrite: bool) -> Manifest | None:

@@ -66,8 +66,10 @@ class ModelSpec:
 @dataclass(frozen=True)
 class RuntimeSpec:
     device: str = doc("auto | cpu | cuda | cuda:N (auto: cuda when available).", default="auto")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = doc(
-        "auto: float16 on CUDA, float32 on CPU. bfloat16 on CPU runs under autocast.", default="auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = doc(
+        "auto: float16 on CUDA; on a CPU with native bfloat16 (AVX512-BF16/AMX) bfloat16 autocast if a probe "
+        "on the first rows agrees with float32, else float32. int8: dynamic int8 linear layers (CPU).",
+        default="auto")
     max_length: int | None = doc("Truncate inputs to this many tokens (default: the model's limit).",
                                  default=None)
     batch_tokens: int = doc("Budget of padded tokens per batch (batch size x longest row).", default=16384)

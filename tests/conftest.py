@@ -115,9 +115,10 @@ def reviews_csv(tmp_path) -> Path:
 def write_job(directory: Path, *, input: dict, task: dict, model: dict, output: dict | None = None,
               runtime: dict | None = None, name: str = "job.yaml") -> Path:
     spec = {"input": input, "task": task, "model": model,
-            "output": output or {"path": str(directory / "out"), "rows_per_shard": 4}}
-    if runtime:
-        spec["runtime"] = runtime
+            "output": output or {"path": str(directory / "out"), "rows_per_shard": 4},
+            # float32 unless a test says otherwise: most tests compare with a float32 reference,
+            # and `auto` may pick bfloat16 on this CPU.
+            "runtime": {"dtype": "float32", **(runtime or {})}}
     path = directory / name
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -271,3 +271,67 @@ def test_dataloader_workers_give_the_same_output(tmp_path, classifier_dir, revie
     run(load_spec(classify_job(tmp_path / "a", classifier_dir, reviews_csv)), quiet=True)
     run(load_spec(classify_job(tmp_path / "b", classifier_dir, reviews_csv, runtime={"num_workers": 2})), quiet=True)
     assert read_output(tmp_path / "a" / "out").equals(read_output(tmp_path / "b" / "out"))
+
+
+# -- precision and memory safety -----------------------------------------------------------------
+
+
+def test_auto_dtype_keeps_bfloat16_when_the_probe_agrees(tmp_path, classifier_dir, reviews_csv):
+    from batchnlp.model.device import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
+    run_info = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    assert run_info["dtype"] == "bfloat16" and run_info["autocast_dtype"] == "bfloat16"
+    assert run_info["precision_probe"]["kept"] and run_info["precision_probe"]["agreement"] >= 0.995
+
+
+def test_auto_dtype_falls_back_to_float32_when_the_probe_disagrees(tmp_path, classifier_dir, reviews_csv,
+                                                                   monkeypatch):
+    from batchnlp.model.device import native_bf16
+    from batchnlp.tasks.classification import Classification
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    monkeypatch.setattr(Classification, "agreement_threshold", 1.01)  # nothing can agree that well
+    run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
+    run_info = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    assert run_info["dtype"] == "float32" and not run_info["precision_probe"]["kept"]
+    expected, id2label = reference_scores(classifier_dir, TEXTS)
+    np.testing.assert_allclose(read_output(tmp_path / "out").column("score").to_numpy(), expected.max(-1),
+                               atol=1e-5)
+
+
+def test_int8_dynamic_quantisation(tmp_path, classifier_dir, reviews_csv):
+    run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "int8"})), quiet=True)
+    run_info = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    assert run_info["dtype"] == "int8"
+    expected, id2label = reference_scores(classifier_dir, TEXTS)
+    np.testing.assert_allclose(read_output(tmp_path / "out").column("score").to_numpy(), expected.max(-1),
+                               atol=5e-2)
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_the_safe_budget(tmp_path, classifier_dir, reviews_csv,
+                                                                  monkeypatch):
+    from batchnlp.tasks.classification import Classification
+
+    (tmp_path / "a").mkdir()
+    run(load_spec(classify_job(tmp_path / "a", classifier_dir, reviews_csv)), quiet=True)
+
+    forward = Classification.forward
+
+    def small_memory(self, model, batch, meta):
+        if batch["input_ids"].numel() > 60:  # as if the device held 60 tokens at most
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(self, model, batch, meta)
+
+    monkeypatch.setattr(Classification, "forward", small_memory)
+    (tmp_path / "b").mkdir()
+    run(load_spec(classify_job(tmp_path / "b", classifier_dir, reviews_csv)), quiet=True)
+    split, whole = read_output(tmp_path / "b" / "out"), read_output(tmp_path / "a" / "out")
+    assert split.column("id").to_pylist() == whole.column("id").to_pylist()  # no row lost or repeated
+    assert split.column("label").to_pylist() == whole.column("label").to_pylist()
+    np.testing.assert_allclose(split.column("score").to_numpy(), whole.column("score").to_numpy(), atol=1e-5)
+    run_info = json.loads((tmp_path / "b" / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    assert run_info["oom_splits"] > 0 and run_info["batch_tokens_in_use"] <= 60 < run_info["batch_tokens"]

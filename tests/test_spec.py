@@ -37,7 +37,7 @@ def test_defaults_are_filled_in():
 
 
 @pytest.mark.parametrize("data, message", [
-    (with_("runtime", dtype="fp8"), "runtime.dtype: must be one of auto, float32, float16, bfloat16; got 'fp8'"),
+    (with_("runtime", dtype="fp8"), "runtime.dtype: must be one of auto, float32, float16, bfloat16, int8; got 'fp8'"),
     (with_("runtime", device="tpu"), "runtime.device: must be auto, cpu, cuda or cuda:N"),
     (with_("runtime", batch_tokens=0), "runtime.batch_tokens: must be at least 1"),
     (with_("runtime", max_batch_size="lots"), "runtime.max_batch_size: expected an integer"),

@@ -58,7 +58,12 @@ def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, 
             resolved.directory, dtype=placement.weights_dtype, **_kwargs(resolved, trust_remote_code))
     except (OSError, ValueError, ImportError) as e:
         raise _fail(model_class, resolved, e) from None
-    return model.to(placement.device).eval()
+    model = model.to(placement.device).eval()
+    if placement.quantize_int8:
+        import torch
+
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
 
 
 def default_max_length(directory: Path, tokenizer: Any, config: Any) -> int:

@@ -63,6 +63,7 @@ class Plan:
         return {
             "units": [{"name": u.name, "rows": u.rows, "size": u.size, "mtime_ns": u.mtime_ns} for u in self.units],
             "total_rows": self.total_rows,
+            "shards": self.shard_count,
             **self.extra,
         }
 

@@ -35,6 +35,9 @@ class Task:
     padding_side: ClassVar[str] = "right"
     #: Long inputs are split into overlapping windows rather than truncated.
     windowed: ClassVar[bool] = False
+    #: The share of rows that must give the same answer as float32 for a faster precision to be
+    #: kept (the runner's probe) and to pass `batchnlp bench --check-agreement`.
+    agreement_threshold: ClassVar[float] = 0.995
 
     def __init__(self, params: Any, model_config: Any, tokenizer: Any, max_length: int):
         self.params = params
@@ -82,3 +85,14 @@ class Task:
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
         """The annotation columns of one row from its features' outputs (in feature order)."""
         return outputs[0]
+
+    def agreement_key(self, row: dict[str, Any]) -> Any:
+        """What must be equal for two annotations of a row to agree (default: the first column)."""
+        return row[self.fields()[0].name]
+
+    def agreement(self, rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> float:
+        """The share of rows whose annotation agrees with the reference's (rows with errors skipped)."""
+        pairs = [(a, b) for a, b in zip(rows, reference) if a.get("error") is None and b.get("error") is None]
+        if not pairs:
+            return 1.0
+        return sum(self.agreement_key(a) == self.agreement_key(b) for a, b in pairs) / len(pairs)

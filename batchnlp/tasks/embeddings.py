@@ -25,6 +25,18 @@ class Embeddings(Task):
     description = "A fixed-size vector per text from an encoder's last hidden state (AutoModel)."
     Params = Params
     model_class = "AutoModel"
+    agreement_threshold = 0.99  # mean cosine similarity to float32, not a share of rows
+
+    def agreement(self, rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> float:
+        """Mean cosine similarity between the vectors and the reference's."""
+        import numpy as np
+
+        a = np.array([r["embedding"] for r in rows if r["embedding"] is not None])
+        b = np.array([r["embedding"] for r in reference if r["embedding"] is not None])
+        if not len(a):
+            return 1.0
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        return float(cosine.mean())
 
     def fields(self) -> list[pa.Field]:
         return [pa.field("embedding", pa.list_(pa.float32(), self.config.hidden_size))]

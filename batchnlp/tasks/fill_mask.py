@@ -56,6 +56,9 @@ class FillMask(Task):
     def fields(self) -> list[pa.Field]:
         return [pa.field("predictions", pa.list_(PREDICTION))]
 
+    def agreement_key(self, row: dict[str, Any]) -> Any:
+        return row["predictions"][0]["token"]  # the top prediction
+
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         texts = [row["text"].replace(MASK, self.tokenizer.mask_token) for row in rows]
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False,

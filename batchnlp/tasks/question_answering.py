@@ -71,6 +71,9 @@ class QuestionAnswering(Task):
             fields.append(pa.field("answers", pa.list_(ANSWER)))
         return fields
 
+    def agreement_key(self, row: dict[str, Any]) -> Any:
+        return row["start"], row["end"]
+
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         questions = [self._question(row["text"]) for row in rows]
         enc = self.tokenizer(questions, [row["pair"] for row in rows], truncation="only_second",

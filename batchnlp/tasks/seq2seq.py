@@ -13,6 +13,7 @@ from batchnlp.tasks.base import Feature, RowError, Task
 
 class Seq2Seq(Task):
     model_class = "AutoModelForSeq2SeqLM"
+    agreement_threshold = 0.95  # share of texts identical to float32's, as for text-generation
     output_column: str
     #: Prepended to each text (T5's "summarize: ", "translate English to German: ").
     prefix = ""

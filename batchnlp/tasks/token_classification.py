@@ -58,6 +58,9 @@ class TokenClassification(Task):
     def fields(self) -> list[pa.Field]:
         return [pa.field("entities", pa.list_(ENTITY))]
 
+    def agreement_key(self, row: dict[str, Any]) -> Any:
+        return [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]]
+
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         enc = self.tokenizer([row["text"] for row in rows], truncation=True, max_length=self.max_length,
                              stride=self.params.stride, return_overflowing_tokens=True,

@@ -81,6 +81,9 @@ class ZeroShot(Task):
     def fields(self) -> list[pa.Field]:
         return FIELDS
 
+    def agreement_key(self, row: dict[str, Any]) -> Any:
+        return row["labels"][0]  # the top label
+
     def labels_of(self, row: dict[str, Any]) -> list[str]:
         if self.params.candidate_labels is not None:
             return list(self.params.candidate_labels)

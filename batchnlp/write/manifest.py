@@ -78,11 +78,13 @@ class Manifest:
                                   "pid": os.getpid(), "host": socket.gethostname(), **info})
         self.save()
 
-    def record_shard(self, stats: dict[str, Any]) -> None:
+    def record_shard(self, stats: dict[str, Any], run: dict[str, Any] | None = None) -> None:
+        """Record a committed part; `run` updates this run's entry (rows so far, seconds, ...)."""
         self.data["shards"] = [s for s in self.data["shards"] if s["index"] != stats["index"]]
         self.data["shards"].append({**stats, "part": part_name(stats["index"]), "run": len(self.data["runs"])})
         self.data["shards"].sort(key=lambda s: s["index"])
-        self.data["totals"] = totals(self.data["shards"])
+        self.data["runs"][-1].update(run or {})
+        self.data["totals"] = totals(self.data["shards"], self.data["runs"])
         self.save()
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -114,13 +116,17 @@ class Manifest:
                 if old.get(key) != new.get(key)]
 
 
-def totals(shards: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("rows", "features", "tokens", "padded_tokens", "errors", "rows_at_max_length", "seconds")
+def totals(shards: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sums over the parts. Rates use the runs' wall time (first shard to last commit, model loading
+    excluded): a part's own `seconds` overlap with its neighbours', as the stages run in parallel."""
+    keys = ("rows", "features", "tokens", "padded_tokens", "errors", "rows_at_max_length")
     out: dict[str, Any] = {k: sum(s.get(k, 0) for s in shards) for k in keys}
     out["shards"] = len(shards)
-    out["seconds"] = round(out["seconds"], 3)
-    out["rows_per_second"] = round(out["rows"] / out["seconds"], 2) if out["seconds"] else None
-    out["tokens_per_second"] = round(out["tokens"] / out["seconds"], 1) if out["seconds"] else None
+    out["seconds"] = round(sum(r.get("seconds", 0) for r in runs), 3)
+    rows_timed = sum(r.get("rows", 0) for r in runs)
+    tokens_timed = sum(s.get("tokens", 0) for s in shards if runs[s["run"] - 1].get("seconds"))
+    out["rows_per_second"] = round(rows_timed / out["seconds"], 2) if out["seconds"] else None
+    out["tokens_per_second"] = round(tokens_timed / out["seconds"], 1) if out["seconds"] else None
     out["padding_efficiency"] = round(out["tokens"] / out["padded_tokens"], 4) if out["padded_tokens"] else None
     return out
 
