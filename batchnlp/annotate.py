@@ -160,6 +160,14 @@ class Annotator:
         return table, stats
 
 
+def annotation_rows(table: pa.Table, annotator: "Annotator") -> list[dict[str, Any]]:
+    """Each row's annotation columns (and error) under the task's own names, output.prefix removed."""
+    prefix = annotator.spec.output.prefix
+    names = [f.name for f in annotator.task.fields()] + ["error"]
+    columns = {name: table.column(prefix + name).to_pylist() for name in names}
+    return [{name: columns[name][i] for name in names} for i in range(table.num_rows)]
+
+
 def _with_own_tokenizer(task: Task) -> Task:
     twin = copy.copy(task)
     twin.tokenizer = copy.deepcopy(task.tokenizer)

@@ -128,6 +128,57 @@ def inspect(output_dir: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--rows", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Benchmark on the first N input rows.")
+@click.option("--baseline", type=click.Choice(["pipeline", "none"]), default="pipeline", show_default=True,
+              help="Also time transformers' pipeline(texts, batch_size=B) on the same model and rows.")
+@click.option("--check-agreement", is_flag=True, help="Compare the outputs with float32 (and the pipeline's).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Alternating timed runs of each side; the median is reported.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="The pipeline's batch_size.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16", "int8"]),
+              help="Override the job's runtime.dtype.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
+@user_errors
+def bench(job: str, rows: int, baseline: str, check_agreement: bool, repeats: int, batch_size: int,
+          dtype: str | None, json_path: str | None) -> None:
+    """Time JOB's task through batchnlp against the naive pipeline loop (nothing is written to the
+    job's output)."""
+    import dataclasses
+
+    from batchnlp import bench as benchmark
+    from batchnlp.spec import load_spec
+
+    spec = load_spec(job)
+    if dtype:
+        spec = dataclasses.replace(spec, runtime=dataclasses.replace(spec.runtime, dtype=dtype))
+    report = benchmark.bench(spec, rows, None if baseline == "none" else baseline, check_agreement,
+                             repeats, batch_size, echo=click.echo)
+    if json_path:
+        benchmark.save(report, json_path)
+
+
+@main.command("random-model")
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--shape", type=click.Choice(["distilbert-base", "bert-base"]), default="distilbert-base",
+              show_default=True, help="DistilBertConfig() or BertConfig() defaults (768 dim; 6 or 12 layers).")
+@click.option("--labels", default="NEGATIVE,POSITIVE", show_default=True,
+              help="Comma-separated labels; contradiction,neutral,entailment makes a zero-shot (NLI) model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def random_model(output_dir: str, shape: str, labels: str, seed: int) -> None:
+    """Save a randomly initialised sequence classifier of a real model's shape, with the real
+    bert-base-uncased WordPiece tokenizer that the demo extra's MiniLM ships: the same speed as the
+    trained model, for `bench` (its answers are meaningless)."""
+    from batchnlp.model.random import save_random_classifier
+
+    path = save_random_classifier(Path(output_dir), shape, [label.strip() for label in labels.split(",")], seed)
+    click.echo(f"{path}: random {shape} classifier with labels {labels}")
+
+
+@main.command()
 def tasks() -> None:
     """List the tasks and their parameters."""
     from batchnlp.spec import field_docs

@@ -100,6 +100,10 @@ def open_session(spec: JobSpec, plan: Plan, resolved: Any, quiet: bool = True) -
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
+    if spec.runtime.threads:
+        import torch
+
+        torch.set_num_threads(spec.runtime.threads)
     placement = device.choose(spec.runtime)
     trust = spec.model.trust_remote_code
     config = load.load_config(resolved, trust)
@@ -126,7 +130,7 @@ PROBE_ROWS = 32
 def precision_probe(annotator: Any, plan: Plan) -> dict[str, Any]:
     """Annotate the first rows in the chosen precision and in float32; keep the faster precision
     only if the answers agree as well as the task requires (its agreement_threshold)."""
-    from batchnlp.annotate import Annotator
+    from batchnlp.annotate import Annotator, annotation_rows
 
     _, table = next(read_shards(plan, set()))
     sample = table.slice(0, PROBE_ROWS)
@@ -135,7 +139,7 @@ def precision_probe(annotator: Any, plan: Plan) -> dict[str, Any]:
     fast, _ = annotator(sample, 0)
     exact, _ = reference(sample, 0)
     task = annotator.task
-    agreement = task.agreement(fast.to_pylist(), exact.to_pylist())
+    agreement = task.agreement(annotation_rows(fast, annotator), annotation_rows(exact, reference))
     return {"dtype": annotator.placement.name, "rows": sample.num_rows, "agreement": round(agreement, 5),
             "threshold": task.agreement_threshold, "kept": agreement >= task.agreement_threshold}
 

@@ -76,6 +76,8 @@ class RuntimeSpec:
     max_batch_size: int = doc("Upper bound on rows per batch.", default=256)
     num_workers: int = doc("DataLoader worker processes that pad batches (0: in the main process).",
                            default=0)
+    threads: int | None = doc("CPU threads for the model (default: torch's, one per physical core). Reading, "
+                              "tokenizing and writing run in two more threads beside them.", default=None)
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,8 @@ def _parse_runtime(data: Any) -> RuntimeSpec:
         raise SpecError("runtime.max_length", "must be at least 2 (room for the special tokens)")
     if spec.num_workers < 0:
         raise SpecError("runtime.num_workers", "must be 0 or more")
+    if spec.threads is not None and spec.threads < 1:
+        raise SpecError("runtime.threads", "must be 1 or more")
     return spec
 
 

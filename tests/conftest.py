@@ -17,34 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def classifier_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-dim DistilBERT sentiment classifier with 3 labels and random weights."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    directory = tmp_path_factory.mktemp("classifier")
-    tokenizer = tiny_models.wordpiece_tokenizer(directory)
-    torch.manual_seed(0)
-    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                              max_position_embeddings=128, initializer_range=0.3,
-                              id2label={0: "negative", 1: "neutral", 2: "positive"},
-                              label2id={"negative": 0, "neutral": 1, "positive": 2})
-    DistilBertForSequenceClassification(config).eval().save_pretrained(directory)
-    return directory
+    return tiny_models.sentiment_classifier(tmp_path_factory.mktemp("classifier"))
 
 
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-dim BERT encoder with random weights, for embeddings."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    directory = tmp_path_factory.mktemp("encoder")
-    tokenizer = tiny_models.wordpiece_tokenizer(directory)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.3)
-    BertModel(config).eval().save_pretrained(directory)
-    return directory
+    return tiny_models.encoder(tmp_path_factory.mktemp("encoder"))
 
 
 @pytest.fixture(scope="session")

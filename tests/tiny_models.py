@@ -56,6 +56,30 @@ def save(model, directory: Path) -> Path:
     return directory
 
 
+def sentiment_classifier(directory: Path) -> Path:
+    """A DistilBERT sentiment classifier with 3 labels."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    tokenizer = wordpiece_tokenizer(directory)
+    torch.manual_seed(0)
+    labels = ["negative", "neutral", "positive"]
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=128, initializer_range=0.3,
+                              id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    return save(DistilBertForSequenceClassification(config), directory)
+
+
+def encoder(directory: Path) -> Path:
+    """A BERT encoder, for embeddings."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = wordpiece_tokenizer(directory)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.3)
+    return save(BertModel(config), directory)
+
+
 def nli_classifier(directory: Path) -> Path:
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int,
-                         overhead_tokens: int = 256) -> list[list[int]]:
+                         overhead_tokens: int = 64) -> list[list[int]]:
     """Row indices grouped into batches, longest rows first, each within the token budget.
 
     Greedy filling up to the budget pads short rows to the longest of a wide length range when a
