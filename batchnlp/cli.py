@@ -120,8 +120,8 @@ def inspect(output_dir: str, as_json: bool) -> None:
         f"errors:   {totals.get('errors', 0)} rows with an error",
         f"speed:    {totals.get('rows_per_second')} rows/s, {totals.get('tokens_per_second')} tokens/s, "
         f"padding efficiency {totals.get('padding_efficiency')}",
-        f"device:   {last_run.get('device')} {last_run.get('weights_dtype')}"
-        + (f" (autocast {last_run['autocast_dtype']})" if last_run.get("autocast_dtype") else ""),
+        f"device:   {last_run.get('device')} {last_run.get('dtype')}"
+        + (" (autocast)" if last_run.get("autocast_dtype") else ""),
         f"runs:     {len(data['runs'])}, started {data['started_at']}, finished {data['finished_at']}",
     ]
     click.echo("\n".join(lines))

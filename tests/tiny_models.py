@@ -56,17 +56,20 @@ def save(model, directory: Path) -> Path:
     return directory
 
 
-def sentiment_classifier(directory: Path) -> Path:
-    """A DistilBERT sentiment classifier with 3 labels."""
+def classifier(directory: Path, labels: list[str], seed: int) -> Path:
+    """A DistilBERT sequence classifier with these labels."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     tokenizer = wordpiece_tokenizer(directory)
-    torch.manual_seed(0)
-    labels = ["negative", "neutral", "positive"]
+    torch.manual_seed(seed)
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                               max_position_embeddings=128, initializer_range=0.3,
                               id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
     return save(DistilBertForSequenceClassification(config), directory)
+
+
+def sentiment_classifier(directory: Path) -> Path:
+    return classifier(directory, ["negative", "neutral", "positive"], seed=0)
 
 
 def encoder(directory: Path) -> Path:
@@ -81,15 +84,7 @@ def encoder(directory: Path) -> Path:
 
 
 def nli_classifier(directory: Path) -> Path:
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    tokenizer = wordpiece_tokenizer(directory)
-    torch.manual_seed(1)
-    labels = ["contradiction", "neutral", "entailment"]
-    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                              max_position_embeddings=128, initializer_range=0.3,
-                              id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    return save(DistilBertForSequenceClassification(config), directory)
+    return classifier(directory, ["contradiction", "neutral", "entailment"], seed=1)
 
 
 def masked_lm(directory: Path) -> Path:
