@@ -65,8 +65,8 @@ def test_zero_shot_matches_pipeline(tmp_path, nli_dir, budget, multi_label):
 
 
 def test_zero_shot_labels_from_a_column(tmp_path, nli_dir):
-    rows = [{"text": "great battery", "candidates": ["good", "bad"]}, {"text": "the city", "candidates": ["world", "sports"]},
-            {"text": "no labels", "candidates": []}]
+    rows = [{"text": "great battery", "candidates": ["good", "bad"]},
+            {"text": "the city", "candidates": ["world", "sports"]}, {"text": "no labels", "candidates": []}]
     table = run_task(tmp_path, nli_dir, {"name": "zero-shot-classification", "candidate_labels_column": "candidates"},
                      rows)
     pipe = oracle("zero-shot-classification", nli_dir)
