@@ -43,14 +43,16 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Discard any earlier output of this or another job and start over.")
 @click.option("--limit", type=click.IntRange(min=1), help="Annotate only the first N input rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), help="Override runtime.engine.")
+@click.option("--address", help="engine ray: the cluster to use (e.g. ray://head:10001); default a local one.")
 @user_errors
-def run(job: str, overwrite: bool, limit: int | None, quiet: bool) -> None:
+def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str | None, address: str | None) -> None:
     """Run JOB (a YAML or TOML job spec), resuming its output if it was interrupted."""
     from batchnlp.runner import run as run_job
     from batchnlp.spec import load_spec
     from batchnlp.write.manifest import MANIFEST_NAME
 
-    result = run_job(load_spec(job), overwrite=overwrite, limit=limit, quiet=quiet)
+    result = run_job(load_spec(job), overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address)
     if result.shards_written == 0 and result.resumed_from:
         click.echo(f"{result.output}: already complete ({result.resumed_from} parts); "
                    "nothing to do (--overwrite reruns it)")

@@ -50,22 +50,29 @@ def fingerprint(spec: JobSpec, plan: Plan, model_identity: dict[str, Any], limit
     }
 
 
-def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False) -> RunResult:
+def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False,
+        engine: str | None = None, address: str | None = None) -> RunResult:
     plan = plan_job(spec, limit)
     resolved = source.resolve(spec.model)
     out = Path(spec.output.path)
     out.mkdir(parents=True, exist_ok=True)
+    engine = engine or spec.runtime.engine
     with OutputLock(out):
         job_fingerprint = fingerprint(spec, plan, resolved.identity, limit)
         manifest = _existing(out, job_fingerprint, overwrite)
         if manifest is not None and manifest.status == "complete":
             return RunResult(out, "complete", 0, 0, manifest.data["totals"].get("shards"),
                              len(manifest.done_shards()))
+        if engine == "ray":
+            from batchnlp import ray_engine
+
+            return ray_engine.run(spec, plan, resolved, manifest, job_fingerprint, limit, out, quiet,
+                                  address or spec.runtime.ray_address)
         session = open_session(spec, plan, resolved, quiet)
         if manifest is None:
-            manifest = new_manifest(session, out, job_fingerprint, limit)
+            manifest = new_manifest(session.job, out, job_fingerprint, limit)
         done = manifest.done_shards()
-        manifest.start_run({**session.run_info(), "resumed_from_shards": len(done)})
+        manifest.start_run({"engine": "local", **session.run_info(), "resumed_from_shards": len(done)})
         return _loop(plan, manifest, session.annotator, done, out, plan.shard_count, quiet)
 
 
@@ -75,13 +82,51 @@ def plan_job(spec: JobSpec, limit: int | None = None) -> Plan:
 
 
 @dataclass
-class Session:
-    """A job ready to annotate: model loaded once, precision settled, output schema declared."""
+class Job:
+    """What a job will produce, known before any weights load: the task, its output schema."""
 
     spec: JobSpec
     resolved: Any
+    config: Any
+    tokenizer: Any
+    task: Any
+    schema: Any
+    max_length: int
+
+
+def describe_job(spec: JobSpec, plan: Plan, resolved: Any, quiet: bool = True) -> Job:
+    # Heavy imports only now: `validate`, `--help` and the checks before this stay instant.
+    from batchnlp.model import load
+
+    if quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    trust = spec.model.trust_remote_code
+    config = load.load_config(resolved, trust)
+    tokenizer = load.load_tokenizer(resolved, trust)
+    max_length = spec.runtime.max_length or load.default_max_length(resolved.directory, tokenizer, config)
+    task = task_class(spec.task.name)(spec.task.params, config, tokenizer, max_length)
+    schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
+    _check_collisions(schema.names)
+    return Job(spec, resolved, config, tokenizer, task, schema, max_length)
+
+
+@dataclass
+class Session:
+    """A job ready to annotate: model loaded once, precision settled, output schema declared."""
+
+    job: Job
     annotator: Any
     probe: dict[str, Any] | None
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.job.spec
+
+    @property
+    def resolved(self) -> Any:
+        return self.job.resolved
 
     def run_info(self) -> dict[str, Any]:
         runtime, model = self.spec.runtime, self.annotator.loaded.model
@@ -92,36 +137,27 @@ class Session:
 
 
 def open_session(spec: JobSpec, plan: Plan, resolved: Any, quiet: bool = True) -> Session:
-    # Heavy imports only now: `validate`, `--help` and the checks before this stay instant.
     from batchnlp.annotate import Annotator, LoadedModel
     from batchnlp.model import device, load
 
-    if quiet:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
+    job = describe_job(spec, plan, resolved, quiet)
     if spec.runtime.threads:
         import torch
 
         torch.set_num_threads(spec.runtime.threads)
     placement = device.choose(spec.runtime)
-    trust = spec.model.trust_remote_code
-    config = load.load_config(resolved, trust)
-    tokenizer = load.load_tokenizer(resolved, trust)
-    max_length = spec.runtime.max_length or load.default_max_length(resolved.directory, tokenizer, config)
-    task = task_class(spec.task.name)(spec.task.params, config, tokenizer, max_length)
-    schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
-    _check_collisions(schema.names)
-    model = load.load_model(resolved, task.model_class, placement, trust)
+    task = job.task
+    model = load.load_model(resolved, task.model_class, placement, spec.model.trust_remote_code)
     with placement.context():
         task.prepare(model)
-    annotator = Annotator(spec, task, LoadedModel(model, tokenizer, model.config, max_length), placement, schema)
+    loaded = LoadedModel(model, job.tokenizer, model.config, job.max_length)
+    annotator = Annotator(spec, task, loaded, placement, job.schema)
     probe = None
     if placement.needs_probe:
         probe = precision_probe(annotator, plan)
         if not probe["kept"]:
-            annotator = Annotator(spec, task, annotator.loaded, placement.float32(), schema)
-    return Session(spec, resolved, annotator, probe)
+            annotator = Annotator(spec, task, loaded, placement.float32(), job.schema)
+    return Session(job, annotator, probe)
 
 
 PROBE_ROWS = 32
@@ -144,19 +180,18 @@ def precision_probe(annotator: Any, plan: Plan) -> dict[str, Any]:
             "threshold": task.agreement_threshold, "kept": agreement >= task.agreement_threshold}
 
 
-def new_manifest(session: Session, out: Path, job_fingerprint: dict[str, Any], limit: int | None) -> Manifest:
-    spec, loaded, plan_fields = session.spec, session.annotator.loaded, session.annotator.schema
+def new_manifest(job: Job, out: Path, job_fingerprint: dict[str, Any], limit: int | None) -> Manifest:
+    spec, config = job.spec, job.config
     return Manifest.new(
         out,
         job={"file": spec.source_file, "text": spec.source_text, "resolved": spec.resolved()},
         fingerprint=job_fingerprint,
-        model={**session.resolved.identity, "class": session.annotator.task.model_class,
-               "architecture": (loaded.config.architectures or [loaded.config.model_type])[0],
-               "max_length": loaded.max_length},
+        model={**job.resolved.identity, "class": job.task.model_class,
+               "architecture": (config.architectures or [config.model_type])[0], "max_length": job.max_length},
         input=job_fingerprint["input"],
         planned={"rows": job_fingerprint["input"]["total_rows"], "shards": job_fingerprint["input"].get("shards"),
                  "limit": limit},
-        output={"schema": [f"{f.name}: {f.type}" for f in plan_fields]},
+        output={"schema": [f"{f.name}: {f.type}" for f in job.schema]},
         libraries=library_versions(),
     )
 

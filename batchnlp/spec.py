@@ -76,6 +76,10 @@ class RuntimeSpec:
     max_batch_size: int = doc("Upper bound on rows per batch.", default=256)
     num_workers: int = doc("DataLoader worker processes that pad batches (0: in the main process).",
                            default=0)
+    engine: Literal["local", "ray"] = doc("local: this process; ray: a Ray cluster (the `ray` extra).",
+                                          default="local")
+    ray_address: str | None = doc("engine ray: an existing cluster (ray://head:10001); none starts a local one.",
+                                  default=None)
     threads: int | None = doc("CPU threads for the model (default: torch's, one per physical core). Reading, "
                               "tokenizing and writing run in two more threads beside them.", default=None)
 

@@ -1,0 +1,164 @@
+"""The Ray engine: the same job, its shards annotated by a pool of Ray Data actors.
+
+How it keeps the local engine's guarantees: the items of the Ray dataset are the *shards of the
+plan* still to do (file + row range). `map_batches` hands them to a callable class that loads the
+model once per actor and runs the very same `Annotator` (token-budget batches, precision probe,
+decoding); the actor writes the shard's Parquet part atomically to the shared output directory and
+returns its statistics; the driver records each part in the same manifest once it is durable.
+Resume, "every row exactly once" and the refusal to mix jobs are therefore the local engine's
+per-shard commit protocol, unchanged. Ray Data's own readers and `write_parquet` are not used: they
+know no stable row ranges to resume from, and `write_parquet` appends, so a rerun would duplicate
+every row. The output directory must be visible to every node (a shared file system).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from batchnlp.errors import BatchNLPError, SpecError, UserError
+from batchnlp.read.plan import Plan, read_shards
+from batchnlp.spec import JobSpec
+from batchnlp.write.manifest import Manifest
+from batchnlp.write.parts import part_name, write_atomic
+
+LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
+
+
+class ShardWorker:
+    """A Ray Data actor: one model load, then one shard per call."""
+
+    def __init__(self, spec: JobSpec, plan: Plan, resolved: Any, out: str, threads: int, fail_shard: str | None):
+        import torch
+
+        from batchnlp.runner import open_session
+
+        torch.set_num_threads(threads)
+        self.plan, self.out, self.fail_shard = plan, Path(out), fail_shard
+        self.session = open_session(spec, plan, resolved, quiet=True)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        stats: dict[str, list[Any]] = {}
+        for index in batch["index"]:
+            index = int(index)
+            if self.fail_shard == str(index):  # fault injection for the tests (BATCHNLP_TEST_FAIL_SHARD)
+                raise RuntimeError(f"injected failure on shard {index}")
+            shard, rows = next(read_shards(self.plan, _all_but(self.plan, index)))
+            table, shard_stats = self.session.annotator(rows, index)
+            size = write_atomic(table, self.out / part_name(index))
+            shard_stats.update(index=index, input=self.plan.units[shard.unit].name, start=shard.start, bytes=size)
+            for key, value in shard_stats.items():
+                stats.setdefault(key, []).append(value)
+        return stats
+
+
+def _all_but(plan: Plan, index: int) -> set[int]:
+    return set(range(plan.shard_count)) - {index}
+
+
+def run(spec: JobSpec, plan: Plan, resolved: Any, manifest: Manifest | None, job_fingerprint: dict[str, Any],
+        limit: int | None, out: Path, quiet: bool, address: str | None) -> Any:
+    from batchnlp.runner import RunResult, describe_job, new_manifest
+
+    if plan.shard_count is None:
+        raise SpecError("runtime.engine", "the Ray engine needs inputs of known length (files or a save_to_disk "
+                                          "dataset), not a streamed hub dataset")
+    ray = _init(address, quiet)
+    actors, remote_args, threads = _pool(ray, spec)
+    job = describe_job(spec, plan, resolved, quiet)
+    if manifest is None:
+        manifest = new_manifest(job, out, job_fingerprint, limit)
+    done = manifest.done_shards()
+    pending = [i for i in range(plan.shard_count) if i not in done]
+    manifest.start_run({"engine": "ray", "ray_version": ray.__version__, "ray_address": address or "local",
+                        "cluster_resources": ray.cluster_resources(), "actors": actors, **remote_args,
+                        "torch_threads_per_actor": threads, "resumed_from_shards": len(done)})
+    began = time.perf_counter()
+    written = {"rows": 0, "shards": 0}
+    try:
+        if pending:
+            results = ray.data.from_items([{"index": i} for i in pending], override_num_blocks=len(pending))
+            results = results.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+                                          fn_constructor_args=(spec, plan, resolved, str(out), threads,
+                                                               os.environ.get("BATCHNLP_TEST_FAIL_SHARD")),
+                                          **remote_args)
+            for stats in results.iter_rows():  # in order of completion; the part is already durable
+                written["rows"] += stats["rows"]
+                written["shards"] += 1
+                manifest.record_shard(dict(stats), run={"rows": written["rows"],
+                                                       "seconds": round(time.perf_counter() - began, 3)})
+    except KeyboardInterrupt:
+        manifest.finish("interrupted")
+        raise
+    except Exception as e:
+        manifest.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise _clear(e) from None
+    manifest.finish("complete")
+    return RunResult(out, "complete", written["rows"], written["shards"], plan.shard_count, len(done))
+
+
+def _clear(error: Exception) -> BatchNLPError:
+    """Ray wraps the actor's exception in several layers and tracebacks; the user needs the
+    original exception's own line, found at the bottom of the chain."""
+    chain, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    for item in chain:
+        if isinstance(item, UserError):
+            return item
+    text = "\n".join(str(item) for item in chain)
+    raised = [line for line in re.findall(r"^\s*(?:\w+\.)*\w*(?:Error|Exception): .+$", text, re.M)
+              if not line.strip().startswith("ray.") and "UserCodeException" not in line]
+    what = raised[-1].strip() if raised else f"{type(chain[-1]).__name__}: {chain[-1]}"
+    return BatchNLPError(f"the Ray job failed and was stopped: {what}; the parts written so far are kept, and "
+                         "rerunning the job resumes after them")
+
+
+def _init(address: str | None, quiet: bool) -> Any:
+    """Connect to a cluster, or start a throwaway local one with settings safe for small machines."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UserError("runtime.engine: ray needs the ray extra: pip install -e '.[ray]'") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return ray
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=not quiet)
+    else:
+        # Auth off only for a cluster that lives and dies with this process on this machine.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        cores = os.cpu_count() or 1
+        # Twice the cores as logical CPUs: the actors take half (one thread each), which leaves
+        # the scheduler room for the tasks that feed them (a pool holding every CPU deadlocks).
+        ray.init(num_cpus=2 * cores, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 logging_level="ERROR", log_to_driver=not quiet)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = not quiet
+    if quiet:
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return ray
+
+
+def _pool(ray: Any, spec: JobSpec) -> tuple[int, dict[str, Any], int]:
+    """(actors, their resource requests, torch threads each): one actor per GPU on a GPU cluster,
+    never asking for GPUs the cluster lacks; else CPU actors on half the CPUs."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    device = spec.runtime.device
+    if device.startswith("cuda") and gpus == 0:
+        raise SpecError("runtime.device", f"{device} asked for, but the Ray cluster has no GPUs "
+                                          f"({resources.get('CPU', 0):.0f} CPUs); use device: auto or cpu")
+    if gpus and device != "cpu":
+        return gpus, {"num_gpus": 1, "num_cpus": 1}, 1
+    cpus = int(resources.get("CPU", 1))
+    return max(1, cpus // 2), {"num_cpus": 1}, 1

@@ -1,0 +1,82 @@
+"""The Ray engine on a local cluster (one per test session): same output as the local engine,
+resume after a failure, and a clear error instead of a hang for GPUs the cluster lacks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from batchnlp.errors import BatchNLPError, SpecError
+from batchnlp.runner import run
+from batchnlp.spec import load_spec
+
+from conftest import TEXTS, read_output, write_job
+
+ray = pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    from batchnlp import ray_engine
+
+    ray_engine._init(None, quiet=True)
+    yield
+    ray.shutdown()
+
+
+def both_engines(tmp_path, model_dir, reviews_csv, task):
+    outputs = []
+    for engine in ("local", "ray"):
+        directory = tmp_path / engine
+        directory.mkdir()
+        job = write_job(directory, input={"path": str(reviews_csv), "text_column": "text", "id_column": "id"},
+                        task=task, model={"path": str(model_dir)})
+        run(load_spec(job), quiet=True, engine=engine)
+        outputs.append(read_output(directory / "out"))
+    return outputs
+
+
+def test_classification_equals_the_local_engine(tmp_path, classifier_dir, reviews_csv):
+    local, on_ray = both_engines(tmp_path, classifier_dir, reviews_csv, {"name": "text-classification",
+                                                                        "top_k": "all"})
+    assert on_ray.column("id").to_pylist() == local.column("id").to_pylist() == [f"r{i}" for i in range(len(TEXTS))]
+    assert on_ray.column("label").to_pylist() == local.column("label").to_pylist()
+    np.testing.assert_allclose(on_ray.column("score").to_numpy(), local.column("score").to_numpy(), atol=1e-5)
+    assert on_ray.schema == local.schema
+    manifest = json.loads((tmp_path / "ray" / "out" / "_manifest.json").read_text())
+    run_info = manifest["runs"][0]
+    assert run_info["engine"] == "ray" and run_info["ray_version"] == ray.__version__ and run_info["actors"] >= 1
+    assert manifest["status"] == "complete" and [s["index"] for s in manifest["shards"]] == [0, 1, 2]
+
+
+def test_generation_equals_the_local_engine(tmp_path, causal_dir, reviews_csv):
+    local, on_ray = both_engines(tmp_path, causal_dir, reviews_csv, {"name": "text-generation", "max_new_tokens": 6})
+    assert on_ray.column("generated_text").to_pylist() == local.column("generated_text").to_pylist()
+
+
+def test_a_failed_ray_run_resumes_with_every_row_once(tmp_path, classifier_dir, reviews_csv, monkeypatch):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text", "id_column": "id"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)},
+                    output={"path": str(tmp_path / "out"), "rows_per_shard": 2})
+    monkeypatch.setenv("BATCHNLP_TEST_FAIL_SHARD", "3")
+    with pytest.raises(BatchNLPError, match="the Ray job failed and was stopped: .*injected failure on shard 3"):
+        run(load_spec(job), quiet=True, engine="ray")
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["status"] == "failed" and 3 not in [s["index"] for s in manifest["shards"]]
+    monkeypatch.delenv("BATCHNLP_TEST_FAIL_SHARD")
+    result = run(load_spec(job), quiet=True, engine="ray")
+    assert result.resumed_from == len(manifest["shards"])
+    table = read_output(tmp_path / "out")
+    assert sorted(table.column("id").to_pylist()) == sorted(f"r{i}" for i in range(len(TEXTS)))
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(len(TEXTS))]  # parts in input order
+
+
+def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, classifier_dir, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)},
+                    runtime={"device": "cuda"})
+    with pytest.raises(SpecError, match="runtime.device: cuda asked for, but the Ray cluster has no GPUs"):
+        run(load_spec(job), quiet=True, engine="ray")
