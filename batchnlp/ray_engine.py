@@ -26,6 +26,7 @@ from batchnlp.write.manifest import Manifest
 from batchnlp.write.parts import part_name, write_atomic
 
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
+NO_PROGRESS_TIMEOUT_S = 600
 
 
 class ShardWorker:
@@ -122,12 +123,15 @@ def _clear(error: Exception) -> BatchNLPError:
 
 def _init(address: str | None, quiet: bool) -> Any:
     """Connect to a cluster, or start a throwaway local one with settings safe for small machines."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A job that makes no progress for this long is stopped rather than left hanging (Ray's
+    # default is 30 minutes); read when Ray Data is imported.
+    os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", str(NO_PROGRESS_TIMEOUT_S))
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
         raise UserError("runtime.engine: ray needs the ray extra: pip install -e '.[ray]'") from None
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return ray
     if address:
