@@ -54,8 +54,15 @@ class Annotator:
         self.encoder = _with_own_tokenizer(task)
         self.decoder = _with_own_tokenizer(task)
 
+    def in_float32(self, model: Any = None) -> "Annotator":
+        """The same job in float32 (on `model`, if given, instead of this one's): the reference for
+        the precision probe and the bench's agreement check, and the probe's fallback."""
+        loaded = self.loaded if model is None else LoadedModel(model, self.loaded.tokenizer, self.loaded.config,
+                                                               self.loaded.max_length)
+        return Annotator(self.spec, self.task, loaded, self.placement.float32(), self.schema)
+
     def __call__(self, rows: pa.Table, shard_index: int) -> tuple[pa.Table, dict[str, Any]]:
-        """All three stages in this thread (the bench and the precision probe use this)."""
+        """All three stages in this thread (the precision probe and the Ray workers use this)."""
         prepared = self.prepare(rows)
         self.infer(prepared, shard_index)
         return self.finish(prepared)

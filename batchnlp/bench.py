@@ -112,7 +112,7 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
         echo(report.lines[-1])
 
     if check_agreement:
-        reference = _reference_annotator(session, reference_model)
+        reference = session.annotator.in_float32(reference_model)
         _, exact, _ = _run_ours(reference, plan)
         value = task.agreement(out_table, exact)
         report.add("agreement_float32", value,
@@ -182,14 +182,6 @@ def _float32_model(session: Any) -> Any:
 
     return load.load_model(session.resolved, annotator.task.model_class, placement.float32(),
                            session.spec.model.trust_remote_code)
-
-
-def _reference_annotator(session: Any, model: Any) -> Any:
-    from batchnlp.annotate import Annotator, LoadedModel
-
-    a = session.annotator
-    loaded = LoadedModel(model, a.loaded.tokenizer, a.loaded.config, a.loaded.max_length)
-    return Annotator(a.spec, a.task, loaded, a.placement.float32(), a.schema)
 
 
 def _naive_padding(annotator: Any, texts: pa.Table, batch_size: int) -> float | None:

@@ -156,7 +156,7 @@ def open_session(spec: JobSpec, plan: Plan, resolved: Any, quiet: bool = True) -
     if placement.needs_probe:
         probe = precision_probe(annotator, plan)
         if not probe["kept"]:
-            annotator = Annotator(spec, task, loaded, placement.float32(), job.schema)
+            annotator = annotator.in_float32()
     return Session(job, annotator, probe)
 
 
@@ -166,12 +166,11 @@ PROBE_ROWS = 32
 def precision_probe(annotator: Any, plan: Plan) -> dict[str, Any]:
     """Annotate the first rows in the chosen precision and in float32; keep the faster precision
     only if the answers agree as well as the task requires (its agreement_threshold)."""
-    from batchnlp.annotate import Annotator, annotation_rows
+    from batchnlp.annotate import annotation_rows
 
     _, table = next(read_shards(plan, set()))
     sample = table.slice(0, PROBE_ROWS)
-    reference = Annotator(annotator.spec, annotator.task, annotator.loaded, annotator.placement.float32(),
-                          annotator.schema)
+    reference = annotator.in_float32()
     fast, _ = annotator(sample, 0)
     exact, _ = reference(sample, 0)
     task = annotator.task
