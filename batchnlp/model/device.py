@@ -3,9 +3,10 @@
 CUDA: weights cast to float16 by default (bfloat16 when asked and supported), which is both
 faster and lighter than autocast. CPU: bfloat16 runs under autocast, which keeps numerically
 delicate ops (softmax, layer norm) in float32; `auto` takes it only where the CPU computes
-bfloat16 natively (AVX512-BF16 or AMX: ~4x float32 on a DistilBERT here; elsewhere it is
-emulated and slower) and only if it agrees with float32 on the first rows (the runner's probe).
-int8 quantises the weights of the linear layers dynamically (~6x float32 here).
+bfloat16 natively (AVX512-BF16 or AMX; elsewhere it is emulated and slower) and only if it
+agrees with float32 on the first rows (the runner's probe). int8 quantises the weights of the
+linear layers dynamically. Measured on the 2-core AVX512-BF16 EPYC of our CI, one forward of a
+DistilBERT-base shape over batches of 2k-4k tokens: bfloat16 1.7-2.3x float32, int8 2.2-2.9x.
 """
 
 from __future__ import annotations

@@ -11,17 +11,26 @@ from batchnlp.errors import ModelUnavailableError
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def save_random_classifier(directory: Path, shape: str, labels: list[str], seed: int = 0) -> Path:
+def save_random_classifier(directory: Path, shape: str, labels: list[str], seed: int = 0,
+                           tokenizer_dir: Path | None = None) -> Path:
+    """tokenizer_dir: where to copy the tokenizer files from (default: the demo extra's MiniLM,
+    whose tokenizer is bert-base-uncased's)."""
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
 
-    tokenizer_dir = _minilm_tokenizer()
+    tokenizer_dir = tokenizer_dir or _minilm_tokenizer()
+    if not (tokenizer_dir / "vocab.txt").is_file() and not (tokenizer_dir / "tokenizer.json").is_file():
+        raise ModelUnavailableError(f"random-model --tokenizer: {tokenizer_dir} holds no vocab.txt or "
+                                    "tokenizer.json; give a directory with a WordPiece tokenizer's files")
     config_class = DistilBertConfig if shape == "distilbert-base" else BertConfig
     config = config_class(num_labels=len(labels), id2label=dict(enumerate(labels)),
                           label2id={label: i for i, label in enumerate(labels)})
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar for writing one file is noise in a one-line command
     model.eval().save_pretrained(directory)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():

@@ -48,13 +48,16 @@ def plan_units(spec: InputSpec):
     return [Unit(spec.dataset, None)], schema, {"revision": spec.revision, "split": spec.split}
 
 
-def iter_batches(spec: InputSpec, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+def iter_batches(spec: InputSpec, start: int = 0, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+    """The dataset's rows from row `start` on (a saved dataset is sliced there; a streamed one skips)."""
     data = _load(spec)
     if hasattr(data, "__len__"):
         arrow = data.with_format("arrow")
-        for start in range(0, len(data), batch_rows):
-            yield from arrow[start:start + batch_rows].to_batches()
+        for begin in range(start, len(data), batch_rows):
+            yield from arrow[begin:begin + batch_rows].to_batches()
         return
     schema = data.features.arrow_schema
+    if start:
+        data = data.skip(start)
     for rows in data.iter(batch_size=batch_rows):
         yield pa.RecordBatch.from_pydict(rows, schema=schema)

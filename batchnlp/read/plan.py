@@ -131,23 +131,27 @@ def read_shards(plan: Plan, skip: set[int]) -> Iterator[tuple[Shard, pa.Table]]:
         if count is not None and all(base + i in skip for i in range(count)):
             base += count  # every shard of this unit is committed: don't even open it
             continue
-        index = base
-        for start, table in _chunks(plan, u, unit):
+        first = 0  # the unit's leading committed shards are not even read (Parquet seeks past them)
+        while (count is None or first < count) and base + first in skip:
+            first += 1
+        index = base + first
+        for start, table in _chunks(plan, unit, first * plan.rows_per_shard):
             if index not in skip:
                 yield Shard(index, u, start, table.num_rows), table
             index += 1
         base = index
 
 
-def _chunks(plan: Plan, u: int, unit: Unit) -> Iterator[tuple[int, pa.Table]]:
-    """Cut a unit's stream of record batches into tables of rows_per_shard rows (the last may be short)."""
+def _chunks(plan: Plan, unit: Unit, start: int) -> Iterator[tuple[int, pa.Table]]:
+    """Cut a unit's stream of record batches, from row `start` (a shard boundary) on, into tables of
+    rows_per_shard rows (the last may be short)."""
     if plan.spec.dataset:
         from batchnlp.read import hf
 
-        batches = hf.iter_batches(plan.spec)
+        batches = hf.iter_batches(plan.spec, start)
     else:
-        batches = file_reader.iter_batches(plan.spec, Path(unit.name))
-    size, pending, have, start = plan.rows_per_shard, [], 0, 0
+        batches = file_reader.iter_batches(plan.spec, Path(unit.name), start)
+    size, pending, have = plan.rows_per_shard, [], 0
     limit = unit.rows
     for batch in batches:
         if limit is not None and start + have + batch.num_rows > limit:
