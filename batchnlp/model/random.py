@@ -17,6 +17,7 @@ def save_random_classifier(directory: Path, shape: str, labels: list[str], seed:
     whose tokenizer is bert-base-uncased's)."""
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
+    from transformers.utils import logging
 
     tokenizer_dir = tokenizer_dir or _minilm_tokenizer()
     if not (tokenizer_dir / "vocab.txt").is_file() and not (tokenizer_dir / "tokenizer.json").is_file():
@@ -28,8 +29,6 @@ def save_random_classifier(directory: Path, shape: str, labels: list[str], seed:
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)
-    from transformers.utils import logging
-
     logging.disable_progress_bar()  # a bar for writing one file is noise in a one-line command
     model.eval().save_pretrained(directory)
     for name in TOKENIZER_FILES:

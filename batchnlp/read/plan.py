@@ -128,12 +128,12 @@ def read_shards(plan: Plan, skip: set[int]) -> Iterator[tuple[Shard, pa.Table]]:
     base = 0
     for u, unit in enumerate(plan.units):
         count = None if unit.rows is None else math.ceil(unit.rows / plan.rows_per_shard)
-        if count is not None and all(base + i in skip for i in range(count)):
-            base += count  # every shard of this unit is committed: don't even open it
-            continue
         first = 0  # the unit's leading committed shards are not even read (Parquet seeks past them)
         while (count is None or first < count) and base + first in skip:
             first += 1
+        if first == count:
+            base += count  # every shard of this unit is committed: don't even open it
+            continue
         index = base + first
         for start, table in _chunks(plan, unit, first * plan.rows_per_shard):
             if index not in skip:
