@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,16 +57,35 @@ def save(model, directory: Path) -> Path:
     return directory
 
 
+def tiny_distilbert(tokenizer: Any, **settings: Any) -> Any:
+    """The tiny DistilBERT shape the DistilBERT test models share (settings override or add)."""
+    from transformers import DistilBertConfig
+
+    return DistilBertConfig(**{"vocab_size": len(tokenizer), "dim": 32, "n_layers": 2, "n_heads": 2,
+                               "hidden_dim": 64, "max_position_embeddings": 128, "initializer_range": 0.3,
+                               **settings})
+
+
+def tiny_bert(tokenizer: Any, **settings: Any) -> Any:
+    """The tiny BERT shape the BERT test models share (settings override or add)."""
+    from transformers import BertConfig
+
+    return BertConfig(**{"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2,
+                         "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128,
+                         "initializer_range": 0.3, **settings})
+
+
+def labelled(labels: list[str]) -> dict[str, Any]:
+    return {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+
+
 def classifier(directory: Path, labels: list[str], seed: int) -> Path:
     """A DistilBERT sequence classifier with these labels."""
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import DistilBertForSequenceClassification
 
     tokenizer = wordpiece_tokenizer(directory)
     torch.manual_seed(seed)
-    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                              max_position_embeddings=128, initializer_range=0.3,
-                              id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
-    return save(DistilBertForSequenceClassification(config), directory)
+    return save(DistilBertForSequenceClassification(tiny_distilbert(tokenizer, **labelled(labels))), directory)
 
 
 def sentiment_classifier(directory: Path) -> Path:
@@ -74,13 +94,11 @@ def sentiment_classifier(directory: Path) -> Path:
 
 def encoder(directory: Path) -> Path:
     """A BERT encoder, for embeddings."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     tokenizer = wordpiece_tokenizer(directory)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.3)
-    return save(BertModel(config), directory)
+    return save(BertModel(tiny_bert(tokenizer)), directory)
 
 
 def nli_classifier(directory: Path) -> Path:
@@ -88,26 +106,22 @@ def nli_classifier(directory: Path) -> Path:
 
 
 def masked_lm(directory: Path) -> Path:
-    from transformers import DistilBertConfig, DistilBertForMaskedLM
+    from transformers import DistilBertForMaskedLM
 
     tokenizer = wordpiece_tokenizer(directory)
     torch.manual_seed(2)
-    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                              max_position_embeddings=128, initializer_range=0.3)
-    return save(DistilBertForMaskedLM(config), directory)
+    return save(DistilBertForMaskedLM(tiny_distilbert(tokenizer)), directory)
 
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "MISC"]
 
 
 def token_classifier(directory: Path, max_positions: int = 512) -> Path:
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertForTokenClassification
 
     tokenizer = wordpiece_tokenizer(directory, model_max_length=max_positions)
     torch.manual_seed(3)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=max_positions, initializer_range=0.3,
-                        id2label=dict(enumerate(NER_LABELS)), label2id={name: i for i, name in enumerate(NER_LABELS)})
+    config = tiny_bert(tokenizer, max_position_embeddings=max_positions, **labelled(NER_LABELS))
     return save(BertForTokenClassification(config), directory)
 
 
@@ -116,12 +130,11 @@ def span_picking_qa(directory: Path, start_word: str = "paris", end_word: str = 
     every encoder layer is switched off (zero output projections: each layer is then a LayerNorm of
     its input, which keeps the embedding's direction), and the two tokens' embeddings carry a
     large value in the dimension that the start (resp. end) logit reads; [CLS] (no answer) a middling one."""
-    from transformers import BertConfig, BertForQuestionAnswering
+    from transformers import BertForQuestionAnswering
 
     tokenizer = wordpiece_tokenizer(directory, model_max_length=64)
     torch.manual_seed(4)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = tiny_bert(tokenizer, max_position_embeddings=64, initializer_range=0.02)  # BertConfig's default
     model = BertForQuestionAnswering(config)
     with torch.no_grad():
         for layer in model.bert.encoder.layer:
