@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -22,13 +22,8 @@ from batchnlp.spec import JobSpec
 from batchnlp.tasks.base import RowError, Task
 from batchnlp.write.parts import annotation_array, build_table
 
-
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    config: Any
-    max_length: int
+if TYPE_CHECKING:
+    from batchnlp.session import Job
 
 
 @dataclass
@@ -45,21 +40,29 @@ class Prepared:
 
 
 class Annotator:
-    def __init__(self, spec: JobSpec, task: Task, loaded: LoadedModel, placement: Placement, schema: pa.Schema):
-        self.spec, self.task, self.loaded, self.placement, self.schema = spec, task, loaded, placement, schema
-        self.batch_tokens = spec.runtime.batch_tokens  # lowered for good after an out-of-memory error
+    """A job's task on a loaded model in one precision: a shard of rows in, the annotated table out."""
+
+    def __init__(self, job: Job, model: Any, placement: Placement):
+        self.job, self.model, self.placement = job, model, placement
+        self.batch_tokens = job.spec.runtime.batch_tokens  # lowered for good after an out-of-memory error
         self.oom_splits = 0
         # Fast tokenizers must not be used from two threads at once ("Already borrowed"): the
         # reader and writer threads each get their own copy of the task and its tokenizer.
-        self.encoder = _with_own_tokenizer(task)
-        self.decoder = _with_own_tokenizer(task)
+        self.encoder = _with_own_tokenizer(job.task)
+        self.decoder = _with_own_tokenizer(job.task)
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.job.spec
+
+    @property
+    def task(self) -> Task:
+        return self.job.task
 
     def in_float32(self, model: Any = None) -> "Annotator":
         """The same job in float32 (on `model`, if given, instead of this one's): the reference for
         the precision probe and the bench's agreement check, and the probe's fallback."""
-        loaded = self.loaded if model is None else LoadedModel(model, self.loaded.tokenizer, self.loaded.config,
-                                                               self.loaded.max_length)
-        return Annotator(self.spec, self.task, loaded, self.placement.float32(), self.schema)
+        return Annotator(self.job, self.model if model is None else model, self.placement.float32())
 
     def __call__(self, rows: pa.Table, shard_index: int) -> tuple[pa.Table, dict[str, Any]]:
         """All three stages in this thread (the precision probe and the Ray workers use this)."""
@@ -103,7 +106,7 @@ class Annotator:
         prepared.outputs = [None] * len(prepared.features)
         if prepared.features:
             device = self.placement.device
-            for indices, batch, meta in loader(prepared.features, prepared.batches, self.loaded.tokenizer,
+            for indices, batch, meta in loader(prepared.features, prepared.batches, self.job.tokenizer,
                                                self.task.padding_side, self.spec.runtime.num_workers,
                                                pin_memory=device.type == "cuda"):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -120,7 +123,7 @@ class Annotator:
             return
         try:
             with self.placement.context():
-                outputs = self.task.forward(self.loaded.model, batch, meta)
+                outputs = self.task.forward(self.model, batch, meta)
         except torch.cuda.OutOfMemoryError:
             if rows == 1:
                 raise
@@ -156,9 +159,10 @@ class Annotator:
                 continue
             for f in fields:
                 values[f.name][i] = decoded[f.name]
-        table = build_table(prepared.rows, self.schema, [annotation_array(f, values[f.name]) for f in fields], errors)
+        columns = [annotation_array(f, values[f.name]) for f in fields]
+        table = build_table(prepared.rows, self.job.schema, columns, errors)
         features = prepared.features
-        max_length = self.loaded.max_length
+        max_length = self.job.max_length
         truncated = len({o for o, f in zip(prepared.owners, features) if len(f["input_ids"]) >= max_length})
         stats = {"rows": n, "features": len(features), "tokens": sum(len(f["input_ids"]) for f in features),
                  "padded_tokens": prepared.padded, "errors": sum(e is not None for e in errors),

@@ -21,28 +21,19 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from batchnlp.annotate import annotation_rows
-from batchnlp.errors import SpecError
+from batchnlp.annotate import Annotator, annotation_rows
+from batchnlp.engines.local import run_shards
 from batchnlp.model import source
-from batchnlp.read.plan import read_shards
-from batchnlp.runner import _loop, open_session, plan_job
+from batchnlp.read.plan import Plan, read_shards
+from batchnlp.runner import plan_job
+from batchnlp.session import Session, describe_job, open_session
 from batchnlp.spec import JobSpec
+from batchnlp.tasks.base import Baseline
 from batchnlp.write.manifest import Manifest
 
 # Dense fp16/bf16 tensor-core peaks from the data sheets, by a name fragment of the device.
 CUDA_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "L4": 121e12, "A10": 125e12,
                    "V100": 125e12, "T4": 65e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
-PIPELINE_TASKS = {"text-classification", "embeddings", "zero-shot-classification", "fill-mask",
-                  "token-classification", "text-generation"}
-
-
-@dataclass
-class Timing:
-    seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
 
 
 @dataclass
@@ -56,16 +47,54 @@ class Report:
             self.lines.append(line)
 
 
+@dataclass
+class Measured:
+    """Timings of both sides (seconds per repeat) and the outputs of their last repeat."""
+
+    ours: list[float]
+    theirs: list[float]
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    baseline_rows: list[dict[str, Any]] | None
+
+
 def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool, repeats: int = 3,
           batch_size: int = 32, echo: Callable[[str], None] = print) -> Report:
+    plan = plan_job(spec, rows)
+    session = open_session(describe_job(spec, plan, source.resolve(spec.model), quiet=True))
+    report = Report()
+    _header(report, session, echo)
+    reference_model = _float32_model(session)
+    texts = _rows(plan).column(spec.input.text_column).to_pylist()
+    naive = session.annotator.task.baseline(reference_model, texts, batch_size) if baseline else None
+    if baseline and naive is None:
+        echo(f"  no pipeline baseline: transformers {_version('transformers')} has no {spec.task.name} pipeline")
+    measured = measure(session.annotator, plan, naive, repeats)
+    _report_speed(report, session.annotator, plan, measured, naive, batch_size, echo)
+    if check_agreement:
+        _report_agreement(report, session.annotator.in_float32(reference_model), plan, measured, echo)
+    _report_resources(report, session.annotator, reference_model, measured, echo)
+    return report
+
+
+def measure(annotator: Annotator, plan: Plan, naive: Baseline | None, repeats: int) -> Measured:
+    """Alternate the two sides, so a slow spell of the machine hits both alike."""
+    measured = Measured([], [], [], {}, None)
+    for _ in range(repeats):
+        seconds, measured.rows, measured.totals = _run_ours(annotator, plan)
+        measured.ours.append(seconds)
+        if naive is not None:
+            began = time.perf_counter()
+            measured.baseline_rows = naive.call()
+            measured.theirs.append(time.perf_counter() - began)
+    return measured
+
+
+def _header(report: Report, session: Session, echo: Callable[[str], None]) -> None:
     import torch
 
-    plan = plan_job(spec, rows)
-    session = open_session(spec, plan, source.resolve(spec.model), quiet=True)
-    annotator = session.annotator
-    task, placement = annotator.task, annotator.placement
-    n = plan.total_rows
-    report = Report()
+    spec, placement = session.job.spec, session.annotator.placement
+    n = session.job.plan.total_rows
     report.add("job", spec.source_file)
     report.add("task", spec.task.name)
     report.add("rows", n)
@@ -73,58 +102,51 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
     probe = f", probe agreement {session.probe['agreement']}" if session.probe else ""
     echo(f"batchnlp bench {Path(spec.source_file).name}: {spec.task.name}, {n} rows, {placement.device} "
          f"({torch.get_num_threads()} threads), dtype {placement.name}{probe}")
-    if baseline and spec.task.name not in PIPELINE_TASKS and task.name not in PIPELINE_TASKS:
-        echo(f"  no pipeline baseline: transformers {_version('transformers')} has no {task.name} pipeline")
-        baseline = None
 
-    reference_model = _float32_model(session)
-    texts = _rows(plan)
-    pipe = _pipeline(session, reference_model, texts, batch_size) if baseline else None
 
-    ours, theirs = Timing(), Timing()
-    out_table = totals = base_out = None
-    for _ in range(repeats):  # alternate, so a slow spell of the machine hits both sides alike
-        seconds, out_table, totals = _run_ours(annotator, plan)
-        ours.seconds.append(seconds)
-        if pipe is not None:
-            began = time.perf_counter()
-            base_out = pipe()
-            theirs.seconds.append(time.perf_counter() - began)
-
-    tokens = totals["tokens"]
-    report.add("batchnlp", {"seconds": ours.seconds, "rows_per_second": n / ours.median,
-                            "tokens_per_second": tokens / ours.median,
-                            "padding_efficiency": totals["padding_efficiency"]})
+def _report_speed(report: Report, annotator: Annotator, plan: Plan, measured: Measured, naive: Baseline | None,
+                  batch_size: int, echo: Callable[[str], None]) -> None:
+    n, tokens, ours = plan.total_rows, measured.totals["tokens"], statistics.median(measured.ours)
+    padding = measured.totals["padding_efficiency"]
+    report.add("batchnlp", {"seconds": measured.ours, "rows_per_second": n / ours, "tokens_per_second": tokens / ours,
+                            "padding_efficiency": padding})
     echo(f"  {'':28}{'rows/s':>10}{'tokens/s':>12}{'padding eff.':>14}{'median s':>10}")
-    echo(f"  {'batchnlp (' + placement.name + ')':28}{n / ours.median:>10.1f}{tokens / ours.median:>12.0f}"
-         f"{totals['padding_efficiency']:>14.3f}{ours.median:>10.2f}")
-    if pipe is not None:
-        naive_padding = _naive_padding(annotator, texts, batch_size)
-        report.add("pipeline", {"seconds": theirs.seconds, "rows_per_second": n / theirs.median,
-                                "tokens_per_second": tokens / theirs.median, "padding_efficiency": naive_padding,
-                                "batch_size": batch_size})
-        label = f"pipeline (bs={batch_size}, float32)" if task.name != "text-generation" else \
-            "pipeline (per prompt, float32)"
-        pad = f"{naive_padding:>14.3f}" if naive_padding else f"{'-':>14}"
-        echo(f"  {label:28}{n / theirs.median:>10.1f}{tokens / theirs.median:>12.0f}{pad}{theirs.median:>10.2f}")
-        report.add("speedup", theirs.median / ours.median,
-                   f"  speed-up: {theirs.median / ours.median:.2f}x rows/s (median of {repeats}, alternating)")
+    echo(f"  {'batchnlp (' + annotator.placement.name + ')':28}{n / ours:>10.1f}{tokens / ours:>12.0f}"
+         f"{padding:>14.3f}{ours:>10.2f}")
+    if naive is None:
+        return
+    theirs = statistics.median(measured.theirs)
+    naive_padding = _naive_padding(annotator, plan, batch_size) if naive.batches_features else None
+    report.add("pipeline", {"seconds": measured.theirs, "rows_per_second": n / theirs,
+                            "tokens_per_second": tokens / theirs, "padding_efficiency": naive_padding,
+                            "batch_size": batch_size})
+    pad = f"{naive_padding:>14.3f}" if naive_padding else f"{'-':>14}"
+    echo(f"  {naive.label:28}{n / theirs:>10.1f}{tokens / theirs:>12.0f}{pad}{theirs:>10.2f}")
+    report.add("speedup", theirs / ours,
+               f"  speed-up: {theirs / ours:.2f}x rows/s (median of {len(measured.ours)}, alternating)")
+    echo(report.lines[-1])
+
+
+def _report_agreement(report: Report, reference: Annotator, plan: Plan, measured: Measured,
+                      echo: Callable[[str], None]) -> None:
+    task = reference.task
+    _, exact, _ = _run_ours(reference, plan)
+    value = task.agreement(measured.rows, exact)
+    report.add("agreement_float32", value, f"  agreement with batchnlp float32: {task.describe_agreement(value)} "
+                                           f"(threshold {task.agreement_threshold})")
+    echo(report.lines[-1])
+    if measured.baseline_rows is not None:
+        value = task.agreement(measured.rows, measured.baseline_rows)
+        report.add("agreement_pipeline", value,
+                   f"  agreement with the float32 pipeline: {task.describe_agreement(value)}")
         echo(report.lines[-1])
 
-    if check_agreement:
-        reference = session.annotator.in_float32(reference_model)
-        _, exact, _ = _run_ours(reference, plan)
-        value = task.agreement(out_table, exact)
-        report.add("agreement_float32", value,
-                   f"  agreement with batchnlp float32: {_agreement_text(task, value)} "
-                   f"(threshold {task.agreement_threshold})")
-        echo(report.lines[-1])
-        if base_out is not None:
-            value = task.agreement(out_table, base_out)
-            report.add("agreement_pipeline", value,
-                       f"  agreement with the float32 pipeline: {_agreement_text(task, value)}")
-            echo(report.lines[-1])
 
+def _report_resources(report: Report, annotator: Annotator, reference_model: Any, measured: Measured,
+                      echo: Callable[[str], None]) -> None:
+    import torch
+
+    placement = annotator.placement
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report.add("peak_rss_mib", peak, f"  peak RSS of this process: {peak:.0f} MiB")
     echo(report.lines[-1])
@@ -132,16 +154,11 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
         gpu = torch.cuda.max_memory_allocated(placement.device) / 2**20
         report.add("peak_cuda_mib", gpu, f"  peak CUDA memory: {gpu:.0f} MiB")
         echo(report.lines[-1])
-    mfu = _mfu(reference_model, tokens / ours.median, placement)
+    mfu = _mfu(reference_model, measured.totals["tokens"] / statistics.median(measured.ours), placement)
     if mfu:
         report.add("mfu", mfu, f"  model FLOPs utilisation: {100 * mfu['mfu']:.1f}% of {mfu['peak']} "
                                f"({mfu['model_flops'] / 1e9:.0f} GFLOP/s)")
         echo(report.lines[-1])
-    return report
-
-
-def _agreement_text(task: Any, value: float) -> str:
-    return f"mean cosine {value:.5f}" if task.name == "embeddings" else f"{100 * value:.2f}% of rows"
 
 
 def _version(name: str) -> str:
@@ -150,26 +167,26 @@ def _version(name: str) -> str:
     return importlib.metadata.version(name)
 
 
-def _rows(plan: Any) -> pa.Table:
+def _rows(plan: Plan) -> pa.Table:
     return pa.concat_tables([table for _, table in read_shards(plan, set())])
 
 
-def _run_ours(annotator: Any, plan: Any) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
-    """The runner's own loop (overlapped stages, Parquet parts written) into a temporary directory."""
+def _run_ours(annotator: Annotator, plan: Plan) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
+    """The local engine's own loop (overlapped stages, Parquet parts written) into a temporary directory."""
+    import pyarrow.dataset as ds
+
     with tempfile.TemporaryDirectory(prefix="batchnlp-bench-") as tmp:
         out = Path(tmp)
         manifest = Manifest.new(out, fingerprint={})
         manifest.start_run({})
         began = time.perf_counter()
-        _loop(plan, manifest, annotator, set(), out, plan.shard_count, quiet=True)
+        run_shards(plan, manifest, annotator, set(), out, quiet=True)
         seconds = time.perf_counter() - began
-        import pyarrow.dataset as ds
-
         table = ds.dataset(str(out), format="parquet").to_table()
         return seconds, annotation_rows(table, annotator), manifest.data["totals"]
 
 
-def _float32_model(session: Any) -> Any:
+def _float32_model(session: Session) -> Any:
     """A float32 copy of the model for the baseline and the agreement reference: the session's own
     when its weights are float32 (CPU autocast changes no weights), else loaded again."""
     import torch
@@ -177,95 +194,21 @@ def _float32_model(session: Any) -> Any:
     annotator = session.annotator
     placement = annotator.placement
     if placement.weights_dtype == torch.float32 and not placement.quantize_int8:
-        return annotator.loaded.model
+        return annotator.model
     from batchnlp.model import load
 
-    return load.load_model(session.resolved, annotator.task.model_class, placement.float32(),
-                           session.spec.model.trust_remote_code)
+    job = session.job
+    return load.load_model(job.model, job.task.model_class, placement.float32(), job.spec.model.trust_remote_code)
 
 
-def _naive_padding(annotator: Any, texts: pa.Table, batch_size: int) -> float | None:
+def _naive_padding(annotator: Annotator, plan: Plan, batch_size: int) -> float | None:
     """Real / padded tokens of the pipeline's batches of `batch_size` features in input order (for
     zero-shot, the pipeline batches (text, hypothesis) pairs row by row, as our features are listed)."""
-    if annotator.task.name not in ("text-classification", "embeddings", "fill-mask", "token-classification",
-                                   "zero-shot-classification"):
-        return None
-    prepared = annotator.prepare(texts)
+    prepared = annotator.prepare(_rows(plan))
     lengths = [len(f["input_ids"]) for f in prepared.features]
     padded = sum(len(lengths[i:i + batch_size]) * max(lengths[i:i + batch_size])
                  for i in range(0, len(lengths), batch_size))
     return sum(lengths) / padded if padded else None
-
-
-def _pipeline(session: Any, model: Any, table: pa.Table, batch_size: int) -> Callable[[], list[dict[str, Any]]]:
-    """The naive loop for this task, as a call returning rows in batchnlp's column layout."""
-    import warnings
-
-    import numpy as np
-    from transformers import pipeline
-
-    warnings.filterwarnings("ignore", message=".*pipelines sequentially on GPU.*")
-    spec, a = session.spec, session.annotator
-    task, params, tokenizer = a.task, spec.task.params, a.loaded.tokenizer
-    texts = table.column(spec.input.text_column).to_pylist()
-    device = a.placement.device
-    truncate = {"truncation": True, "max_length": a.loaded.max_length}
-
-    def make(name: str) -> Any:
-        return pipeline(name, model=model, tokenizer=tokenizer, device=device)
-
-    if task.name == "text-classification":
-        pipe = make("text-classification")
-        return lambda: [{"label": o["label"]} for o in pipe(texts, batch_size=batch_size, **truncate)]
-    if task.name == "embeddings":
-        pipe = make("feature-extraction")
-        # With batch_size > 1 the pipeline hands back each text's token vectors padded to its
-        # batch's longest; averaging those would dilute the mean, so only real tokens are kept.
-        lengths = [len(ids) for ids in tokenizer(texts, **truncate)["input_ids"]]
-
-        def embed() -> list[dict[str, Any]]:
-            out = []
-            for tokens, length in zip(pipe(texts, batch_size=batch_size, tokenize_kwargs=truncate), lengths):
-                tokens = np.asarray(tokens[0])[:length]
-                vector = tokens.mean(0) if params.pooling == "mean" else tokens[0]
-                out.append({"embedding": vector / np.linalg.norm(vector) if params.normalize else vector})
-            return out
-
-        return embed
-    if task.name == "zero-shot-classification":
-        if params.candidate_labels is None or params.method != "nli":
-            raise SpecError("task", "the zero-shot bench baseline needs candidate_labels and method: nli")
-        pipe = make("zero-shot-classification")
-        return lambda: [{"labels": o["labels"]} for o in pipe(
-            texts, candidate_labels=list(params.candidate_labels), hypothesis_template=params.hypothesis_template,
-            multi_label=params.multi_label, batch_size=batch_size)]
-    if task.name == "fill-mask":
-        pipe = make("fill-mask")
-        masked = [t.replace("{mask}", tokenizer.mask_token) for t in texts]
-        return lambda: [{"predictions": o} for o in pipe(masked, batch_size=batch_size, top_k=params.top_k)]
-    if task.name == "token-classification":
-        pipe = make("token-classification")
-        return lambda: [{"entities": [{**e, "entity_group": e.get("entity_group", e.get("entity"))} for e in o]}
-                        for o in pipe(texts, batch_size=batch_size, aggregation_strategy=params.aggregation_strategy)]
-    pipe = make("text-generation")
-
-    def generate() -> list[dict[str, Any]]:
-        from batchnlp.tasks.decoding import cut_at_stop
-
-        out = []
-        for text in texts:  # the tutorial loop: one prompt at a time
-            prompt = params.prompt_template.replace("{text}", text)
-            if params.chat_template:
-                prompt = ([{"role": "system", "content": params.system_prompt}] if params.system_prompt else []) + [
-                    {"role": "user", "content": prompt}]
-            result = pipe(prompt, max_new_tokens=task.new_tokens, do_sample=False, return_full_text=False)
-            generated = result[0]["generated_text"]
-            if isinstance(generated, list):  # chat input: the conversation, the reply last
-                generated = generated[-1]["content"]
-            out.append({"generated_text": cut_at_stop(generated, params.stop)})
-        return out
-
-    return generate
 
 
 def _mfu(model: Any, tokens_per_second: float, placement: Any) -> dict[str, Any] | None:

@@ -187,7 +187,7 @@ def random_model(output_dir: str, shape: str, labels: str, seed: int, tokenizer_
 @main.command()
 def tasks() -> None:
     """List the tasks and their parameters."""
-    from batchnlp.spec import field_docs
+    from batchnlp.settings import field_docs
     from batchnlp.tasks import task_class, task_names
 
     for name in task_names():

@@ -10,21 +10,15 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from batchnlp.errors import SpecError
-
-
-def doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field carrying its documentation (shown by `batchnlp tasks` and the README)."""
-    return field(metadata={"doc": text}, **kwargs)
-
+from batchnlp.settings import build, doc, kind_of
+from batchnlp.tasks import task_class
 
 INPUT_FORMATS = ("csv", "parquet", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
@@ -120,79 +114,6 @@ class JobSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Generic dataclass builder: type checks, enums, unknown keys; errors name the full key.
-
-
-def build(cls: type, data: Any, key: str) -> Any:
-    if not isinstance(data, dict):
-        raise SpecError(key, f"expected a table of settings, got {_kind(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise SpecError(f"{key}.{unknown[0]}", f"unknown setting; known settings are: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in fields.items():
-        if name in data:
-            values[name] = _check(hints[name], data[name], f"{key}.{name}")
-        elif f.default is dataclasses.MISSING:
-            raise SpecError(f"{key}.{name}", f"required: {f.metadata.get('doc', '')}".rstrip(": "))
-    return cls(**values)
-
-
-def _check(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _check(option, value, key)
-            except SpecError as e:
-                errors.append(str(e))
-        raise SpecError("", errors[0]) if len(errors) == 1 else SpecError(
-            key, f"expected {' or '.join(_name(o) for o in options)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise SpecError(key, f"must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is list:
-        if isinstance(value, str) or not isinstance(value, list):
-            raise SpecError(key, f"expected a list, got {_kind(value)}")
-        return tuple(_check(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SpecError(key, f"expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(key, f"expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(key, f"expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise SpecError(key, f"expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " | ".join(map(str, typing.get_args(hint)))
-    return {int: "an integer", str: "a string", bool: "true/false", float: "a number"}.get(hint, str(hint))
-
-
-def _kind(value: Any) -> str:
-    return "a list" if isinstance(value, list) else "a string" if isinstance(value, str) else repr(value)
-
-
-# ---------------------------------------------------------------------------------------------
 # The job spec
 
 
@@ -239,8 +160,6 @@ def parse(data: dict[str, Any]) -> JobSpec:
         runtime=_parse_runtime(data.get("runtime") or {}),
         output=_parse_output(data["output"]),
     )
-    from batchnlp.tasks import task_class
-
     task_class(spec.task.name).check_input(spec.task.params, spec.input)
     return spec
 
@@ -270,10 +189,8 @@ def _is_dir_or_glob(path: str) -> bool:
 
 
 def _parse_task(data: Any) -> TaskSpec:
-    from batchnlp.tasks import task_class  # the registry imports no torch
-
     if not isinstance(data, dict):
-        raise SpecError("task", f"expected a table with at least `name`, got {_kind(data)}")
+        raise SpecError("task", f"expected a table with at least `name`, got {kind_of(data)}")
     data = dict(data)
     name = data.pop("name", None)
     if not isinstance(name, str):
@@ -330,12 +247,3 @@ def _parse_output(data: Any) -> OutputSpec:
     if spec.rows_per_shard < 1:
         raise SpecError("output.rows_per_shard", "must be at least 1")
     return spec
-
-
-def field_docs(cls: type) -> list[tuple[str, str, str]]:
-    """(name, default, doc) for each field of a spec dataclass, for `batchnlp tasks` and docs."""
-    out = []
-    for f in dataclasses.fields(cls):
-        default = "required" if f.default is dataclasses.MISSING else repr(f.default)
-        out.append((f.name, default, f.metadata.get("doc", "")))
-    return out

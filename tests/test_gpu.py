@@ -10,7 +10,7 @@ import torch
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
 
-from conftest import TEXTS, read_output, write_job
+from helpers import TEXTS, read_output, write_job
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

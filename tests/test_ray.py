@@ -12,7 +12,7 @@ from batchnlp.errors import BatchNLPError, SpecError
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
 
-from conftest import TEXTS, read_output, write_job
+from helpers import TEXTS, read_output, write_job
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
 pytestmark = pytest.mark.ray
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    from batchnlp import ray_engine
+    from batchnlp.engines import ray as ray_engine
 
     ray_engine._init(None, quiet=True)
     yield

@@ -17,7 +17,7 @@ from batchnlp.runner import run
 from batchnlp.spec import load_spec
 from batchnlp.write.manifest import MANIFEST_NAME
 
-from conftest import TEXTS, read_output, write_job
+from helpers import TEXTS, read_output, write_job
 
 
 def classify_job(tmp_path, classifier_dir, reviews_csv, **overrides):
@@ -339,3 +339,40 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_safe_budget(tmp_path, clas
     np.testing.assert_allclose(split.column("score").to_numpy(), whole.column("score").to_numpy(), atol=1e-5)
     run_info = json.loads((tmp_path / "b" / "out" / MANIFEST_NAME).read_text())["runs"][0]
     assert run_info["oom_splits"] > 0 and run_info["batch_tokens_in_use"] <= 60 < run_info["batch_tokens"]
+
+
+def test_a_recorded_part_deleted_from_disk_is_redone_on_resume(tmp_path, classifier_dir, reviews_csv):
+    """done_shards must check the part file: a part listed in the manifest but gone is not done."""
+    job = classify_job(tmp_path, classifier_dir, reviews_csv)
+    assert run_in_subprocess(job, "shard-recorded:1").returncode == -9  # parts 0 and 1 recorded
+    (tmp_path / "out" / "part-00000.parquet").unlink()
+    resumed = run_in_subprocess(job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after 1 committed parts" in resumed.stdout
+    table = read_output(tmp_path / "out")
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(len(TEXTS))]
+
+
+def test_a_changed_limit_is_refused(tmp_path, classifier_dir, reviews_csv):
+    """Even where the plan is the same (a limit above the row count), as the README promises."""
+    spec = load_spec(classify_job(tmp_path, classifier_dir, reviews_csv))
+    assert run(spec, limit=100, quiet=True).rows_written == len(TEXTS)
+    with pytest.raises(OutputConflictError, match=r"limit: 100 -> None"):
+        run(spec, quiet=True)
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_batch_settings_are_pinned_for_sampling_only(tmp_path, causal_dir, reviews_csv, do_sample):
+    """Sampling draws random numbers batch by batch: another budget would sample other texts."""
+    task = {"name": "text-generation", "max_new_tokens": 3, "do_sample": do_sample}
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"}, task=task,
+                    model={"path": str(causal_dir)}, runtime={"batch_tokens": 4096})
+    run(load_spec(job), limit=4, quiet=True)
+    for runtime in ({"batch_tokens": 512}, {"max_batch_size": 2}):
+        changed = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"}, task=task,
+                            model={"path": str(causal_dir)}, runtime=runtime, name="changed.yaml")
+        if do_sample:
+            with pytest.raises(OutputConflictError, match=f"runtime.{next(iter(runtime))}"):
+                run(load_spec(changed), limit=4, quiet=True)
+        else:
+            assert run(load_spec(changed), limit=4, quiet=True).status == "complete"

@@ -17,7 +17,7 @@ import torch
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
 
-from conftest import read_output, write_job
+from helpers import read_output, write_job
 
 LONG = ("the story was slow but the ending was excellent and the music was great, i would recommend it to anyone "
         "who likes a good film with a long plot and great acting. the price of the ticket was cheap and the "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -16,11 +16,40 @@ import pyarrow.dataset as ds
 import pyarrow.json as pajson
 
 from batchnlp.errors import InputError
+from batchnlp.read.source import Unit
 from batchnlp.spec import InputSpec
 
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
 # Rows pyarrow reads at a time: small enough to bound memory, big enough to be fast.
 BATCH_ROWS = 8192
+
+
+class FileSource:
+    """CSV, Parquet or JSONL files: a file, a directory or a glob."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+
+    def schema(self) -> pa.Schema:
+        return schema(self.spec, discover(self.spec)[0])
+
+    def units(self, limit: int | None, check: Callable[[pa.Schema, str], None]) -> list[Unit]:
+        found, total = [], 0
+        for path in discover(self.spec):
+            check(schema(self.spec, path), str(path))
+            stat = path.stat()
+            rows = count_rows(self.spec, path)
+            found.append(Unit(str(path.resolve()), rows, stat.st_size, stat.st_mtime_ns))
+            total += rows
+            if limit is not None and total >= limit:
+                break  # no need to parse files past the limit
+        return found
+
+    def identity(self) -> dict[str, Any]:
+        return {"format": self.spec.format}
+
+    def iter_batches(self, unit: Unit, start: int) -> Iterator[pa.RecordBatch]:
+        return iter_batches(self.spec, Path(unit.name), start)
 
 
 def discover(spec: InputSpec) -> list[Path]:

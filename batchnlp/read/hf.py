@@ -4,11 +4,12 @@ dataset id with a pinned revision and a split (streamed, never downloaded whole)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError, SpecError
+from batchnlp.read.source import Unit
 from batchnlp.spec import InputSpec
 
 
@@ -34,30 +35,54 @@ def _load(spec: InputSpec) -> Any:
                          "input.dataset at that directory") from None
 
 
-def plan_units(spec: InputSpec):
-    from batchnlp.read.plan import Unit
+class DatasetSource:
+    """A Hugging Face dataset: one unit, the (split of the) dataset. The opened dataset is cached
+    in the process and not pickled, so a Ray actor opens its own."""
 
-    data = _load(spec)
-    if hasattr(data, "__len__"):
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+        self._data: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "_data": None}
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:
+            self._data = _load(self.spec)
+        return self._data
+
+    @property
+    def streamed(self) -> bool:
+        return not hasattr(self.data, "__len__")
+
+    def schema(self) -> pa.Schema:
+        features = self.data.features
+        if features is None:
+            raise InputError(f"input.dataset: {self.spec.dataset!r} declares no features; cannot check its columns")
+        return features.arrow_schema
+
+    def units(self, limit: int | None, check: Callable[[pa.Schema, str], None]) -> list[Unit]:
+        check(self.schema(), self.spec.dataset)
+        if self.streamed:
+            return [Unit(self.spec.dataset, None)]
+        return [Unit(str(Path(self.spec.dataset).resolve()), len(self.data))]
+
+    def identity(self) -> dict[str, Any]:
+        if self.streamed:
+            return {"revision": self.spec.revision, "split": self.spec.split}
+        return {"dataset_fingerprint": getattr(self.data, "_fingerprint", None)}
+
+    def iter_batches(self, unit: Unit, start: int, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+        """The rows from row `start` on (a saved dataset is sliced there; a streamed one skips)."""
+        data = self.data
+        if not self.streamed:
+            arrow = data.with_format("arrow")
+            for begin in range(start, len(data), batch_rows):
+                yield from arrow[begin:begin + batch_rows].to_batches()
+            return
         schema = data.features.arrow_schema
-        fingerprint = getattr(data, "_fingerprint", None)
-        return [Unit(str(Path(spec.dataset).resolve()), len(data))], schema, {"dataset_fingerprint": fingerprint}
-    schema = data.features.arrow_schema if data.features is not None else None
-    if schema is None:
-        raise InputError(f"input.dataset: {spec.dataset!r} declares no features; cannot check its columns")
-    return [Unit(spec.dataset, None)], schema, {"revision": spec.revision, "split": spec.split}
-
-
-def iter_batches(spec: InputSpec, start: int = 0, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
-    """The dataset's rows from row `start` on (a saved dataset is sliced there; a streamed one skips)."""
-    data = _load(spec)
-    if hasattr(data, "__len__"):
-        arrow = data.with_format("arrow")
-        for begin in range(start, len(data), batch_rows):
-            yield from arrow[begin:begin + batch_rows].to_batches()
-        return
-    schema = data.features.arrow_schema
-    if start:
-        data = data.skip(start)
-    for rows in data.iter(batch_size=batch_rows):
-        yield pa.RecordBatch.from_pydict(rows, schema=schema)
+        if start:
+            data = data.skip(start)
+        for rows in data.iter(batch_size=batch_rows):
+            yield pa.RecordBatch.from_pydict(rows, schema=schema)

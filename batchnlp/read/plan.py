@@ -9,31 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError, SpecError
-from batchnlp.read import files as file_reader
+from batchnlp.read.source import InputSource, Unit
 from batchnlp.spec import InputSpec
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One input file (or one dataset split): the unit that shards are cut from."""
-
-    name: str
-    rows: int | None  # None: a streamed hub dataset whose length is not known up front
-    size: int | None = None
-    mtime_ns: int | None = None
-
-
-@dataclass(frozen=True)
 class Shard:
-    index: int
-    unit: int
-    start: int
+    index: int  # in the plan, over all units
+    unit: Unit  # the file (or dataset) it is cut from
+    start: int  # its first row in the unit
     rows: int
 
 
@@ -43,8 +32,10 @@ class Plan:
     rows_per_shard: int
     units: list[Unit]
     schema: pa.Schema
+    source: InputSource
     limit: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # dataset identity for the fingerprint
+    #: What identifies the input beyond its units (format, dataset fingerprint), for the fingerprint.
+    identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int | None:
@@ -64,31 +55,28 @@ class Plan:
             "units": [{"name": u.name, "rows": u.rows, "size": u.size, "mtime_ns": u.mtime_ns} for u in self.units],
             "total_rows": self.total_rows,
             "shards": self.shard_count,
-            **self.extra,
+            **self.identity,
         }
+
+
+def open_source(spec: InputSpec) -> InputSource:
+    """Files or a Hugging Face dataset: the one place that tells them apart."""
+    if spec.dataset:
+        from batchnlp.read.hf import DatasetSource  # imports `datasets` lazily, only for dataset inputs
+
+        return DatasetSource(spec)
+    from batchnlp.read.files import FileSource
+
+    return FileSource(spec)
 
 
 def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
               task_columns: dict[str, str] | None = None) -> Plan:
     """Find the input, check its columns and count its rows (parsing CSV/JSONL whole, so a bad row
     fails here, before anything is written)."""
-    if spec.dataset:
-        from batchnlp.read import hf  # imports `datasets`, only for dataset inputs
-
-        units, schema, extra = hf.plan_units(spec)
-        check_columns(spec, schema, spec.dataset, task_columns)
-    else:
-        paths = file_reader.discover(spec)
-        schema = file_reader.schema(spec, paths[0])
-        units = []
-        for p in paths:
-            check_columns(spec, schema if p is paths[0] else file_reader.schema(spec, p), str(p), task_columns)
-            stat = p.stat()
-            units.append(Unit(str(p.resolve()), file_reader.count_rows(spec, p), stat.st_size, stat.st_mtime_ns))
-            if limit is not None and sum(u.rows for u in units) >= limit:
-                break  # no need to parse files past the limit
-        extra = {"format": spec.format}
-    plan = Plan(spec, rows_per_shard, units, schema, limit, extra)
+    source = open_source(spec)
+    units = source.units(limit, lambda schema, where: check_columns(spec, schema, where, task_columns))
+    plan = Plan(spec, rows_per_shard, units, source.schema(), source, limit, source.identity())
     if limit is not None:
         plan.units = _cut(units, limit)
     if plan.total_rows == 0:
@@ -126,7 +114,7 @@ def check_columns(spec: InputSpec, schema: pa.Schema, where: str,
 def read_shards(plan: Plan, skip: set[int]) -> Iterator[tuple[Shard, pa.Table]]:
     """Yield (shard, rows) in plan order, except the shards in `skip`; each table holds one shard."""
     base = 0
-    for u, unit in enumerate(plan.units):
+    for unit in plan.units:
         count = None if unit.rows is None else math.ceil(unit.rows / plan.rows_per_shard)
         first = 0  # the unit's leading committed shards are not even read (Parquet seeks past them)
         while (count is None or first < count) and base + first in skip:
@@ -137,20 +125,22 @@ def read_shards(plan: Plan, skip: set[int]) -> Iterator[tuple[Shard, pa.Table]]:
         index = base + first
         for start, table in _chunks(plan, unit, first * plan.rows_per_shard):
             if index not in skip:
-                yield Shard(index, u, start, table.num_rows), table
+                yield Shard(index, unit, start, table.num_rows), table
             index += 1
         base = index
+
+
+def read_shard(plan: Plan, index: int) -> tuple[Shard, pa.Table]:
+    """Shard `index` alone (a Ray actor's unit of work): only its unit is opened."""
+    if plan.shard_count is None or not 0 <= index < plan.shard_count:
+        raise IndexError(f"shard {index} is not in the plan")
+    return next(read_shards(plan, set(range(index)) | set(range(index + 1, plan.shard_count))))
 
 
 def _chunks(plan: Plan, unit: Unit, start: int) -> Iterator[tuple[int, pa.Table]]:
     """Cut a unit's stream of record batches, from row `start` (a shard boundary) on, into tables of
     rows_per_shard rows (the last may be short)."""
-    if plan.spec.dataset:
-        from batchnlp.read import hf
-
-        batches = hf.iter_batches(plan.spec, start)
-    else:
-        batches = file_reader.iter_batches(plan.spec, Path(unit.name), start)
+    batches = plan.source.iter_batches(unit, start)
     size, pending, have = plan.rows_per_shard, [], 0
     limit = unit.rows
     for batch in batches:

@@ -11,7 +11,8 @@ devices nor changes precision.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
 
 import pyarrow as pa
 
@@ -23,6 +24,27 @@ Feature = dict[str, Any]
 class RowError(Exception):
     """Raised (or returned from `encode`) for one row that cannot be annotated; it lands in the
     row's `error` column instead of stopping the job."""
+
+
+@dataclass
+class Baseline:
+    """The naive loop a user would write for a task with transformers' pipeline, for `batchnlp bench`:
+    `call()` annotates the texts and returns one row per text in batchnlp's column layout."""
+
+    call: Callable[[], list[dict[str, Any]]]
+    label: str
+    #: The pipeline batches the task's features in input order (so its padding can be computed).
+    batches_features: bool = True
+
+
+def make_pipeline(name: str, model: Any, tokenizer: Any) -> Any:
+    """transformers' pipeline for `name` on an already loaded model (the bench's float32 twin)."""
+    import warnings
+
+    from transformers import pipeline
+
+    warnings.filterwarnings("ignore", message=".*pipelines sequentially on GPU.*")
+    return pipeline(name, model=model, tokenizer=tokenizer, device=model.device)
 
 
 class Task:
@@ -44,6 +66,11 @@ class Task:
         self.config = model_config
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.setup()
+
+    def setup(self) -> None:
+        """Check the model and parameters together and derive what the task needs (raise SpecError
+        or ModelUnavailableError); `params`, `config`, `tokenizer`, `max_length` are set."""
 
     @classmethod
     def extra_columns(cls, params: Any) -> dict[str, str]:
@@ -85,6 +112,17 @@ class Task:
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
         """The annotation columns of one row from its features' outputs (in feature order)."""
         return outputs[0]
+
+    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline | None:
+        """The naive pipeline loop on `model` and `texts` (None: transformers has no pipeline for it)."""
+        return None
+
+    def describe_agreement(self, value: float) -> str:
+        return f"{100 * value:.2f}% of rows"
+
+    def truncation(self) -> dict[str, Any]:
+        """The pipeline's tokenizer arguments that truncate as batchnlp does."""
+        return {"truncation": True, "max_length": self.max_length}
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         """What must be equal for two annotations of a row to agree (default: the first column)."""

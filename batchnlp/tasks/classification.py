@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import doc
-from batchnlp.tasks.base import Task
+from batchnlp.settings import doc
+from batchnlp.tasks.base import Baseline, Task, make_pipeline
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ class Classification(Task):
     Params = Params
     model_class = "AutoModelForSequenceClassification"
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
-        self.labels = [model_config.id2label.get(i, f"LABEL_{i}") for i in range(model_config.num_labels)]
-        self.function = params.function_to_apply or default_function(model_config)
+    def setup(self) -> None:
+        super().setup()
+        self.labels = [self.config.id2label.get(i, f"LABEL_{i}") for i in range(self.config.num_labels)]
+        self.function = self.params.function_to_apply or default_function(self.config)
 
     def fields(self) -> list[pa.Field]:
         fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
@@ -57,6 +57,12 @@ class Classification(Task):
             order = np.argsort(-scores, kind="stable")[:k]
             out["scores"] = [{"label": self.labels[j], "score": float(scores[j])} for j in order]
         return out
+
+    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
+        pipe = make_pipeline("text-classification", model, self.tokenizer)
+        return Baseline(lambda: [{"label": o["label"]} for o in pipe(texts, batch_size=batch_size,
+                                                                      **self.truncation())],
+                        f"pipeline (bs={batch_size}, float32)")
 
 
 def apply_function(logits: Any, function: str) -> np.ndarray:

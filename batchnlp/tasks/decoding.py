@@ -1,5 +1,6 @@
 """What the generating tasks (text-generation, summarization, translation) share: decoding
-options, turning them into `generate` arguments, seeding, and stop strings."""
+options, turning them into `generate` arguments, seeding, stop strings, and the `Generative` base
+class (budget and seeding per shard)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import doc
+from batchnlp.settings import doc
+from batchnlp.tasks.base import Feature, Task
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,22 @@ def cut_at_stop(text: str, stops: Any) -> str:
         if at >= 0:
             cut = min(cut, at)
     return text[:cut]
+
+
+class Generative(Task):
+    """A task that generates text: the token budget counts the tokens it will add, and shard i is
+    seeded with seed + i, so a rerun or a resumed run (which restarts at a shard) samples the same."""
+
+    # Greedy text from another precision may part ways with float32's after a near-tie; 95% of
+    # texts identical is the bar.
+    agreement_threshold = 0.95
+
+    def setup(self) -> None:
+        super().setup()
+        self.new_tokens = new_tokens(self.params, None)
+
+    def start_shard(self, index: int) -> None:
+        seed_shard(self.params.seed, index)
+
+    def batch_length(self, feature: Feature) -> int:
+        return len(feature["input_ids"]) + self.new_tokens

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from batchnlp.spec import doc
-from batchnlp.tasks.base import Task
+from batchnlp.settings import doc
+from batchnlp.tasks.base import Baseline, Task, make_pipeline
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,28 @@ class Embeddings(Task):
         vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"], self.params.pooling,
                        self.params.normalize)
         return [{"embedding": v} for v in vectors]
+
+    def describe_agreement(self, value: float) -> str:
+        return f"mean cosine {value:.5f}"
+
+    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
+        import numpy as np
+
+        pipe = make_pipeline("feature-extraction", model, self.tokenizer)
+        # With batch_size > 1 the pipeline hands back each text's token vectors padded to its
+        # batch's longest; averaging those would dilute the mean, so only real tokens are kept.
+        lengths = [len(ids) for ids in self.tokenizer(texts, **self.truncation())["input_ids"]]
+
+        def embed() -> list[dict[str, Any]]:
+            out = []
+            for tokens, length in zip(pipe(texts, batch_size=batch_size, tokenize_kwargs=self.truncation()),
+                                      lengths):
+                tokens = np.asarray(tokens[0])[:length]
+                vector = tokens.mean(0) if self.params.pooling == "mean" else tokens[0]
+                out.append({"embedding": vector / np.linalg.norm(vector) if self.params.normalize else vector})
+            return out
+
+        return Baseline(embed, f"pipeline (bs={batch_size}, float32)")
 
 
 def pool(hidden: Any, attention_mask: Any, pooling: str, normalize: bool) -> Any:

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import doc
-from batchnlp.tasks.base import Feature, RowError, Task
+from batchnlp.settings import doc
+from batchnlp.tasks.base import Baseline, Feature, RowError, Task, make_pipeline
 
 MASK = "{mask}"
 PREDICTION = pa.struct([("token_str", pa.string()), ("score", pa.float32()), ("token", pa.int64()),
@@ -37,12 +37,12 @@ class FillMask(Task):
     Params = Params
     model_class = "AutoModelForMaskedLM"
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
-        if tokenizer.mask_token is None:
+    def setup(self) -> None:
+        super().setup()
+        if self.tokenizer.mask_token is None:
             raise SpecError("task.name", "fill-mask needs a model whose tokenizer has a mask token")
-        self.target_ids = None if params.targets is None else np.array(sorted(set(map(self._target_id,
-                                                                                      params.targets))))
+        targets = self.params.targets
+        self.target_ids = None if targets is None else np.array(sorted(set(map(self._target_id, targets))))
 
     def _target_id(self, target: str) -> int:
         vocab = self.tokenizer.get_vocab()
@@ -58,6 +58,13 @@ class FillMask(Task):
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["predictions"][0]["token"]  # the top prediction
+
+    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
+        pipe = make_pipeline("fill-mask", model, self.tokenizer)
+        masked = [t.replace(MASK, self.tokenizer.mask_token) for t in texts]
+        return Baseline(lambda: [{"predictions": o} for o in pipe(masked, batch_size=batch_size,
+                                                                   top_k=self.params.top_k)],
+                        f"pipeline (bs={batch_size}, float32)")
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         texts = [row["text"].replace(MASK, self.tokenizer.mask_token) for row in rows]

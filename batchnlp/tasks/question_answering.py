@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import doc
+from batchnlp.settings import doc
 from batchnlp.tasks.base import Feature, RowError, Task
 
 ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", pa.int32()), ("end", pa.int32())])
@@ -55,14 +55,14 @@ class QuestionAnswering(Task):
             raise SpecError("input.text_pair_column", "required by question-answering: the context column "
                                                       "(input.text_column is the question)")
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
+    def setup(self) -> None:
+        super().setup()
         # As transformers did: the stride never exceeds half a window.
-        self.doc_stride = min(params.doc_stride, max_length // 2)
+        self.doc_stride = min(self.params.doc_stride, self.max_length // 2)
         # Each window holds the question, 3 special tokens and more context tokens than the stride.
-        self.question_cap = min(params.max_question_len, max_length - self.doc_stride - 4)
+        self.question_cap = min(self.params.max_question_len, self.max_length - self.doc_stride - 4)
         if self.question_cap < 4:
-            raise SpecError("runtime.max_length", f"{max_length} leaves no room for a question and the context")
+            raise SpecError("runtime.max_length", f"{self.max_length} leaves no room for a question and the context")
 
     def fields(self) -> list[pa.Field]:
         fields = [pa.field("answer", pa.string()), pa.field("score", pa.float32()), pa.field("start", pa.int32()),

@@ -8,34 +8,31 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from batchnlp.tasks import decoding
-from batchnlp.tasks.base import Feature, RowError, Task
+from batchnlp.tasks.base import Feature, RowError
 
 
-class Seq2Seq(Task):
+class Seq2Seq(decoding.Generative):
     model_class = "AutoModelForSeq2SeqLM"
-    agreement_threshold = 0.95  # share of texts identical to float32's, as for text-generation
     output_column: str
-    #: Prepended to each text (T5's "summarize: ", "translate English to German: ").
-    prefix = ""
-    #: Extra `generate` arguments, e.g. forced_bos_token_id for the target language.
-    generate_extra: dict[str, Any]
 
-    def __init__(self, params: Any, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
-        self.generate_extra = {}
-        self.new_tokens = decoding.new_tokens(params, None)
+    def setup(self) -> None:
+        super().setup()
+        self.prefix = self.task_prefix()
+        self.generate_extra = self.generate_options()
+
+    def task_prefix(self) -> str:
+        """Prepended to each text (T5's "summarize: ", "translate English to German: ")."""
+        return ""
+
+    def generate_options(self) -> dict[str, Any]:
+        """Extra `generate` arguments, e.g. forced_bos_token_id for the target language."""
+        return {}
 
     def prepare(self, model: Any) -> None:
         self.new_tokens = decoding.new_tokens(self.params, model.generation_config)
 
     def fields(self) -> list[pa.Field]:
         return [pa.field(self.output_column, pa.string())]
-
-    def start_shard(self, index: int) -> None:
-        decoding.seed_shard(self.params.seed, index)
-
-    def batch_length(self, feature: Feature) -> int:
-        return len(feature["input_ids"]) + self.new_tokens
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         enc = self.tokenizer([self.prefix + row["text"] for row in rows], truncation=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from batchnlp.tasks import decoding
 from batchnlp.tasks.seq2seq import Seq2Seq
@@ -20,11 +19,10 @@ class Summarization(Seq2Seq):
     Params = Params
     output_column = "summary_text"
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
+    def task_prefix(self) -> str:
         # T5 checkpoints say in their config which prefix selects the task.
-        specific = (getattr(model_config, "task_specific_params", None) or {}).get("summarization", {})
-        self.prefix = specific.get("prefix", "") or ""
+        specific = (getattr(self.config, "task_specific_params", None) or {}).get("summarization", {})
+        return specific.get("prefix", "") or ""
 
 
 TASK = Summarization

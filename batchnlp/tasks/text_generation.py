@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import doc
+from batchnlp.settings import doc
 from batchnlp.tasks import decoding
-from batchnlp.tasks.base import Feature, RowError, Task
+from batchnlp.tasks.base import Baseline, Feature, RowError, make_pipeline
 
 
 @dataclass(frozen=True)
@@ -44,34 +44,24 @@ class Params(decoding.DecodingParams):
             raise SpecError("task.num_return_sequences", "above 1 needs do_sample: true or num_beams >= it")
 
 
-class TextGeneration(Task):
+class TextGeneration(decoding.Generative):
     name = "text-generation"
     description = "Continue each text, or answer it as a chat prompt (AutoModelForCausalLM)."
     Params = Params
     model_class = "AutoModelForCausalLM"
     padding_side = "left"
-    # Greedy text from another precision may part ways with float32's after a near-tie; 95% of
-    # texts identical is the bar.
-    agreement_threshold = 0.95
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
-        if params.chat_template and not tokenizer.chat_template:
+    def setup(self) -> None:
+        super().setup()
+        if self.params.chat_template and not self.tokenizer.chat_template:
             raise SpecError("task.chat_template", "this model's tokenizer has no chat template")
-        self.new_tokens = decoding.new_tokens(params, None)
-        if self.new_tokens >= max_length:
-            raise SpecError("task.max_new_tokens", f"must be below max_length ({max_length}), which bounds "
+        if self.new_tokens >= self.max_length:
+            raise SpecError("task.max_new_tokens", f"must be below max_length ({self.max_length}), which bounds "
                                                    "prompt plus generated tokens")
 
     def fields(self) -> list[pa.Field]:
         kind = pa.string() if self.params.num_return_sequences == 1 else pa.list_(pa.string())
         return [pa.field("generated_text", kind)]
-
-    def start_shard(self, index: int) -> None:
-        decoding.seed_shard(self.params.seed, index)
-
-    def batch_length(self, feature: Feature) -> int:
-        return len(feature["input_ids"]) + self.new_tokens
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         prompts = [self._prompt(row["text"]) for row in rows]
@@ -89,6 +79,27 @@ class TextGeneration(Task):
         messages = ([{"role": "system", "content": self.params.system_prompt}] if self.params.system_prompt else [])
         messages.append({"role": "user", "content": text})
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
+        """The tutorial loop: one prompt at a time, greedy."""
+        pipe = make_pipeline("text-generation", model, self.tokenizer)
+        params = self.params
+
+        def generate() -> list[dict[str, Any]]:
+            out = []
+            for text in texts:
+                prompt: Any = params.prompt_template.replace("{text}", text)
+                if params.chat_template:
+                    prompt = ([{"role": "system", "content": params.system_prompt}] if params.system_prompt
+                              else []) + [{"role": "user", "content": prompt}]
+                result = pipe(prompt, max_new_tokens=self.new_tokens, do_sample=False, return_full_text=False)
+                generated = result[0]["generated_text"]
+                if isinstance(generated, list):  # chat input: the conversation, the reply last
+                    generated = generated[-1]["content"]
+                out.append({"generated_text": decoding.cut_at_stop(generated, params.stop)})
+            return out
+
+        return Baseline(generate, "pipeline (per prompt, float32)", batches_features=False)
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
         kwargs = decoding.generate_kwargs(self.params)

@@ -11,14 +11,14 @@ batchnlp owns its task layer; tests hold the two side by side.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import doc
-from batchnlp.tasks.base import Feature, RowError, Task
+from batchnlp.settings import doc
+from batchnlp.tasks.base import Baseline, Feature, RowError, Task, make_pipeline
 
 ENTITY = pa.struct([("entity_group", pa.string()), ("score", pa.float32()), ("word", pa.string()),
                     ("start", pa.int32()), ("end", pa.int32())])
@@ -45,14 +45,14 @@ class TokenClassification(Task):
     model_class = "AutoModelForTokenClassification"
     windowed = True
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
-        if not getattr(tokenizer, "is_fast", False):
+    def setup(self) -> None:
+        super().setup()
+        if not getattr(self.tokenizer, "is_fast", False):
             raise SpecError("task.name", "token-classification needs a fast tokenizer (character offsets)")
-        if params.stride >= max_length - tokenizer.num_special_tokens_to_add():
-            raise SpecError("task.stride", f"must be below max_length ({max_length}) minus the special tokens")
-        self.id2label = model_config.id2label
-        model = getattr(tokenizer, "_tokenizer", None)
+        if self.params.stride >= self.max_length - self.tokenizer.num_special_tokens_to_add():
+            raise SpecError("task.stride", f"must be below max_length ({self.max_length}) minus the special tokens")
+        self.id2label = self.config.id2label
+        model = getattr(self.tokenizer, "_tokenizer", None)
         self.word_aware = bool(model is not None and getattr(model.model, "continuing_subword_prefix", None))
 
     def fields(self) -> list[pa.Field]:
@@ -60,6 +60,14 @@ class TokenClassification(Task):
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]]
+
+    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
+        pipe = make_pipeline("token-classification", model, self.tokenizer)
+        strategy = self.params.aggregation_strategy
+        return Baseline(lambda: [{"entities": [{**e, "entity_group": e.get("entity_group", e.get("entity"))}
+                                               for e in o]}
+                                 for o in pipe(texts, batch_size=batch_size, aggregation_strategy=strategy)],
+                        f"pipeline (bs={batch_size}, float32)")
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         enc = self.tokenizer([row["text"] for row in rows], truncation=True, max_length=self.max_length,
@@ -117,15 +125,8 @@ class TokenClassification(Task):
         return self._group_entities(entities)
 
     def _aggregate_words(self, pre: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        words, group = [], []
-        for p in pre:
-            if group and not p["is_subword"]:
-                words.append(self._aggregate_word(group))
-                group = []
-            group.append(p)
-        if group:
-            words.append(self._aggregate_word(group))
-        return words
+        # A word is a token and the sub-word tokens after it.
+        return [self._aggregate_word(word) for word in runs(pre, lambda last, p: p["is_subword"])]
 
     def _aggregate_word(self, group: list[dict[str, Any]]) -> dict[str, Any]:
         strategy = self.params.aggregation_strategy
@@ -141,24 +142,30 @@ class TokenClassification(Task):
                 "start": group[0]["start"], "end": group[-1]["end"]}
 
     def _group_entities(self, entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        groups, current = [], []
-        for entity in entities:
-            if current:
-                bi, tag = _tag(entity["entity"])
-                _, last_tag = _tag(current[-1]["entity"])
-                if not (tag == last_tag and bi != "B"):
-                    groups.append(self._group(current))
-                    current = []
-            current.append(entity)
-        if current:
-            groups.append(self._group(current))
-        return groups
+        return [self._group(group) for group in runs(entities, _continues)]
 
     def _group(self, entities: list[dict[str, Any]]) -> dict[str, Any]:
         return {"entity_group": entities[0]["entity"].split("-", 1)[-1],
                 "score": float(np.nanmean([e["score"] for e in entities])),
                 "word": self.tokenizer.convert_tokens_to_string([e["word"] for e in entities]),
                 "start": entities[0]["start"], "end": entities[-1]["end"]}
+
+
+def runs(items: list[Any], continues: Callable[[Any, Any], bool]) -> list[list[Any]]:
+    """Consecutive items grouped: an item joins the run before it when continues(last, item)."""
+    out: list[list[Any]] = []
+    for item in items:
+        if out and continues(out[-1][-1], item):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
+def _continues(last: dict[str, Any], entity: dict[str, Any]) -> bool:
+    """An entity continues the group before it: the same type, and not tagged B- (transformers' rule)."""
+    bi, tag = _tag(entity["entity"])
+    return tag == _tag(last["entity"])[1] and bi != "B"
 
 
 def _tag(name: str) -> tuple[str, str]:

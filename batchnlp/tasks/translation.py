@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import doc
+from batchnlp.settings import doc
 from batchnlp.tasks import decoding
 from batchnlp.tasks.seq2seq import Seq2Seq
 
@@ -36,13 +36,14 @@ class Translation(Seq2Seq):
     Params = Params
     output_column = "translation_text"
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
-        family = model_config.model_type
-        if family == "t5":
-            self.prefix = self._t5_prefix(model_config)
-        elif family in FORCED_BOS_FAMILIES or "nllb" in type(tokenizer).__name__.lower():
-            self._forced_language(tokenizer, family)
+    def task_prefix(self) -> str:
+        return self._t5_prefix(self.config) if self.config.model_type == "t5" else ""
+
+    def generate_options(self) -> dict[str, Any]:
+        family = self.config.model_type
+        if family in FORCED_BOS_FAMILIES or "nllb" in type(self.tokenizer).__name__.lower():
+            return {"forced_bos_token_id": self._forced_language(self.tokenizer, family)}
+        return {}
 
     def _require_languages(self, family: str) -> None:
         for key in ("src_lang", "tgt_lang"):
@@ -57,7 +58,8 @@ class Translation(Seq2Seq):
             return specific["prefix"]
         return f"translate {LANGUAGE_NAMES.get(src, src)} to {LANGUAGE_NAMES.get(tgt, tgt)}: "
 
-    def _forced_language(self, tokenizer: Any, family: str) -> None:
+    def _forced_language(self, tokenizer: Any, family: str) -> int:
+        """Set the tokenizer's source language; the target language's token id."""
         self._require_languages(family)
         tokenizer.src_lang = self.params.src_lang
         if family == "m2m_100":
@@ -66,7 +68,7 @@ class Translation(Seq2Seq):
             target = tokenizer.convert_tokens_to_ids(self.params.tgt_lang)
         if target is None or target == tokenizer.unk_token_id:
             raise SpecError("task.tgt_lang", f"{self.params.tgt_lang!r} is not a language code of this model")
-        self.generate_extra = {"forced_bos_token_id": target}
+        return target
 
 
 TASK = Translation

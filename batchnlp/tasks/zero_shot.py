@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.errors import ModelUnavailableError, SpecError
-from batchnlp.spec import doc
-from batchnlp.tasks.base import Feature, RowError, Task
+from batchnlp.settings import doc
+from batchnlp.tasks.base import Baseline, Feature, RowError, Task, make_pipeline
 from batchnlp.tasks.embeddings import pool
 
 
@@ -57,19 +57,19 @@ class ZeroShot(Task):
     description = "Rank labels given at run time (NLI entailment, or embedding similarity)."
     Params = Params
 
-    def __init__(self, params: Params, model_config: Any, tokenizer: Any, max_length: int):
-        super().__init__(params, model_config, tokenizer, max_length)
-        self.model_class = "AutoModel" if params.method == "embedding" else "AutoModelForSequenceClassification"
+    def setup(self) -> None:
+        super().setup()
+        self.model_class = "AutoModel" if self.params.method == "embedding" else "AutoModelForSequenceClassification"
         self.label_vectors: dict[str, np.ndarray] = {}
-        if params.method == "nli":
-            self.entailment = _label_index(model_config, "entail")
+        if self.params.method == "nli":
+            self.entailment = _label_index(self.config, "entail")
             if self.entailment is None:
                 raise ModelUnavailableError(
                     f"model: zero-shot classification with method nli needs an NLI model with an entailment label; "
-                    f"this one has {list(model_config.label2id)} (or use method: embedding with a sentence-embedding "
+                    f"this one has {list(self.config.label2id)} (or use method: embedding with a sentence-embedding "
                     "model)")
             # transformers' convention when no label is named so: the first (or last) logit.
-            self.contradiction = _label_index(model_config, "contra")
+            self.contradiction = _label_index(self.config, "contra")
             if self.contradiction is None:
                 self.contradiction = -1 if self.entailment == 0 else 0
 
@@ -155,6 +155,15 @@ class ZeroShot(Task):
                 scores = _softmax(logits[:, self.entailment])
         order = np.argsort(-scores, kind="stable")
         return {"labels": [labels[i] for i in order], "scores": [float(scores[i]) for i in order]}
+
+    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
+        params = self.params
+        if params.candidate_labels is None or params.method != "nli":
+            raise SpecError("task", "the zero-shot bench baseline needs candidate_labels and method: nli")
+        pipe = make_pipeline("zero-shot-classification", model, self.tokenizer)
+        return Baseline(lambda: [{"labels": o["labels"]} for o in pipe(
+            texts, candidate_labels=list(params.candidate_labels), hypothesis_template=params.hypothesis_template,
+            multi_label=params.multi_label, batch_size=batch_size)], f"pipeline (bs={batch_size}, float32)")
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from batchnlp.engines.context import RunContext
 from batchnlp.errors import BatchNLPError, SpecError, UserError
-from batchnlp.read.plan import Plan, read_shards
+from batchnlp.model.source import ResolvedModel
+from batchnlp.read.plan import Plan, read_shard
+from batchnlp.session import RunResult, describe_job, open_session, recording, write_part
 from batchnlp.spec import JobSpec
-from batchnlp.write.manifest import Manifest
-from batchnlp.write.parts import part_name, write_atomic
 
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 NO_PROGRESS_TIMEOUT_S = 600
@@ -32,14 +33,13 @@ NO_PROGRESS_TIMEOUT_S = 600
 class ShardWorker:
     """A Ray Data actor: one model load, then one shard per call."""
 
-    def __init__(self, spec: JobSpec, plan: Plan, resolved: Any, out: str, threads: int, fail_shard: str | None):
+    def __init__(self, spec: JobSpec, plan: Plan, resolved: ResolvedModel, out: str, threads: int,
+                 fail_shard: str | None):
         import torch
 
-        from batchnlp.runner import open_session
-
         torch.set_num_threads(threads)
-        self.plan, self.out, self.fail_shard = plan, Path(out), fail_shard
-        self.session = open_session(spec, plan, resolved, quiet=True)
+        self.out, self.fail_shard = Path(out), fail_shard
+        self.session = open_session(describe_job(spec, plan, resolved, quiet=True))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         stats: dict[str, list[Any]] = {}
@@ -47,58 +47,52 @@ class ShardWorker:
             index = int(index)
             if self.fail_shard == str(index):  # fault injection for the tests (BATCHNLP_TEST_FAIL_SHARD)
                 raise RuntimeError(f"injected failure on shard {index}")
-            shard, rows = next(read_shards(self.plan, _all_but(self.plan, index)))
-            table, shard_stats = self.session.annotator(rows, index)
-            size = write_atomic(table, self.out / part_name(index))
-            shard_stats.update(index=index, input=self.plan.units[shard.unit].name, start=shard.start, bytes=size)
+            shard, rows = read_shard(self.session.job.plan, index)
+            shard_stats = write_part(self.out, shard, *self.session.annotator(rows, index))
             for key, value in shard_stats.items():
                 stats.setdefault(key, []).append(value)
         return stats
 
 
-def _all_but(plan: Plan, index: int) -> set[int]:
-    return set(range(plan.shard_count)) - {index}
-
-
-def run(spec: JobSpec, plan: Plan, resolved: Any, manifest: Manifest | None, job_fingerprint: dict[str, Any],
-        limit: int | None, out: Path, quiet: bool, address: str | None) -> Any:
-    from batchnlp.runner import RunResult, describe_job, new_manifest
-
+def run(ctx: RunContext) -> RunResult:
+    plan, manifest = ctx.job.plan, ctx.manifest
     if plan.shard_count is None:
         raise SpecError("runtime.engine", "the Ray engine needs inputs of known length (files or a save_to_disk "
                                           "dataset), not a streamed hub dataset")
-    ray = _init(address, quiet)
-    actors, remote_args, threads = _pool(ray, spec)
-    job = describe_job(spec, plan, resolved, quiet)
-    if manifest is None:
-        manifest = new_manifest(job, out, job_fingerprint, limit)
-    done = manifest.done_shards()
+    ray = _init(ctx.address, ctx.quiet)
+    actors, remote_args, threads = _pool(ray, ctx.job.spec)
+    done = ctx.done()
     pending = [i for i in range(plan.shard_count) if i not in done]
-    manifest.start_run({"engine": "ray", "ray_version": ray.__version__, "ray_address": address or "local",
-                        "cluster_resources": ray.cluster_resources(), "actors": actors, **remote_args,
-                        "torch_threads_per_actor": threads, "resumed_from_shards": len(done)})
+    ctx.start_run({"engine": "ray", "ray_version": ray.__version__, "ray_address": ctx.address or "local",
+                   "cluster_resources": ray.cluster_resources(), "actors": actors, **remote_args,
+                   "torch_threads_per_actor": threads}, done)
     began = time.perf_counter()
     written = {"rows": 0, "shards": 0}
     try:
-        if pending:
-            results = ray.data.from_items([{"index": i} for i in pending], override_num_blocks=len(pending))
-            results = results.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-                                          fn_constructor_args=(spec, plan, resolved, str(out), threads,
-                                                               os.environ.get("BATCHNLP_TEST_FAIL_SHARD")),
-                                          **remote_args)
-            for stats in results.iter_rows():  # in order of completion; the part is already durable
-                written["rows"] += stats["rows"]
+        with recording(manifest):
+            for stats in _results(ray, ctx, pending, actors, remote_args, threads):
+                written["rows"] += stats["rows"]  # in order of completion; the part is already durable
                 written["shards"] += 1
-                manifest.record_shard(dict(stats), run={"rows": written["rows"],
-                                                       "seconds": round(time.perf_counter() - began, 3)})
-    except KeyboardInterrupt:
-        manifest.finish("interrupted")
-        raise
+                manifest.record_shard(stats, run={"rows": written["rows"],
+                                                  "seconds": round(time.perf_counter() - began, 3)})
     except Exception as e:
-        manifest.finish("failed", error=f"{type(e).__name__}: {e}")
         raise _clear(e) from None
-    manifest.finish("complete")
-    return RunResult(out, "complete", written["rows"], written["shards"], plan.shard_count, len(done))
+    return RunResult(ctx.out, "complete", written["rows"], written["shards"], plan.shard_count, len(done))
+
+
+def _results(ray: Any, ctx: RunContext, pending: list[int], actors: int, remote_args: dict[str, Any],
+             threads: int) -> Any:
+    """The statistics of each pending shard's part, as the actors finish them."""
+    if not pending:
+        return
+    job = ctx.job
+    items = ray.data.from_items([{"index": i} for i in pending], override_num_blocks=len(pending))
+    results = items.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+                                fn_constructor_args=(job.spec, job.plan, job.model, str(ctx.out), threads,
+                                                     os.environ.get("BATCHNLP_TEST_FAIL_SHARD")),
+                                **remote_args)
+    for stats in results.iter_rows():
+        yield dict(stats)
 
 
 def _clear(error: Exception) -> BatchNLPError:

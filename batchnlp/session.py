@@ -1,0 +1,187 @@
+"""What both engines share: the job as known before any weights load (`Job`), the model opened
+with its precision settled (`Session`), the new manifest, writing one part, and recording how a
+run ended (`recording`).
+
+The chain of holders: `Job` (spec, plan, model source, config, tokenizer, task, output schema)
+-> `Session` (the job, its `Annotator` on the loaded model, the precision probe). Heavy imports
+(torch, transformers) happen inside the functions that need them, after the CLI has parsed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pyarrow as pa
+
+from batchnlp.errors import SpecError
+from batchnlp.model.source import ResolvedModel
+from batchnlp.read.plan import Plan, Shard, read_shards
+from batchnlp.spec import JobSpec
+from batchnlp.tasks import task_class
+from batchnlp.tasks.base import Task
+from batchnlp.write.manifest import Manifest, library_versions
+from batchnlp.write.parts import output_schema, part_name, write_atomic
+
+if TYPE_CHECKING:
+    from batchnlp.annotate import Annotator
+
+PROBE_ROWS = 32
+
+
+@dataclass
+class RunResult:
+    output: Path
+    status: str
+    rows_written: int  # by this run
+    shards_written: int
+    shards_total: int | None
+    resumed_from: int  # shards already committed when this run started
+
+
+@dataclass
+class Job:
+    """What a job will produce, known before any weights load: the task and its output schema."""
+
+    spec: JobSpec
+    plan: Plan
+    model: ResolvedModel
+    config: Any  # transformers.PretrainedConfig
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    task: Task
+    schema: pa.Schema
+    max_length: int
+
+
+def describe_job(spec: JobSpec, plan: Plan, resolved: ResolvedModel, quiet: bool = True) -> Job:
+    # Heavy imports only now: `validate`, `--help` and the checks before this stay instant.
+    from batchnlp.model import load
+
+    if quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    trust = spec.model.trust_remote_code
+    config = load.load_config(resolved, trust)
+    tokenizer = load.load_tokenizer(resolved, trust)
+    max_length = spec.runtime.max_length or load.default_max_length(resolved.directory, tokenizer, config)
+    task = task_class(spec.task.name)(spec.task.params, config, tokenizer, max_length)
+    schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
+    _check_collisions(schema.names)
+    return Job(spec, plan, resolved, config, tokenizer, task, schema, max_length)
+
+
+@dataclass
+class Session:
+    """A job ready to annotate: model loaded once, precision settled, output schema declared."""
+
+    job: Job
+    annotator: Annotator
+    probe: dict[str, Any] | None
+
+    def run_info(self) -> dict[str, Any]:
+        """This run's device, precision and batch settings, for the manifest's run entry."""
+        runtime, model = self.job.spec.runtime, self.annotator.model
+        return {**self.annotator.placement.describe(), "precision_probe": self.probe,
+                "attention": getattr(model.config, "_attn_implementation", None),
+                "batch_tokens": runtime.batch_tokens, "max_batch_size": runtime.max_batch_size,
+                "num_workers": runtime.num_workers}
+
+
+def open_session(job: Job) -> Session:
+    """Load the weights once onto the chosen device and precision; with `dtype: auto` on a bf16
+    CPU, keep bfloat16 only if the probe agrees with float32."""
+    from batchnlp.annotate import Annotator
+    from batchnlp.model import device, load
+
+    spec = job.spec
+    if spec.runtime.threads:
+        import torch
+
+        torch.set_num_threads(spec.runtime.threads)
+    placement = device.choose(spec.runtime)
+    model = load.load_model(job.model, job.task.model_class, placement, spec.model.trust_remote_code)
+    with placement.context():
+        job.task.prepare(model)
+    annotator = Annotator(job, model, placement)
+    probe = None
+    if placement.needs_probe:
+        probe = precision_probe(annotator)
+        if not probe["kept"]:
+            annotator = annotator.in_float32()
+    return Session(job, annotator, probe)
+
+
+def precision_probe(annotator: Annotator) -> dict[str, Any]:
+    """Annotate the first rows in the chosen precision and in float32; keep the faster precision
+    only if the answers agree as well as the task requires (its agreement_threshold)."""
+    from batchnlp.annotate import annotation_rows
+
+    _, table = next(read_shards(annotator.job.plan, set()))
+    sample = table.slice(0, PROBE_ROWS)
+    reference = annotator.in_float32()
+    fast, _ = annotator(sample, 0)
+    exact, _ = reference(sample, 0)
+    task = annotator.task
+    agreement = task.agreement(annotation_rows(fast, annotator), annotation_rows(exact, reference))
+    return {"dtype": annotator.placement.name, "rows": sample.num_rows, "agreement": round(agreement, 5),
+            "threshold": task.agreement_threshold, "kept": agreement >= task.agreement_threshold}
+
+
+def new_manifest(job: Job, out: Path, job_fingerprint: dict[str, Any], limit: int | None) -> Manifest:
+    spec, config = job.spec, job.config
+    return Manifest.new(
+        out,
+        job={"file": spec.source_file, "text": spec.source_text, "resolved": spec.resolved()},
+        fingerprint=job_fingerprint,
+        model={**job.model.identity, "class": job.task.model_class,
+               "architecture": (config.architectures or [config.model_type])[0], "max_length": job.max_length},
+        input=job_fingerprint["input"],
+        planned={"rows": job_fingerprint["input"]["total_rows"], "shards": job_fingerprint["input"].get("shards"),
+                 "limit": limit},
+        output={"schema": [f"{f.name}: {f.type}" for f in job.schema]},
+        libraries=library_versions(),
+    )
+
+
+def write_part(out: Path, shard: Shard, table: pa.Table, stats: dict[str, Any]) -> dict[str, Any]:
+    """Write a shard's part atomically; return its statistics as the manifest records them. The
+    caller records it in the manifest only after this returns: the part is durable by then."""
+    size = write_atomic(table, out / part_name(shard.index))
+    crash_point("part-written", shard.index)
+    return {**stats, "index": shard.index, "input": shard.unit.name, "start": shard.start, "bytes": size}
+
+
+@contextlib.contextmanager
+def recording(manifest: Manifest) -> Iterator[None]:
+    """Record how the run ended in the manifest: complete, interrupted (Ctrl-C) or failed (with
+    the error), and let the exception go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        manifest.finish("interrupted")
+        raise
+    except BaseException as e:
+        manifest.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    manifest.finish("complete")
+
+
+def _check_collisions(output_names: list[str]) -> None:
+    seen = set()
+    for name in output_names:
+        if name in seen:
+            raise SpecError("output.prefix", f'the input already has a column "{name}", which this task adds; '
+                                             'set output.prefix (e.g. "pred_") to keep both')
+        seen.add(name)
+
+
+def crash_point(name: str, index: int) -> None:
+    """Fault injection for the resume tests: BATCHNLP_TEST_CRASH=part-written:2 SIGKILLs this
+    process right after part 2 is renamed into place (before the manifest records it)."""
+    if os.environ.get("BATCHNLP_TEST_CRASH") == f"{name}:{index}":
+        os.kill(os.getpid(), signal.SIGKILL)

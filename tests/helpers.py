@@ -1,0 +1,50 @@
+"""What the test modules share: the sample texts, writing a job file, reading an output back,
+and invoking the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import yaml
+from click.testing import CliRunner
+
+from batchnlp.cli import main
+
+TEXTS = [
+    "great battery, would buy again",
+    "terrible. it broke after a week and the refund never came",
+    "ok",
+    "the story was slow but the ending was excellent and the music was great, i would recommend it to "
+    "anyone who likes a good film with a long plot and great acting",
+    "bad fit",
+    "love it",
+    "the price is very expensive for the quality of the sound",
+    "fine",
+    "never again",
+    "the screen is fast and the coffee machine works, the shoes fit and the movie was good",
+    "awful acting",
+    "best product",
+]
+
+
+def write_job(directory: Path, *, input: dict, task: dict, model: dict, output: dict | None = None,
+              runtime: dict | None = None, name: str = "job.yaml") -> Path:
+    spec = {"input": input, "task": task, "model": model,
+            "output": output or {"path": str(directory / "out"), "rows_per_shard": 4},
+            # float32 unless a test says otherwise: most tests compare with a float32 reference,
+            # and `auto` may pick bfloat16 on this CPU.
+            "runtime": {"dtype": "float32", **(runtime or {})}}
+    path = directory / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def read_output(directory: Path):
+    """The whole annotated output, parts in order (the manifest and lock file are skipped)."""
+    return ds.dataset(str(directory), format="parquet").to_table()
+
+
+def invoke(*args):
+    """The CLI in-process (click's runner); stdout and stderr together in `.output`."""
+    return CliRunner().invoke(main, [str(a) for a in args])
