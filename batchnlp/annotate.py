@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
 
@@ -64,10 +64,10 @@ class Annotator:
         the precision probe and the bench's agreement check, and the probe's fallback."""
         return Annotator(self.job, self.model if model is None else model, self.placement.float32())
 
-    def __call__(self, rows: pa.Table, shard_index: int) -> tuple[pa.Table, dict[str, Any]]:
+    def __call__(self, rows: pa.Table, seed_offset: int) -> tuple[pa.Table, dict[str, Any]]:
         """All three stages in this thread (the precision probe and the Ray workers use this)."""
         prepared = self.prepare(rows)
-        self.infer(prepared, shard_index)
+        self.infer(prepared, seed_offset)
         return self.finish(prepared)
 
     # -- 1. prepare ----------------------------------------------------------------------------
@@ -100,9 +100,11 @@ class Annotator:
 
     # -- 2. infer ------------------------------------------------------------------------------
 
-    def infer(self, prepared: Prepared, shard_index: int) -> None:
+    def infer(self, prepared: Prepared, seed_offset: int, on_batch: Callable[[int], None] | None = None) -> None:
+        """Run the shard's batches; `on_batch(features)` after each (for progress). Generation is
+        seeded with seed + seed_offset (the shard's own), so a resumed run samples the same."""
         began = time.perf_counter()
-        self.task.start_shard(shard_index)
+        self.task.start_shard(seed_offset)
         prepared.outputs = [None] * len(prepared.features)
         if prepared.features:
             device = self.placement.device
@@ -111,6 +113,8 @@ class Annotator:
                                                pin_memory=device.type == "cuda"):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 self._run(prepared, indices, batch, meta)
+                if on_batch is not None:
+                    on_batch(len(indices))
         prepared.seconds += time.perf_counter() - began
 
     def _run(self, prepared: Prepared, indices: list[int], batch: dict[str, Any], meta: list[Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from batchnlp.annotate import Annotator, annotation_rows
+from batchnlp.engines.context import RunContext
 from batchnlp.engines.local import run_shards
 from batchnlp.model import source
 from batchnlp.read.plan import Plan, read_shards
@@ -69,19 +70,19 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
     naive = session.annotator.task.baseline(reference_model, texts, batch_size) if baseline else None
     if baseline and naive is None:
         echo(f"  no pipeline baseline: transformers {_version('transformers')} has no {spec.task.name} pipeline")
-    measured = measure(session.annotator, plan, naive, repeats)
+    measured = measure(session.annotator, naive, repeats)
     _report_speed(report, session.annotator, plan, measured, naive, batch_size, echo)
     if check_agreement:
-        _report_agreement(report, session.annotator.in_float32(reference_model), plan, measured, echo)
+        _report_agreement(report, session.annotator.in_float32(reference_model), measured, echo)
     _report_resources(report, session.annotator, reference_model, measured, echo)
     return report
 
 
-def measure(annotator: Annotator, plan: Plan, naive: Baseline | None, repeats: int) -> Measured:
+def measure(annotator: Annotator, naive: Baseline | None, repeats: int) -> Measured:
     """Alternate the two sides, so a slow spell of the machine hits both alike."""
     measured = Measured([], [], [], {}, None)
     for _ in range(repeats):
-        seconds, measured.rows, measured.totals = _run_ours(annotator, plan)
+        seconds, measured.rows, measured.totals = _run_ours(annotator)
         measured.ours.append(seconds)
         if naive is not None:
             began = time.perf_counter()
@@ -127,10 +128,10 @@ def _report_speed(report: Report, annotator: Annotator, plan: Plan, measured: Me
     echo(report.lines[-1])
 
 
-def _report_agreement(report: Report, reference: Annotator, plan: Plan, measured: Measured,
+def _report_agreement(report: Report, reference: Annotator, measured: Measured,
                       echo: Callable[[str], None]) -> None:
     task = reference.task
-    _, exact, _ = _run_ours(reference, plan)
+    _, exact, _ = _run_ours(reference)
     value = task.agreement(measured.rows, exact)
     report.add("agreement_float32", value, f"  agreement with batchnlp float32: {task.describe_agreement(value)} "
                                            f"(threshold {task.agreement_threshold})")
@@ -168,10 +169,10 @@ def _version(name: str) -> str:
 
 
 def _rows(plan: Plan) -> pa.Table:
-    return pa.concat_tables([table for _, table in read_shards(plan, set())])
+    return pa.concat_tables([table for _, table in read_shards(plan, ())])
 
 
-def _run_ours(annotator: Annotator, plan: Plan) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
+def _run_ours(annotator: Annotator) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
     """The local engine's own loop (overlapped stages, Parquet parts written) into a temporary directory."""
     import pyarrow.dataset as ds
 
@@ -180,7 +181,7 @@ def _run_ours(annotator: Annotator, plan: Plan) -> tuple[float, list[dict[str, A
         manifest = Manifest.new(out, fingerprint={})
         manifest.start_run({})
         began = time.perf_counter()
-        run_shards(plan, manifest, annotator, set(), out, quiet=True)
+        run_shards(RunContext(annotator.job, manifest, out, quiet=True), annotator)
         seconds = time.perf_counter() - began
         table = ds.dataset(str(out), format="parquet").to_table()
         return seconds, annotation_rows(table, annotator), manifest.data["totals"]

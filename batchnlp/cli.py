@@ -6,11 +6,12 @@ torch and transformers are imported inside `run` only, so `--help`, `validate`, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -38,28 +39,164 @@ def main() -> None:
     """Annotate corpora with Hugging Face models: streaming, resumable, reproducible."""
 
 
+def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--log-level, --log-file, --log-format and --progress-interval, shared by run and rerun."""
+    from batchnlp.log import LEVELS
+
+    for option in reversed([
+        click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False),
+                     help="Default INFO (WARNING with --quiet)."),
+        click.option("--log-file", type=click.Path(dir_okay=False), help="Also append the log to this file."),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                     help="json: one object per line (shard committed, rows, rows/s, tokens/s, errors, ETA)."),
+        click.option("--progress-interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                     help="Seconds between progress lines when stderr is not a terminal (no bar then)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _setup_logging(quiet: bool, log_level: str | None, log_file: str | None, log_format: str) -> None:
+    from batchnlp.log import configure
+
+    configure((log_level or ("WARNING" if quiet else "INFO")).upper(), log_file, log_format, quiet)
+
+
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Discard any earlier output of this or another job and start over.")
-@click.option("--limit", type=click.IntRange(min=1), help="Annotate only the first N input rows.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--limit", type=click.IntRange(min=1), help="Annotate only the first N input rows (a later run "
+                                                          "with a larger limit, or none, continues).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines; only warnings are logged.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), help="Override runtime.engine.")
 @click.option("--address", help="engine ray: the cluster to use (e.g. ray://head:10001); default a local one.")
+@click.option("--reprocess-changed", is_flag=True,
+              help="Annotate again the input files whose content changed since they were annotated.")
+@click.option("--drop-removed", "removed", flag_value="drop",
+              help="Drop the rows of input files that were annotated and are gone.")
+@click.option("--keep-removed", "removed", flag_value="keep",
+              help="Keep the rows of input files that were annotated and are gone.")
+@log_options
 @user_errors
-def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str | None, address: str | None) -> None:
-    """Run JOB (a YAML or TOML job spec), resuming its output if it was interrupted."""
+def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str | None, address: str | None,
+        reprocess_changed: bool, removed: str | None, log_level: str | None, log_file: str | None,
+        log_format: str, progress_interval: float) -> None:
+    """Run JOB (a YAML or TOML job spec): annotate what its output does not hold yet (new input
+    files, the rest of an interrupted run), or say it is complete."""
+    _setup_logging(quiet, log_level, log_file, log_format)
+    from batchnlp.runner import Policy
     from batchnlp.runner import run as run_job
     from batchnlp.spec import load_spec
+
+    spec = load_spec(job)
+    with interruptible(Path(spec.output.path)):
+        result = run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
+                         policy=Policy(reprocess_changed, removed or "refuse"), progress_interval=progress_interval)
+    _report(result)
+
+
+def _report(result: Any) -> None:
     from batchnlp.write.manifest import MANIFEST_NAME
 
-    result = run_job(load_spec(job), overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address)
-    if result.shards_written == 0 and result.resumed_from:
-        click.echo(f"{result.output}: already complete ({result.resumed_from} parts); "
-                   "nothing to do (--overwrite reruns it)")
+    changes = result.changes or {}
+    noted = "; ".join(f"{len(v)} {k} input file(s)" for k, v in changes.items() if v and k != "removed")
+    noted = f" ({noted})" if noted else ""
+    if result.shards_written == 0:
+        click.echo(f"{result.output}: already complete ({result.resumed_from} parts); nothing to do{noted}")
         return
     resumed = f", resumed after {result.resumed_from} committed parts" if result.resumed_from else ""
-    click.echo(f"{result.output}: wrote {result.rows_written} rows in {result.shards_written} parts{resumed}; "
+    click.echo(f"{result.output}: wrote {result.rows_written} rows in {result.shards_written} parts{resumed}{noted}; "
                f"manifest: {result.output / MANIFEST_NAME}")
+
+
+@contextlib.contextmanager
+def interruptible(output: Path) -> Iterator[None]:
+    """SIGTERM (what schedulers send on a timeout) and SIGINT both stop the run the same way: the
+    commit in flight finishes, the manifest says `interrupted`, one line says how to resume, and
+    the exit status is 128 + the signal (143, 130), never 1."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        click.echo(f"error: interrupted by {signal.Signals(signum).name}; the committed parts are kept in {output}; "
+                   "run the same command again to resume", err=True)
+        sys.exit(128 + signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the run to stop (a KeyboardInterrupt, so the manifest records `interrupted`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@main.command()
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--skip-inputs", is_flag=True, help="Check only the parts, not the input files' content hashes.")
+@user_errors
+def verify(output_dir: str, skip_inputs: bool) -> None:
+    """Check OUTPUT_DIR against its manifest: every part present with its sha256, nothing unlisted
+    beside them, the inputs unchanged, the run complete. Exit 0, or 2 with one line per problem."""
+    from batchnlp.verify import verify as check
+
+    verdict = check(Path(output_dir), check_inputs=not skip_inputs)
+    for note in verdict.notes:
+        click.echo(f"note: {note}")
+    for problem in verdict.problems:
+        click.echo(f"error: {problem}", err=True)
+    if verdict.problems:
+        sys.exit(2)
+    inputs = "" if skip_inputs else f", {verdict.inputs} input file(s) unchanged"
+    click.echo(f"{output_dir}: ok — {verdict.parts} parts, {verdict.rows} rows verified{inputs}")
+
+
+@main.command()
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False),
+              help="An empty (or new) directory for the rerun's output.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines; only warnings are logged.")
+@log_options
+@user_errors
+def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_file: str | None, log_format: str,
+          progress_interval: float) -> None:
+    """Re-execute the job recorded in OUTPUT_DIR's manifest (the manifest alone, not the job file)
+    into DIR and report whether every part is byte-identical (exit 0) or not (exit 2)."""
+    _setup_logging(quiet, log_level, log_file, log_format)
+    from batchnlp.runner import run as run_job
+    from batchnlp.spec import parse
+    from batchnlp.verify import compare_parts, load, recorded_job
+
+    original_dir, target = Path(output_dir).absolute(), Path(to_dir).absolute()
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"--to: {target} is not empty; give a new or empty directory")
+    original = load(original_dir)
+    kept = [u for u in original.units() if not _removed(original, u.name)]
+    spec = parse(recorded_job(original, target))
+    with interruptible(target):
+        run_job(spec, limit=original.data["planned"].get("limit"), quiet=quiet, unit_order=kept,
+                progress_interval=progress_interval)
+    same, problems = compare_parts(original, load(target))
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    click.echo(f"rerun into {target}: {len(same)} of {len(original.data['shards'])} parts byte-identical")
+    if problems:
+        sys.exit(2)
+
+
+def _removed(manifest: Any, name: str) -> bool:
+    return any(u["name"] == name and u.get("removed") for u in manifest.data["units"])
 
 
 @main.command()
@@ -93,15 +230,11 @@ def validate(job: str) -> None:
 @user_errors
 def inspect(output_dir: str, as_json: bool) -> None:
     """Summarise an output directory from its manifest."""
-    from batchnlp.errors import OutputConflictError
+    from batchnlp.verify import load
     from batchnlp.write.lock import is_locked
-    from batchnlp.write.manifest import MANIFEST_NAME, Manifest
 
     directory = Path(output_dir)
-    manifest = Manifest.load(directory)
-    if manifest is None:
-        raise OutputConflictError(f"{directory}: no {MANIFEST_NAME} here; is this a batchnlp output directory?")
-    data = manifest.data
+    data = load(directory).data
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -117,6 +250,9 @@ def inspect(output_dir: str, as_json: bool) -> None:
         f"status:   {status}",
         f"task:     {data['job']['resolved']['task']['name']}",
         f"model:    {model_name} {pinned} ({model.get('architecture')})",
+        f"inputs:   {len(data['units'])} file(s)"
+        + (f", {sum(1 for u in data['units'] if u.get('removed'))} removed with their parts kept"
+           if any(u.get("removed") for u in data["units"]) else ""),
         f"rows:     {totals.get('rows', 0)} of {planned.get('rows')}",
         f"parts:    {totals.get('shards', 0)} of {planned.get('shards')}",
         f"errors:   {totals.get('errors', 0)} rows with an error",

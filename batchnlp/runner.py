@@ -1,5 +1,6 @@
-"""The conductor of a run: plan the input, lock the output, decide whether to resume, start over
-or refuse, describe the job, then hand an engine (local or Ray) one `RunContext`.
+"""The conductor of a run: lock the output, check that it belongs to this job, plan the input
+against what the output already holds (new, touched, changed and removed files), decide what to
+do, then hand an engine (local or Ray) one `RunContext`.
 
 What the engines share (loading the model, writing a part, recording the run's end) lives in
 `session.py`; the engines themselves in `engines/`.
@@ -7,26 +8,42 @@ What the engines share (loading the model, writing a part, recording the run's e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence
 
 from batchnlp.engines.context import RunContext
 from batchnlp.errors import OutputConflictError
+from batchnlp.log import event
 from batchnlp.model import source
 from batchnlp.read.plan import Plan, make_plan
+from batchnlp.read.source import Unit
 from batchnlp.session import RunResult, describe_job, new_manifest
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
-from batchnlp.write.lock import OutputLock
+from batchnlp.write.lock import LOCK_NAME, OutputLock
 from batchnlp.write.manifest import MANIFEST_NAME, Manifest
 
-__all__ = ["RunResult", "clear", "fingerprint", "plan_job", "run"]
+__all__ = ["Policy", "RunResult", "clear", "fingerprint", "plan_job", "run"]
 
 
-def fingerprint(spec: JobSpec, plan: Plan, model_identity: dict[str, Any], limit: int | None) -> dict[str, Any]:
-    """What must not change for an output to be resumed. Device, batch budget and workers may change
-    between runs (they change speed, not which rows map to which part); dtype and max_length may not.
-    Sampling draws its random numbers batch by batch, so there the batch settings must stay too."""
+@dataclass(frozen=True)
+class Policy:
+    """What to do with input files that differ from what the output annotated."""
+
+    #: Annotate a file whose content changed again (its parts are replaced); else refuse.
+    reprocess_changed: bool = False
+    #: A file that was annotated and is gone: refuse, drop its parts, or keep them.
+    removed: Literal["refuse", "drop", "keep"] = "refuse"
+
+
+def fingerprint(spec: JobSpec, model_identity: dict[str, Any]) -> dict[str, Any]:
+    """What must not change for an output to be continued: the job (input columns and paths, task,
+    model and its weights, dtype, max_length, shard size, prefix). Device, batch budget and workers
+    may change between runs (they change speed, not which rows map to which part). Sampling draws
+    its random numbers batch by batch, so there the batch settings must stay too. The input's
+    files are compared one by one instead (new files are annotated, changed ones refused), and
+    --limit may grow."""
     resolved = spec.resolved()
     runtime = {"dtype": spec.runtime.dtype, "max_length": spec.runtime.max_length}
     if getattr(spec.task.params, "do_sample", False):
@@ -38,56 +55,142 @@ def fingerprint(spec: JobSpec, plan: Plan, model_identity: dict[str, Any], limit
             "output": {"rows_per_shard": spec.output.rows_per_shard, "prefix": spec.output.prefix},
         },
         "model": {k: v for k, v in model_identity.items() if k != "path"},
-        "input": plan.fingerprint(),
-        "limit": limit,
     }
 
 
 def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False,
-        engine: str | None = None, address: str | None = None) -> RunResult:
-    plan = plan_job(spec, limit)
-    resolved = source.resolve(spec.model)
+        engine: str | None = None, address: str | None = None, policy: Policy = Policy(),
+        unit_order: Sequence[Unit] = (), progress_interval: float = 30.0) -> RunResult:
+    """Run (or continue) a job. `unit_order`: units to number as given (a rerun of a recorded output)."""
     out = Path(spec.output.path)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out):
-        job_fingerprint = fingerprint(spec, plan, resolved.identity, limit)
-        manifest = _existing(out, job_fingerprint, overwrite)
-        if manifest is not None and manifest.status == "complete":
-            return RunResult(out, "complete", 0, 0, manifest.data["totals"].get("shards"),
-                             len(manifest.done_shards()))
-        job = describe_job(spec, plan, resolved, quiet)
-        if manifest is None:
-            manifest = new_manifest(job, out, job_fingerprint, limit)
-        ctx = RunContext(job, manifest, out, quiet, address or spec.runtime.ray_address)
-        if (engine or spec.runtime.engine) == "ray":
-            from batchnlp.engines import ray as chosen
-        else:
-            from batchnlp.engines import local as chosen
-        return chosen.run(ctx)
+    try:
+        with OutputLock(out):
+            return _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
+                               progress_interval)
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)  # a run that failed before writing leaves no trace
+            out.rmdir()
+        raise
 
 
-def plan_job(spec: JobSpec, limit: int | None = None) -> Plan:
+def _locked_run(spec: JobSpec, out: Path, overwrite: bool, limit: int | None, quiet: bool, engine: str | None,
+                address: str | None, policy: Policy, unit_order: Sequence[Unit],
+                progress_interval: float) -> RunResult:
+    manifest = _existing(out, overwrite)
+    previous = manifest.units() if manifest else list(unit_order)
+    recheck = {u.name for u in previous if manifest is None or not manifest.unit_complete(u)}
+    plan = plan_job(spec, limit, previous, recheck)
+    resolved = source.resolve(spec.model)
+    job_fingerprint = fingerprint(spec, resolved.identity)
+    if manifest is not None:
+        _refuse_another_job(manifest, job_fingerprint)
+        _apply_policy(manifest, plan, policy)
+        if (finished := _nothing_to_do(manifest, plan, limit)) is not None:
+            return finished
+    job = describe_job(spec, plan, resolved, quiet)
+    if manifest is None:
+        manifest = new_manifest(job, out, job_fingerprint)
+    done = manifest.done_shards(plan)
+    _record_plan(manifest, plan, limit)
+    ctx = RunContext(job, manifest, out, quiet, done, address or spec.runtime.ray_address, progress_interval)
+    if (engine or spec.runtime.engine) == "ray":
+        from batchnlp.engines import ray as chosen
+    else:
+        from batchnlp.engines import local as chosen
+    result = chosen.run(ctx)
+    result.changes = plan.changes
+    return result
+
+
+def plan_job(spec: JobSpec, limit: int | None = None, previous: Sequence[Unit] = (),
+             recheck: set[str] | frozenset[str] = frozenset()) -> Plan:
     task_cls = task_class(spec.task.name)
-    return make_plan(spec.input, spec.output.rows_per_shard, limit, task_cls.extra_columns(spec.task.params))
+    return make_plan(spec.input, spec.output.rows_per_shard, limit, task_cls.extra_columns(spec.task.params),
+                     previous, recheck)
 
 
-def _existing(out: Path, job_fingerprint: dict[str, Any], overwrite: bool) -> Manifest | None:
-    """The manifest to resume, or None to start afresh; refuses to mix two jobs in one output."""
-    manifest = Manifest.load(out)
+def _apply_policy(manifest: Manifest, plan: Plan, policy: Policy) -> None:
+    """Refuse, or handle as asked, the files that changed or went away since they were annotated.
+    Parts are deleted only after the manifest that no longer lists them is saved."""
+    kept = {u["name"] for u in manifest.data["units"] if u.get("removed")}
+    changed = plan.changes["changed"]
+    removed = [name for name in plan.changes["removed"] if name not in kept or policy.removed == "drop"]
+    if changed and not policy.reprocess_changed:
+        raise OutputConflictError(f"input.path: {_names(changed)} changed since {_it(changed)} annotated (other "
+                                  "content); pass --reprocess-changed to annotate it again, or restore it")
+    if removed and policy.removed == "refuse":
+        raise OutputConflictError(f"input.path: {_names(removed)} {'was' if len(removed) == 1 else 'were'} annotated "
+                                  "but no longer exist; pass --drop-removed to drop their rows from the output, "
+                                  "or --keep-removed to keep them")
+    doomed = [part for name in changed for part in manifest.drop_unit(name)]
+    for name in removed:
+        if policy.removed == "drop":
+            doomed += manifest.drop_unit(name)
+        else:
+            manifest.keep_removed(name)
+    plan.changes["dropped" if policy.removed == "drop" else "kept"] = removed
+    if doomed or removed:
+        manifest.save()
+    for part in doomed:
+        (manifest.directory / part).unlink(missing_ok=True)
+    for name in changed:
+        event("input", f"{name} changed: its rows are annotated again", level=30, file=name)
+
+
+def _nothing_to_do(manifest: Manifest, plan: Plan, limit: int | None) -> RunResult | None:
+    """The result when every planned shard is already done (no model is loaded then), else None."""
+    keys = plan.shard_keys()
+    done = manifest.done_shards(plan)
+    for part in manifest.missing_parts():
+        event("verify", f"{part} is listed in the manifest but missing or altered on disk; its rows are "
+                        "annotated again", level=30, part=part)
+    if keys is None or not set(keys) <= done:
+        return None
+    if plan.changes["touched"] or manifest.status != "complete" or plan.changes.get("dropped"):
+        _record_plan(manifest, plan, limit)  # remember the new modification times: no rehash next time
+        manifest.data["status"] = "complete"
+        manifest.save()
+    return RunResult(manifest.directory, "complete", 0, 0, len(keys), len(done), plan.changes)
+
+
+def _record_plan(manifest: Manifest, plan: Plan, limit: int | None) -> None:
+    manifest.set_units(plan.read_units)
+    kept_rows = sum(u["rows"] or 0 for u in manifest.data["units"] if u.get("removed"))
+    manifest.data["planned"] = {"rows": None if plan.total_rows is None else plan.total_rows + kept_rows,
+                                "shards": plan.shard_count, "limit": limit}
+
+
+def _names(names: list[str]) -> str:
+    return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
+def _it(names: list[str]) -> str:
+    return "it was" if len(names) == 1 else "they were"
+
+
+def _existing(out: Path, overwrite: bool) -> Manifest | None:
+    """The manifest to continue, or None to start afresh."""
     if overwrite:
         clear(out)
         return None
-    if manifest is None:
-        if any(out.glob("part-*.parquet")):
-            raise OutputConflictError(f"output.path: {out} holds Parquet parts but no {MANIFEST_NAME}; choose "
-                                      "another output.path or pass --overwrite to replace them")
-        return None
+    manifest = Manifest.load(out)
+    if manifest is None and any(out.glob("part-*.parquet")):
+        raise OutputConflictError(f"output.path: {out} holds Parquet parts but no {MANIFEST_NAME}; choose "
+                                  "another output.path or pass --overwrite to replace them")
+    return manifest
+
+
+def _refuse_another_job(manifest: Manifest, job_fingerprint: dict[str, Any]) -> None:
+    """Two jobs never mix in one output."""
+    out = manifest.directory
     changes = manifest.differences(job_fingerprint)
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise OutputConflictError(f"output.path: {out} was started by a different job ({shown}); pass "
                                   "--overwrite to start over, or choose another output.path")
-    return manifest
 
 
 def clear(out: Path) -> None:

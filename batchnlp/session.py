@@ -14,18 +14,18 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Container, Iterator
 
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.model.source import ResolvedModel
-from batchnlp.read.plan import Plan, Shard, read_shards
+from batchnlp.read.plan import Plan, Shard, ShardKey, read_shards
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
 from batchnlp.tasks.base import Task
 from batchnlp.write.manifest import Manifest, library_versions
-from batchnlp.write.parts import output_schema, part_name, write_atomic
+from batchnlp.write.parts import output_schema, write_atomic
 
 if TYPE_CHECKING:
     from batchnlp.annotate import Annotator
@@ -41,6 +41,8 @@ class RunResult:
     shards_written: int
     shards_total: int | None
     resumed_from: int  # shards already committed when this run started
+    #: What the run found changed in the input and what it did about it (names by kind).
+    changes: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -92,9 +94,9 @@ class Session:
                 "num_workers": runtime.num_workers}
 
 
-def open_session(job: Job) -> Session:
+def open_session(job: Job, done: Container[ShardKey] = ()) -> Session:
     """Load the weights once onto the chosen device and precision; with `dtype: auto` on a bf16
-    CPU, keep bfloat16 only if the probe agrees with float32."""
+    CPU, keep bfloat16 only if the probe (on the first shard not `done`) agrees with float32."""
     from batchnlp.annotate import Annotator
     from batchnlp.model import device, load
 
@@ -110,18 +112,20 @@ def open_session(job: Job) -> Session:
     annotator = Annotator(job, model, placement)
     probe = None
     if placement.needs_probe:
-        probe = precision_probe(annotator)
+        probe = precision_probe(annotator, done)
         if not probe["kept"]:
             annotator = annotator.in_float32()
     return Session(job, annotator, probe)
 
 
-def precision_probe(annotator: Annotator) -> dict[str, Any]:
+def precision_probe(annotator: Annotator, done: Container[ShardKey] = ()) -> dict[str, Any]:
     """Annotate the first rows in the chosen precision and in float32; keep the faster precision
     only if the answers agree as well as the task requires (its agreement_threshold)."""
     from batchnlp.annotate import annotation_rows
 
-    _, table = next(read_shards(annotator.job.plan, set()))
+    _, table = next(read_shards(annotator.job.plan, done), (None, None))
+    if table is None:  # nothing left to annotate: probe on the first shard
+        _, table = next(read_shards(annotator.job.plan, ()))
     sample = table.slice(0, PROBE_ROWS)
     reference = annotator.in_float32()
     fast, _ = annotator(sample, 0)
@@ -132,17 +136,16 @@ def precision_probe(annotator: Annotator) -> dict[str, Any]:
             "threshold": task.agreement_threshold, "kept": agreement >= task.agreement_threshold}
 
 
-def new_manifest(job: Job, out: Path, job_fingerprint: dict[str, Any], limit: int | None) -> Manifest:
+def new_manifest(job: Job, out: Path, job_fingerprint: dict[str, Any]) -> Manifest:
     spec, config = job.spec, job.config
     return Manifest.new(
         out,
-        job={"file": spec.source_file, "text": spec.source_text, "resolved": spec.resolved()},
+        job={"file": spec.source_file, "text": spec.source_text, "paths_as_written": spec.paths_as_written,
+             "resolved": spec.resolved()},
         fingerprint=job_fingerprint,
         model={**job.model.identity, "class": job.task.model_class,
                "architecture": (config.architectures or [config.model_type])[0], "max_length": job.max_length},
-        input=job_fingerprint["input"],
-        planned={"rows": job_fingerprint["input"]["total_rows"], "shards": job_fingerprint["input"].get("shards"),
-                 "limit": limit},
+        input={"kind": "dataset" if spec.input.dataset else "files", **job.plan.identity},
         output={"schema": [f"{f.name}: {f.type}" for f in job.schema]},
         libraries=library_versions(),
     )
@@ -151,9 +154,10 @@ def new_manifest(job: Job, out: Path, job_fingerprint: dict[str, Any], limit: in
 def write_part(out: Path, shard: Shard, table: pa.Table, stats: dict[str, Any]) -> dict[str, Any]:
     """Write a shard's part atomically; return its statistics as the manifest records them. The
     caller records it in the manifest only after this returns: the part is durable by then."""
-    size = write_atomic(table, out / part_name(shard.index))
-    crash_point("part-written", shard.index)
-    return {**stats, "index": shard.index, "input": shard.unit.name, "start": shard.start, "bytes": size}
+    size, digest = write_atomic(table, out / shard.part)
+    crash_point("part-written", shard.number)
+    return {**stats, "unit": shard.unit.key, "shard": shard.number, "input": shard.unit.name, "start": shard.start,
+            "bytes": size, "sha256": digest}
 
 
 @contextlib.contextmanager
@@ -180,8 +184,13 @@ def _check_collisions(output_names: list[str]) -> None:
         seen.add(name)
 
 
-def crash_point(name: str, index: int) -> None:
-    """Fault injection for the resume tests: BATCHNLP_TEST_CRASH=part-written:2 SIGKILLs this
-    process right after part 2 is renamed into place (before the manifest records it)."""
-    if os.environ.get("BATCHNLP_TEST_CRASH") == f"{name}:{index}":
+def crash_point(name: str, number: int) -> None:
+    """Fault injection for the tests: BATCHNLP_TEST_CRASH=part-written:2 SIGKILLs this process right
+    after the part of shard 2 (of any file) is renamed into place, before the manifest records it;
+    BATCHNLP_TEST_SIGNAL=shard-recorded:0 sends it SIGTERM, as a scheduler would."""
+    point = f"{name}:{number}"
+    if os.environ.get("BATCHNLP_TEST_CRASH") == point:
         os.kill(os.getpid(), signal.SIGKILL)
+    wanted, _, signame = os.environ.get("BATCHNLP_TEST_SIGNAL", "").partition("@")
+    if wanted == point:  # "shard-recorded:0" sends SIGTERM, "shard-recorded:0@SIGINT" SIGINT
+        os.kill(os.getpid(), getattr(signal, signame or "SIGTERM"))

@@ -8,6 +8,7 @@ Nothing here imports torch, so `batchnlp validate` stays instant.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ _EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl":
 @dataclass(frozen=True)
 class InputSpec:
     text_column: str = doc("Column holding the text to annotate.")
-    path: str | None = doc("A file, a directory or a glob (relative to the working directory).", default=None)
+    path: str | None = doc("A file, a directory or a glob (relative to the job file's folder).", default=None)
     format: Literal["csv", "parquet", "jsonl"] | None = doc(
         "csv | parquet | jsonl; taken from the file extension when omitted.", default=None)
     text_pair_column: str | None = doc("Optional second text (sentence pairs, e.g. NLI).", default=None)
@@ -101,6 +102,8 @@ class JobSpec:
     output: OutputSpec
     source_file: str = ""
     source_text: str = ""
+    #: The relative paths of the job as written ({"input.path": "data/x.csv"}); the fields hold them resolved.
+    paths_as_written: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in, as plain data (for the manifest and fingerprints)."""
@@ -138,30 +141,80 @@ def load_text(path: str | Path) -> tuple[dict[str, Any], str]:
 
 
 def load_spec(path: str | Path) -> JobSpec:
+    """A job file, its relative paths resolved against the job file's folder (so a job runs the
+    same from any working directory, e.g. from cron)."""
     data, text = load_text(path)
-    spec = parse(data)
-    return dataclasses.replace(spec, source_file=str(Path(path).resolve()), source_text=text)
+    job_file = Path(path).resolve()
+    spec = parse(data, base_dir=job_file.parent)
+    return dataclasses.replace(spec, source_file=str(job_file), source_text=text)
 
 
 SECTIONS = ("input", "task", "model", "runtime", "output")
+#: The keys that hold paths; relative ones are resolved against the job file's folder.
+PATH_KEYS = (("input", "path"), ("input", "dataset"), ("model", "path"), ("output", "path"))
 
 
-def parse(data: dict[str, Any]) -> JobSpec:
+def parse(data: dict[str, Any], base_dir: str | Path | None = None) -> JobSpec:
+    """A job from plain data; relative paths resolve against `base_dir` (default: the working
+    directory). The paths as written are kept in `JobSpec.paths_as_written`."""
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise SpecError(unknown[0], f"unknown section; sections are: {', '.join(SECTIONS)}")
     for required in ("input", "task", "model", "output"):
         if required not in data:
             raise SpecError(required, "required section is missing")
+    data, written = _resolve_paths(data, Path(base_dir) if base_dir is not None else Path.cwd())
     spec = JobSpec(
         input=_parse_input(data["input"]),
         task=_parse_task(data["task"]),
         model=_parse_model(data["model"]),
         runtime=_parse_runtime(data.get("runtime") or {}),
         output=_parse_output(data["output"]),
+        paths_as_written=written,
     )
     task_class(spec.task.name).check_input(spec.task.params, spec.input)
+    _check_output_placement(spec)
     return spec
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    written = {}
+    for section, key in PATH_KEYS:
+        value = data[section].get(key) if isinstance(data.get(section), dict) else None
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            continue
+        if "://" in value:
+            continue  # a URL is not a local path
+        resolved = base / value
+        if key == "dataset" and not resolved.exists():
+            continue  # a hub dataset id, not a directory
+        written[f"{section}.{key}"] = value
+        data[section][key] = os.path.abspath(resolved)  # absolute, with ".." folded (links kept)
+    return data, written
+
+
+def _check_output_placement(spec: JobSpec) -> None:
+    """The output may not sit inside the input: the next run would read its own parts as input
+    (or --overwrite would delete input files)."""
+    out = Path(spec.output.path).absolute()
+    root = _input_root(spec.input)
+    if root is None:
+        return
+    if out == root or root in out.parents:
+        what = "a directory the input is read from" if root.is_dir() or not root.exists() else "the input file"
+        raise SpecError("output.path", f"{out} is {'inside ' if out != root else ''}{what} ({root}); the next "
+                                       "run would read the output as input: choose an output.path outside it")
+
+
+def _input_root(spec: InputSpec) -> Path | None:
+    """The file or directory an input is read from (a glob's folder before its first wildcard)."""
+    raw = spec.path or (spec.dataset if spec.dataset and Path(spec.dataset).exists() else None)
+    if raw is None:
+        return None
+    parts = Path(raw).parts
+    fixed = [p for p in parts[:next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))]]
+    return Path(*fixed).absolute() if fixed else Path.cwd()
 
 
 def _parse_input(data: Any) -> InputSpec:

@@ -80,3 +80,25 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
     assert manifest["model"]["gguf_file"] == gguf_file
     assert manifest["model"]["weights_sha256"] == {gguf_file: hashlib.sha256(weights.read_bytes()).hexdigest()}
     assert manifest["model"]["version"] == "0.1.2"
+
+
+def test_the_readme_nightly_example(tmp_path):
+    """README "Scheduled runs": the three nights, run as written (in a temporary folder)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = re.search(r"<!-- nightly-example -->\n```\n(.*?)```", readme, re.S).group(1)
+    script = block.replace("/tmp/nightly", str(tmp_path / "nightly"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-euc", script], cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "wrote 150 rows in 2 parts" in lines[0]
+    assert "wrote 151 rows in 2 parts" in lines[1] and "1 new input file(s)" in lines[1]
+    assert "already complete (4 parts); nothing to do" in lines[2]
+    assert "ok — 4 parts, 301 rows verified, 2 input file(s) unchanged" in lines[3]

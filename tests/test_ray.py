@@ -49,7 +49,8 @@ def test_classification_equals_the_local_engine(tmp_path, classifier_dir, review
     manifest = json.loads((tmp_path / "ray" / "out" / "_manifest.json").read_text())
     run_info = manifest["runs"][0]
     assert run_info["engine"] == "ray" and run_info["ray_version"] == ray.__version__ and run_info["actors"] >= 1
-    assert manifest["status"] == "complete" and [s["index"] for s in manifest["shards"]] == [0, 1, 2]
+    assert manifest["status"] == "complete" and [s["shard"] for s in manifest["shards"]] == [0, 1, 2]
+    assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
 
 
 def test_generation_equals_the_local_engine(tmp_path, causal_dir, reviews_csv):
@@ -61,11 +62,11 @@ def test_a_failed_ray_run_resumes_with_every_row_once(tmp_path, classifier_dir, 
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text", "id_column": "id"},
                     task={"name": "text-classification"}, model={"path": str(classifier_dir)},
                     output={"path": str(tmp_path / "out"), "rows_per_shard": 2})
-    monkeypatch.setenv("BATCHNLP_TEST_FAIL_SHARD", "3")
-    with pytest.raises(BatchNLPError, match="the Ray job failed and was stopped: .*injected failure on shard 3"):
+    monkeypatch.setenv("BATCHNLP_TEST_FAIL_SHARD", "0-3")
+    with pytest.raises(BatchNLPError, match=r"the Ray job failed and was stopped: .*injected failure on shard \(0, 3\)"):
         run(load_spec(job), quiet=True, engine="ray")
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["status"] == "failed" and 3 not in [s["index"] for s in manifest["shards"]]
+    assert manifest["status"] == "failed" and 3 not in [s["shard"] for s in manifest["shards"]]
     monkeypatch.delenv("BATCHNLP_TEST_FAIL_SHARD")
     result = run(load_spec(job), quiet=True, engine="ray")
     assert result.resumed_from == len(manifest["shards"])

@@ -20,7 +20,8 @@ def spec(path, **kw) -> InputSpec:
 
 
 def all_rows(plan, skip=frozenset()):
-    return [(shard.index, table.column("text").to_pylist()) for shard, table in read_shards(plan, set(skip))]
+    """(shard key, texts) of every shard not skipped; a key is (file number, shard within the file)."""
+    return [(shard.key, table.column("text").to_pylist()) for shard, table in read_shards(plan, set(skip))]
 
 
 def write_csv(path, rows, header="id,text"):
@@ -35,8 +36,10 @@ def test_shards_do_not_span_files_and_keep_order(tmp_path):
     (tmp_path / "in" / "_SUCCESS").write_text("")  # skipped, like Spark's marker files
     plan = make_plan(spec(tmp_path / "in", format="csv"), rows_per_shard=2)
     assert plan.total_rows == 8 and plan.shard_count == 5
-    assert all_rows(plan) == [(0, ["a0", "a1"]), (1, ["a2", "a3"]), (2, ["a4"]), (3, ["b0", "b1"]), (4, ["b2"])]
-    assert all_rows(plan, skip={0, 1, 2, 4}) == [(3, ["b0", "b1"])]
+    assert all_rows(plan) == [((0, 0), ["a0", "a1"]), ((0, 1), ["a2", "a3"]), ((0, 2), ["a4"]),
+                              ((1, 0), ["b0", "b1"]), ((1, 1), ["b2"])]
+    assert all_rows(plan, skip={(0, 0), (0, 1), (0, 2), (1, 1)}) == [((1, 0), ["b0", "b1"])]
+    assert [s.part for s, _ in read_shards(plan, ())][3] == "part-00001-00000.parquet"
 
 
 def test_glob_and_limit(tmp_path):
@@ -44,8 +47,8 @@ def test_glob_and_limit(tmp_path):
         (tmp_path / name).write_text("".join(json.dumps({"text": f"{name}-{i}"}) + "\n" for i in range(4)))
     plan = make_plan(spec(tmp_path / "x*.jsonl"), rows_per_shard=3, limit=6)
     assert plan.total_rows == 6
-    assert all_rows(plan) == [(0, ["x1.jsonl-0", "x1.jsonl-1", "x1.jsonl-2"]), (1, ["x1.jsonl-3"]),
-                              (2, ["x2.jsonl-0", "x2.jsonl-1"])]
+    assert all_rows(plan) == [((0, 0), ["x1.jsonl-0", "x1.jsonl-1", "x1.jsonl-2"]), ((0, 1), ["x1.jsonl-3"]),
+                              ((1, 0), ["x2.jsonl-0", "x2.jsonl-1"])]
 
 
 def test_large_file_streams_in_shards(tmp_path):
@@ -66,8 +69,8 @@ def test_skipping_committed_shards_reads_the_same_rows(tmp_path, skip, limit):
     for name in ("rg.parquet", "rg.csv"):
         plan = make_plan(spec(tmp_path / name), rows_per_shard=7, limit=limit)
         kept = texts[:limit]
-        expected = [(i, kept[i * 7:(i + 1) * 7]) for i in range(-(-len(kept) // 7)) if i not in skip]
-        assert all_rows(plan, skip) == expected, name
+        expected = [((0, i), kept[i * 7:(i + 1) * 7]) for i in range(-(-len(kept) // 7)) if i not in skip]
+        assert all_rows(plan, {(0, i) for i in skip}) == expected, name
 
 
 def test_parquet_seeks_to_the_row_group_of_the_first_row(tmp_path):
@@ -90,8 +93,8 @@ def test_hugging_face_save_to_disk_dataset(tmp_path):
     datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(5)], "n": list(range(5))}).save_to_disk(
         str(tmp_path / "ds"))
     plan = make_plan(InputSpec(text_column="text", dataset=str(tmp_path / "ds")), rows_per_shard=2)
-    assert all_rows(plan) == [(0, ["t0", "t1"]), (1, ["t2", "t3"]), (2, ["t4"])]
-    assert all_rows(plan, skip={0}) == [(1, ["t2", "t3"]), (2, ["t4"])]
+    assert all_rows(plan) == [((0, 0), ["t0", "t1"]), ((0, 1), ["t2", "t3"]), ((0, 2), ["t4"])]
+    assert all_rows(plan, skip={(0, 0)}) == [((0, 1), ["t2", "t3"]), ((0, 2), ["t4"])]
 
 
 def test_missing_file(tmp_path):
@@ -144,7 +147,7 @@ def test_non_utf8_names_file_and_row_and_the_fix(tmp_path):
         make_plan(spec(path), 10)
     assert "Row #3" in str(info.value) and "input.encoding" in str(info.value)
     plan = make_plan(spec(path, encoding="latin-1"), 10)
-    assert all_rows(plan) == [(0, ["fine", "café crème"])]
+    assert all_rows(plan) == [((0, 0), ["fine", "café crème"])]
 
 
 def test_malformed_jsonl(tmp_path):

@@ -147,9 +147,19 @@ def test_manifest_records_what_ran(tmp_path, classifier_dir, reviews_csv):
     assert "task:" in manifest["job"]["text"]
     for lib in ("python", "torch", "transformers", "tokenizers", "pyarrow", "datasets", "batchnlp"):
         assert manifest["libraries"][lib]
-    assert manifest["input"]["units"][0]["rows"] == len(TEXTS)
-    assert manifest["input"]["units"][0]["size"] == reviews_csv.stat().st_size
-    assert [s["index"] for s in manifest["shards"]] == [0, 1, 2]
+    import hashlib
+
+    import xxhash
+
+    unit = manifest["units"][0]
+    assert unit["rows"] == len(TEXTS) and unit["size"] == reviews_csv.stat().st_size
+    assert unit["content_hash"] == "xxh3_128:" + xxhash.xxh3_128(reviews_csv.read_bytes()).hexdigest()
+    assert [(s["unit"], s["shard"], s["part"]) for s in manifest["shards"]] == [
+        (0, j, f"part-00000-0000{j}.parquet") for j in range(3)]
+    for shard in manifest["shards"]:
+        assert shard["sha256"] == hashlib.sha256((tmp_path / "out" / shard["part"]).read_bytes()).hexdigest()
+    run_entry = manifest["runs"][0]
+    assert run_entry["cwd"] == os.getcwd() and run_entry["model_load_seconds"] >= 0
     assert sum(s["rows"] for s in manifest["shards"]) == len(TEXTS)
     for shard in manifest["shards"]:
         assert 0 < shard["tokens"] <= shard["padded_tokens"]
@@ -186,7 +196,7 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, classifier_dir, reviews
     assert killed.returncode == -9  # really SIGKILLed, mid-run
     manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
     assert manifest["status"] == "running"
-    recorded = [s["index"] for s in manifest["shards"]]
+    recorded = [s["shard"] for s in manifest["shards"]]
     assert recorded == ([0] if crash.startswith("part-written") else [0, 1])
 
     resumed = run_in_subprocess(job)
@@ -195,8 +205,8 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, classifier_dir, reviews
     assert read_output(tmp_path / "out").equals(read_output(reference_dir / "out"))
     manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
     assert manifest["status"] == "complete" and len(manifest["runs"]) == 2
-    assert [s["index"] for s in manifest["shards"]] == [0, 1, 2]
-    assert {s["run"] for s in manifest["shards"] if s["index"] in recorded} == {1}
+    assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2]
+    assert {s["run"] for s in manifest["shards"] if s["shard"] in recorded} == {1}
 
 
 def test_complete_output_is_not_redone(tmp_path, classifier_dir, reviews_csv):
@@ -218,13 +228,20 @@ def test_changed_job_is_refused_unless_overwrite(tmp_path, classifier_dir, revie
     assert "scores" not in read_output(tmp_path / "out").column_names
 
 
-def test_changed_input_is_refused(tmp_path, classifier_dir, reviews_csv):
+def test_changed_input_is_refused_unless_reprocessed(tmp_path, classifier_dir, reviews_csv):
+    from batchnlp.runner import Policy
+
     spec = load_spec(classify_job(tmp_path, classifier_dir, reviews_csv))
     run(spec, quiet=True)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     with open(reviews_csv, "a") as f:
         f.write("r99,one more row,5\n")
-    with pytest.raises(OutputConflictError, match="different job.*input"):
+    with pytest.raises(OutputConflictError, match=f"{reviews_csv} changed since it was annotated.*--reprocess-changed"):
         run(spec, quiet=True)
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}  # nothing touched
+    result = run(spec, quiet=True, policy=Policy(reprocess_changed=True))
+    assert result.rows_written == len(TEXTS) + 1 and result.changes["changed"] == [str(reviews_csv)]
+    assert read_output(tmp_path / "out").column("id").to_pylist()[-1] == "r99"
 
 
 def test_second_run_on_a_locked_output_is_refused(tmp_path, classifier_dir, reviews_csv):
@@ -345,7 +362,7 @@ def test_a_recorded_part_deleted_from_disk_is_redone_on_resume(tmp_path, classif
     """done_shards must check the part file: a part listed in the manifest but gone is not done."""
     job = classify_job(tmp_path, classifier_dir, reviews_csv)
     assert run_in_subprocess(job, "shard-recorded:1").returncode == -9  # parts 0 and 1 recorded
-    (tmp_path / "out" / "part-00000.parquet").unlink()
+    (tmp_path / "out" / "part-00000-00000.parquet").unlink()
     resumed = run_in_subprocess(job)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed after 1 committed parts" in resumed.stdout
@@ -353,12 +370,20 @@ def test_a_recorded_part_deleted_from_disk_is_redone_on_resume(tmp_path, classif
     assert table.column("id").to_pylist() == [f"r{i}" for i in range(len(TEXTS))]
 
 
-def test_a_changed_limit_is_refused(tmp_path, classifier_dir, reviews_csv):
-    """Even where the plan is the same (a limit above the row count), as the README promises."""
+def test_a_limited_output_continues_to_a_larger_limit_and_the_whole_input(tmp_path, classifier_dir, reviews_csv):
+    """--limit 5 annotates shard 1 cut at one row; --limit 9 redoes that shard whole and adds the
+    next; no limit adds the rest. The parts written first stay as they were."""
     spec = load_spec(classify_job(tmp_path, classifier_dir, reviews_csv))
-    assert run(spec, limit=100, quiet=True).rows_written == len(TEXTS)
-    with pytest.raises(OutputConflictError, match=r"limit: 100 -> None"):
-        run(spec, quiet=True)
+    assert run(spec, limit=5, quiet=True).rows_written == 5
+    first = (tmp_path / "out" / "part-00000-00000.parquet").read_bytes()
+    result = run(spec, limit=9, quiet=True)
+    assert (result.rows_written, result.resumed_from) == (5, 1)  # shard 1 whole (4 rows) and 1 row of shard 2
+    assert run(spec, quiet=True).rows_written == 4  # shard 2 whole
+    assert (tmp_path / "out" / "part-00000-00000.parquet").read_bytes() == first
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    run(load_spec(classify_job(reference, classifier_dir, reviews_csv)), quiet=True)
+    assert read_output(tmp_path / "out").equals(read_output(reference / "out"))
 
 
 @pytest.mark.parametrize("do_sample", [True, False])

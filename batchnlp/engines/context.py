@@ -1,11 +1,15 @@
-"""What the runner hands an engine: the job, its manifest (new or resumed) and where to write."""
+"""What the runner hands an engine: the job, its manifest (new or resumed), the shards already
+done and where to write."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchnlp.read.plan import ShardKey
 from batchnlp.session import Job
 from batchnlp.write.manifest import Manifest
 
@@ -16,12 +20,16 @@ class RunContext:
     manifest: Manifest
     out: Path
     quiet: bool
+    #: The shards committed before this run (recorded, part on disk whole).
+    done: set[ShardKey] = field(default_factory=set)
     #: engine ray: the cluster to connect to (None starts a local one).
     address: str | None = None
+    #: Seconds between plain progress lines when stderr is not a terminal.
+    progress_interval: float = 30.0
 
-    def done(self) -> set[int]:
-        """The shards committed before this run (listed in the manifest, part on disk)."""
-        return self.manifest.done_shards()
+    def start_run(self, info: dict[str, Any]) -> None:
+        self.manifest.start_run({**info, "resumed_from_shards": len(self.done), "cwd": os.getcwd(),
+                                 "argv": sys.argv})
 
-    def start_run(self, info: dict[str, Any], done: set[int]) -> None:
-        self.manifest.start_run({**info, "resumed_from_shards": len(done)})
+    def done_rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest.data["shards"] if (s["unit"], s["shard"]) in self.done)

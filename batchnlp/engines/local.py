@@ -9,63 +9,59 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 from batchnlp.annotate import Annotator, Prepared
 from batchnlp.engines.context import RunContext
-from batchnlp.read.plan import Plan, Shard, read_shards
+from batchnlp.engines.progress import Progress
+from batchnlp.read.plan import Shard, read_shards
 from batchnlp.session import RunResult, crash_point, open_session, recording, write_part
-from batchnlp.write.manifest import Manifest
 
 
 def run(ctx: RunContext) -> RunResult:
-    session = open_session(ctx.job)
-    done = ctx.done()
-    ctx.start_run({"engine": "local", **session.run_info()}, done)
-    return run_shards(ctx.job.plan, ctx.manifest, session.annotator, done, ctx.out, ctx.quiet)
+    began = time.perf_counter()
+    session = open_session(ctx.job, ctx.done)
+    ctx.start_run({"engine": "local", **session.run_info(),
+                   "model_load_seconds": round(time.perf_counter() - began, 3)})
+    return run_shards(ctx, session.annotator)
 
 
-def run_shards(plan: Plan, manifest: Manifest, annotator: Annotator, done: set[int], out: Path,
-               quiet: bool) -> RunResult:
-    """Annotate every shard of `plan` not in `done` into `out`, recording each in `manifest`."""
-    from tqdm import tqdm
-
-    done_rows = sum(s["rows"] for s in manifest.data["shards"] if s["index"] in done)
-    progress = tqdm(total=plan.total_rows, initial=done_rows, unit="rows", disable=quiet, dynamic_ncols=True,
-                    desc="annotating")
-    committer = _Committer(manifest, annotator, out, progress)
+def run_shards(ctx: RunContext, annotator: Annotator) -> RunResult:
+    """Annotate every shard of the plan not done yet into the output, recording each in the manifest."""
+    plan = ctx.job.plan
+    progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
+    committer = _Committer(ctx, annotator, progress)
     try:
-        with recording(manifest):
-            _pipeline(read_shards(plan, done), annotator, committer.commit)
+        with recording(ctx.manifest):
+            _pipeline(read_shards(plan, ctx.done), annotator, committer.commit, progress)
     finally:
         progress.close()
-    return RunResult(out, "complete", committer.rows, committer.shards, plan.shard_count, len(done))
+    return RunResult(ctx.out, "complete", committer.rows, committer.shards, plan.shard_count, len(ctx.done))
 
 
 class _Committer:
     """The writer stage: decode a shard, write its part, then record it (counts this run's work)."""
 
-    def __init__(self, manifest: Manifest, annotator: Annotator, out: Path, progress: Any):
-        self.manifest, self.annotator, self.out, self.progress = manifest, annotator, out, progress
+    def __init__(self, ctx: RunContext, annotator: Annotator, progress: Progress):
+        self.ctx, self.annotator, self.progress = ctx, annotator, progress
         self.began = time.perf_counter()
         self.rows = self.shards = 0
 
     def commit(self, shard: Shard, prepared: Prepared) -> None:
         table, stats = self.annotator.finish(prepared)
-        stats = write_part(self.out, shard, table, stats)
+        stats = write_part(self.ctx.out, shard, table, stats)
         self.rows += shard.rows
         self.shards += 1
-        self.manifest.record_shard(stats, run={"rows": self.rows,
-                                               "seconds": round(time.perf_counter() - self.began, 3),
-                                               "batch_tokens_in_use": self.annotator.batch_tokens,
-                                               "oom_splits": self.annotator.oom_splits})
-        crash_point("shard-recorded", shard.index)
-        self.progress.update(shard.rows)
-        self.progress.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.0f}")
+        self.ctx.manifest.record_shard(stats, run={"rows": self.rows,
+                                                   "seconds": round(time.perf_counter() - self.began, 3),
+                                                   "batch_tokens_in_use": self.annotator.batch_tokens,
+                                                   "oom_splits": self.annotator.oom_splits})
+        crash_point("shard-recorded", shard.number)
+        self.progress.committed(shard.part, stats)
 
 
-def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepared], None]) -> None:
+def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepared], None],
+              progress: Progress) -> None:
     """Read ahead one shard, infer here, write behind one shard; errors of any stage raise here."""
 
     def read_next() -> tuple[Shard, Prepared] | None:
@@ -79,7 +75,7 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
             while (item := reading.result()) is not None:
                 reading = reader.submit(read_next)  # prefetch the next shard while this one runs
                 shard, prepared = item
-                annotator.infer(prepared, shard.index)
+                _infer(annotator, shard, prepared, progress)
                 if writing is not None:
                     writing.result()  # one write in flight at most; raises the writer's error here
                 writing = writer.submit(commit, shard, prepared)
@@ -88,3 +84,17 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
         finally:
             if writing is not None and not writing.done():
                 writing.exception()  # let a commit in flight finish before the manifest is closed
+
+
+def _infer(annotator: Annotator, shard: Shard, prepared: Prepared, progress: Progress) -> None:
+    """Run a shard's batches; progress moves by each batch's share of the shard's features."""
+    per_feature = shard.rows / max(len(prepared.features), 1)
+    advanced = 0.0
+
+    def on_batch(features: int) -> None:
+        nonlocal advanced
+        advanced += features * per_feature
+        progress.advance(features * per_feature)
+
+    annotator.infer(prepared, shard.seed_offset, on_batch)
+    progress.advance(shard.rows - advanced)  # rounding, and rows with no features (errors)

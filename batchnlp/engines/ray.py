@@ -22,7 +22,8 @@ from typing import Any
 from batchnlp.engines.context import RunContext
 from batchnlp.errors import BatchNLPError, SpecError, UserError
 from batchnlp.model.source import ResolvedModel
-from batchnlp.read.plan import Plan, read_shard
+from batchnlp.engines.progress import Progress
+from batchnlp.read.plan import Plan, ShardKey, part_name, read_shard
 from batchnlp.session import RunResult, describe_job, open_session, recording, write_part
 from batchnlp.spec import JobSpec
 
@@ -43,12 +44,12 @@ class ShardWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         stats: dict[str, list[Any]] = {}
-        for index in batch["index"]:
-            index = int(index)
-            if self.fail_shard == str(index):  # fault injection for the tests (BATCHNLP_TEST_FAIL_SHARD)
-                raise RuntimeError(f"injected failure on shard {index}")
-            shard, rows = read_shard(self.session.job.plan, index)
-            shard_stats = write_part(self.out, shard, *self.session.annotator(rows, index))
+        for unit, number in zip(batch["unit"], batch["shard"]):
+            key = (int(unit), int(number))
+            if self.fail_shard == f"{key[0]}-{key[1]}":  # fault injection for the tests (BATCHNLP_TEST_FAIL_SHARD)
+                raise RuntimeError(f"injected failure on shard {key}")
+            shard, rows = read_shard(self.session.job.plan, key)
+            shard_stats = write_part(self.out, shard, *self.session.annotator(rows, shard.seed_offset))
             for key, value in shard_stats.items():
                 stats.setdefault(key, []).append(value)
         return stats
@@ -61,11 +62,11 @@ def run(ctx: RunContext) -> RunResult:
                                           "dataset), not a streamed hub dataset")
     ray = _init(ctx.address, ctx.quiet)
     actors, remote_args, threads = _pool(ray, ctx.job.spec)
-    done = ctx.done()
-    pending = [i for i in range(plan.shard_count) if i not in done]
+    pending = [key for key in plan.shard_keys() if key not in ctx.done]
     ctx.start_run({"engine": "ray", "ray_version": ray.__version__, "ray_address": ctx.address or "local",
                    "cluster_resources": ray.cluster_resources(), "actors": actors, **remote_args,
-                   "torch_threads_per_actor": threads}, done)
+                   "torch_threads_per_actor": threads})
+    progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
     began = time.perf_counter()
     written = {"rows": 0, "shards": 0}
     try:
@@ -75,18 +76,22 @@ def run(ctx: RunContext) -> RunResult:
                 written["shards"] += 1
                 manifest.record_shard(stats, run={"rows": written["rows"],
                                                   "seconds": round(time.perf_counter() - began, 3)})
+                progress.advance(stats["rows"])
+                progress.committed(part_name((stats["unit"], stats["shard"])), stats)
     except Exception as e:
         raise _clear(e) from None
-    return RunResult(ctx.out, "complete", written["rows"], written["shards"], plan.shard_count, len(done))
+    finally:
+        progress.close()
+    return RunResult(ctx.out, "complete", written["rows"], written["shards"], plan.shard_count, len(ctx.done))
 
 
-def _results(ray: Any, ctx: RunContext, pending: list[int], actors: int, remote_args: dict[str, Any],
+def _results(ray: Any, ctx: RunContext, pending: list[ShardKey], actors: int, remote_args: dict[str, Any],
              threads: int) -> Any:
     """The statistics of each pending shard's part, as the actors finish them."""
     if not pending:
         return
     job = ctx.job
-    items = ray.data.from_items([{"index": i} for i in pending], override_num_blocks=len(pending))
+    items = ray.data.from_items([{"unit": u, "shard": j} for u, j in pending], override_num_blocks=len(pending))
     results = items.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
                                 fn_constructor_args=(job.spec, job.plan, job.model, str(ctx.out), threads,
                                                      os.environ.get("BATCHNLP_TEST_FAIL_SHARD")),

@@ -4,7 +4,6 @@ manifest (commit SHA, or package version and a hash of the weights). No torch he
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchnlp.checksums import sha256
 from batchnlp.errors import ModelUnavailableError
 from batchnlp.spec import ModelSpec
 
@@ -84,11 +84,7 @@ def weights_hash(directory: Path, gguf_file: str | None = None) -> dict[str, str
     paths = [directory / gguf_file] if gguf_file else sorted(directory.rglob("*"))
     for path in paths:
         if path.suffix in WEIGHT_SUFFIXES and path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
-            out[str(path.relative_to(directory))] = digest.hexdigest()
+            out[str(path.relative_to(directory))] = sha256(path)
     return out
 
 

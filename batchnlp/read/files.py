@@ -15,8 +15,9 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.json as pajson
 
+from batchnlp import checksums
 from batchnlp.errors import InputError
-from batchnlp.read.source import Unit
+from batchnlp.read.source import Entry, Unit
 from batchnlp.spec import InputSpec
 
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
@@ -30,20 +31,23 @@ class FileSource:
     def __init__(self, spec: InputSpec):
         self.spec = spec
 
+    def inventory(self) -> list[Entry]:
+        entries = []
+        for path in discover(self.spec):
+            stat = path.stat()
+            entries.append(Entry(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+        return entries
+
+    def content_hash(self, entry: Entry) -> str:
+        return checksums.content_hash(Path(entry.name))
+
+    def count(self, entry: Entry, check: Callable[[pa.Schema, str], None]) -> int:
+        path = Path(entry.name)
+        check(schema(self.spec, path), str(path))
+        return count_rows(self.spec, path)
+
     def schema(self) -> pa.Schema:
         return schema(self.spec, discover(self.spec)[0])
-
-    def units(self, limit: int | None, check: Callable[[pa.Schema, str], None]) -> list[Unit]:
-        found, total = [], 0
-        for path in discover(self.spec):
-            check(schema(self.spec, path), str(path))
-            stat = path.stat()
-            rows = count_rows(self.spec, path)
-            found.append(Unit(str(path.resolve()), rows, stat.st_size, stat.st_mtime_ns))
-            total += rows
-            if limit is not None and total >= limit:
-                break  # no need to parse files past the limit
-        return found
 
     def identity(self) -> dict[str, Any]:
         return {"format": self.spec.format}

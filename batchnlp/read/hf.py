@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 
 from batchnlp.errors import InputError, SpecError
-from batchnlp.read.source import Unit
+from batchnlp.read.source import Entry, Unit
 from batchnlp.spec import InputSpec
 
 
@@ -56,22 +56,26 @@ class DatasetSource:
     def streamed(self) -> bool:
         return not hasattr(self.data, "__len__")
 
+    def inventory(self) -> list[Entry]:
+        return [Entry(self.spec.dataset if self.streamed else str(Path(self.spec.dataset).resolve()))]
+
+    def content_hash(self, entry: Entry) -> str:
+        if self.streamed:
+            return f"revision:{self.spec.revision}:{self.spec.split}"
+        return f"dataset_fingerprint:{getattr(self.data, '_fingerprint', None)}"
+
+    def count(self, entry: Entry, check: Callable[[pa.Schema, str], None]) -> int | None:
+        check(self.schema(), self.spec.dataset)
+        return None if self.streamed else len(self.data)
+
     def schema(self) -> pa.Schema:
         features = self.data.features
         if features is None:
             raise InputError(f"input.dataset: {self.spec.dataset!r} declares no features; cannot check its columns")
         return features.arrow_schema
 
-    def units(self, limit: int | None, check: Callable[[pa.Schema, str], None]) -> list[Unit]:
-        check(self.schema(), self.spec.dataset)
-        if self.streamed:
-            return [Unit(self.spec.dataset, None)]
-        return [Unit(str(Path(self.spec.dataset).resolve()), len(self.data))]
-
     def identity(self) -> dict[str, Any]:
-        if self.streamed:
-            return {"revision": self.spec.revision, "split": self.spec.split}
-        return {"dataset_fingerprint": getattr(self.data, "_fingerprint", None)}
+        return {"revision": self.spec.revision, "split": self.spec.split} if self.streamed else {}
 
     def iter_batches(self, unit: Unit, start: int, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
         """The rows from row `start` on (a saved dataset is sliced there; a streamed one skips)."""

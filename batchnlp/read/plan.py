@@ -1,41 +1,70 @@
-"""The shard plan: which rows of which input make up shard i, decided before anything runs.
+"""The shard plan: which rows of which input make up each shard, decided before anything runs.
 
-The plan is deterministic (sorted files, fixed rows per shard), so a rerun of the same job maps
-shard i to exactly the same rows and resume can skip the shards already committed. Shards never
-span two files. Reading streams: at most one shard of rows is held in memory.
+Each input file (a *unit*) has a number, its key, given when it is first annotated; shard j of
+unit k holds rows [j * rows_per_shard, (j + 1) * rows_per_shard) of that file and is written to
+`part-kkkkk-jjjjj.parquet`. The plan is deterministic, so a rerun maps each shard to the same rows
+and resume skips the shards already committed; files that arrive later get the next keys, so the
+parts written before stay as they are. Shards never span two files. Reading streams: at most one
+shard of rows is held in memory.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Container, Iterator, Sequence
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError, SpecError
-from batchnlp.read.source import InputSource, Unit
+from batchnlp.read.source import Entry, InputSource, Unit
 from batchnlp.spec import InputSpec
+
+#: Shard j of unit k samples with seed + k * SEED_STRIDE + j: stable whatever other files arrive.
+SEED_STRIDE = 1 << 20
+
+ShardKey = tuple[int, int]  # (unit key, shard number within the unit)
+
+
+def part_name(key: ShardKey) -> str:
+    return f"part-{key[0]:05d}-{key[1]:05d}.parquet"
 
 
 @dataclass(frozen=True)
 class Shard:
-    index: int  # in the plan, over all units
     unit: Unit  # the file (or dataset) it is cut from
+    number: int  # within its unit
     start: int  # its first row in the unit
     rows: int
+
+    @property
+    def key(self) -> ShardKey:
+        return (self.unit.key, self.number)
+
+    @property
+    def part(self) -> str:
+        return part_name(self.key)
+
+    @property
+    def seed_offset(self) -> int:
+        return self.unit.key * SEED_STRIDE + self.number
 
 
 @dataclass
 class Plan:
     spec: InputSpec
     rows_per_shard: int
-    units: list[Unit]
+    units: list[Unit]  # in key order
     schema: pa.Schema
     source: InputSource
     limit: int | None = None
-    #: What identifies the input beyond its units (format, dataset fingerprint), for the fingerprint.
+    #: What identifies the input beyond its units (format, dataset revision).
     identity: dict[str, Any] = field(default_factory=dict)
+    #: How the input differs from the units an earlier run annotated: names under new, touched
+    #: (same content, other modification time), changed (other content) and removed.
+    changes: dict[str, list[str]] = field(default_factory=dict)
+    #: The units as read, before a --limit cut them (what the manifest records).
+    read_units: list[Unit] = field(default_factory=list)
 
     @property
     def total_rows(self) -> int | None:
@@ -45,18 +74,21 @@ class Plan:
 
     @property
     def shard_count(self) -> int | None:
+        keys = self.shard_keys()
+        return None if keys is None else len(keys)
+
+    def shards_in(self, unit: Unit) -> int | None:
+        return None if unit.rows is None else math.ceil(unit.rows / self.rows_per_shard)
+
+    def shard_keys(self) -> list[ShardKey] | None:
+        """Every shard of the plan in order (None when a streamed input's length is unknown)."""
         if any(u.rows is None for u in self.units):
             return None
-        return sum(math.ceil(u.rows / self.rows_per_shard) for u in self.units)
+        return [(u.key, j) for u in self.units for j in range(self.shards_in(u))]
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies the input: file names, sizes and modification times, row counts."""
-        return {
-            "units": [{"name": u.name, "rows": u.rows, "size": u.size, "mtime_ns": u.mtime_ns} for u in self.units],
-            "total_rows": self.total_rows,
-            "shards": self.shard_count,
-            **self.identity,
-        }
+    def shard_rows(self, key: ShardKey) -> int:
+        unit = next(u for u in self.units if u.key == key[0])
+        return min(self.rows_per_shard, unit.rows - key[1] * self.rows_per_shard)
 
 
 def open_source(spec: InputSpec) -> InputSource:
@@ -71,17 +103,56 @@ def open_source(spec: InputSpec) -> InputSource:
 
 
 def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
-              task_columns: dict[str, str] | None = None) -> Plan:
-    """Find the input, check its columns and count its rows (parsing CSV/JSONL whole, so a bad row
-    fails here, before anything is written)."""
+              task_columns: dict[str, str] | None = None, previous: Sequence[Unit] = (),
+              recheck: Container[str] = ()) -> Plan:
+    """Find the input and plan it. `previous`: the units an earlier run annotated; an entry with
+    the same name, size and modification time keeps their content hash and row count without
+    being read (unless its name is in `recheck`). Other entries are hashed, checked and counted
+    (CSV/JSONL parsed whole, so a bad row fails here, before anything is written)."""
     source = open_source(spec)
-    units = source.units(limit, lambda schema, where: check_columns(spec, schema, where, task_columns))
-    plan = Plan(spec, rows_per_shard, units, source.schema(), source, limit, source.identity())
+    known = {u.name: u for u in previous}
+    changes: dict[str, list[str]] = {"new": [], "touched": [], "changed": [], "removed": []}
+    units, rows, next_key = [], 0, max((u.key + 1 for u in previous), default=0)
+    entries = source.inventory()
+    for entry in entries:
+        if limit is not None and rows >= limit:
+            break  # no need to read files past the limit
+        unit = known.get(entry.name)
+        if unit is None:
+            unit, next_key = _counted(source, spec, entry, None, next_key, task_columns), next_key + 1
+            changes["new"].append(entry.name)
+        elif (entry.size, entry.mtime_ns) != (unit.size, unit.mtime_ns) or entry.name in recheck:
+            unit = _rehashed(source, spec, entry, unit, task_columns, changes)
+        units.append(unit)
+        rows += unit.rows or 0
+    listed = {e.name for e in entries}
+    changes["removed"] = [u.name for u in previous if u.name not in listed]
+    units.sort(key=lambda u: u.key)
+    plan = Plan(spec, rows_per_shard, units, source.schema(), source, limit, source.identity(), changes, units)
     if limit is not None:
-        plan.units = _cut(units, limit)
-    if plan.total_rows == 0:
+        plan.units = _cut(plan.units, limit)
+    if plan.total_rows == 0 and not previous:
         raise InputError(f"input.path: {spec.path or spec.dataset} has no rows (only a header?)")
     return plan
+
+
+def _counted(source: InputSource, spec: InputSpec, entry: Entry, content_hash: str | None, key: int,
+             task_columns: dict[str, str] | None) -> Unit:
+    rows = source.count(entry, lambda schema, where: check_columns(spec, schema, where, task_columns))
+    return Unit.of(entry, rows, content_hash or source.content_hash(entry), key)
+
+
+def _rehashed(source: InputSource, spec: InputSpec, entry: Entry, unit: Unit, task_columns: dict[str, str] | None,
+              changes: dict[str, list[str]]) -> Unit:
+    """A known entry whose size or time changed (or that must be checked): the same content keeps
+    its row count; other content is counted again, under the same key."""
+    content = source.content_hash(entry)
+    if content == unit.content_hash:
+        if (entry.size, entry.mtime_ns) != (unit.size, unit.mtime_ns):
+            changes["touched"].append(entry.name)
+        return Unit.of(entry, unit.rows, content, unit.key)
+    changes["changed"].append(entry.name)
+    return _counted(source, spec, entry, content, unit.key, task_columns)
 
 
 def _cut(units: list[Unit], limit: int) -> list[Unit]:
@@ -90,7 +161,7 @@ def _cut(units: list[Unit], limit: int) -> list[Unit]:
         if left <= 0:
             break
         rows = left if unit.rows is None else min(unit.rows, left)
-        out.append(Unit(unit.name, rows, unit.size, unit.mtime_ns))
+        out.append(unit.cut(rows))
         left -= rows
     return out
 
@@ -111,30 +182,30 @@ def check_columns(spec: InputSpec, schema: pa.Schema, where: str,
             raise SpecError(key, f'column "{column}" in {where} holds {kind}, not text')
 
 
-def read_shards(plan: Plan, skip: set[int]) -> Iterator[tuple[Shard, pa.Table]]:
+def read_shards(plan: Plan, skip: Container[ShardKey]) -> Iterator[tuple[Shard, pa.Table]]:
     """Yield (shard, rows) in plan order, except the shards in `skip`; each table holds one shard."""
-    base = 0
     for unit in plan.units:
-        count = None if unit.rows is None else math.ceil(unit.rows / plan.rows_per_shard)
+        count = plan.shards_in(unit)
         first = 0  # the unit's leading committed shards are not even read (Parquet seeks past them)
-        while (count is None or first < count) and base + first in skip:
+        while (count is None or first < count) and (unit.key, first) in skip:
             first += 1
         if first == count:
-            base += count  # every shard of this unit is committed: don't even open it
-            continue
-        index = base + first
+            continue  # every shard of this unit is committed: don't even open it
+        number = first
         for start, table in _chunks(plan, unit, first * plan.rows_per_shard):
-            if index not in skip:
-                yield Shard(index, unit, start, table.num_rows), table
-            index += 1
-        base = index
+            if (unit.key, number) not in skip:
+                yield Shard(unit, number, start, table.num_rows), table
+            number += 1
 
 
-def read_shard(plan: Plan, index: int) -> tuple[Shard, pa.Table]:
-    """Shard `index` alone (a Ray actor's unit of work): only its unit is opened."""
-    if plan.shard_count is None or not 0 <= index < plan.shard_count:
-        raise IndexError(f"shard {index} is not in the plan")
-    return next(read_shards(plan, set(range(index)) | set(range(index + 1, plan.shard_count))))
+def read_shard(plan: Plan, key: ShardKey) -> tuple[Shard, pa.Table]:
+    """One shard alone (a Ray actor's unit of work): only its unit is opened, from its row group."""
+    unit = next((u for u in plan.units if u.key == key[0]), None)
+    if unit is None or plan.shards_in(unit) is None or not 0 <= key[1] < plan.shards_in(unit):
+        raise IndexError(f"shard {key} is not in the plan")
+    start = key[1] * plan.rows_per_shard
+    start, table = next(_chunks(plan, unit, start))
+    return Shard(unit, key[1], start, table.num_rows), table
 
 
 def _chunks(plan: Plan, unit: Unit, start: int) -> Iterator[tuple[int, pa.Table]]:

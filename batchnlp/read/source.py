@@ -1,35 +1,62 @@
-"""What every input source offers the plan: its units (one file, or one dataset split), its
-schema, what identifies it, and its rows from a given row on. Files (`read/files.py`) and Hugging
-Face datasets (`read/hf.py`) implement it; the plan picks one source per job, once."""
+"""What every input source offers the plan: what it holds now (`inventory`, cheap: names, sizes,
+modification times), each entry's content hash and row count (which read it), its schema, and a
+unit's rows from a given row on. Files (`read/files.py`) and Hugging Face datasets (`read/hf.py`)
+implement it; the plan picks one source per job, once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Protocol
 
 import pyarrow as pa
 
 
 @dataclass(frozen=True)
+class Entry:
+    """An input file (or dataset) as listed, before it is read."""
+
+    name: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True)
 class Unit:
-    """One input file (or one dataset split): the unit that shards are cut from."""
+    """One input file (or one dataset split): the unit that shards are cut from.
+
+    `key` is its number in the output, given when it is first annotated and kept for good: parts
+    are named after it, so an output that grows file by file keeps every earlier part as it was."""
 
     name: str
     rows: int | None  # None: a streamed hub dataset whose length is not known up front
     size: int | None = None
     mtime_ns: int | None = None
+    content_hash: str | None = None
+    key: int = 0
+
+    @classmethod
+    def of(cls, entry: Entry, rows: int | None, content_hash: str | None, key: int) -> "Unit":
+        return cls(entry.name, rows, entry.size, entry.mtime_ns, content_hash, key)
+
+    def cut(self, rows: int | None) -> "Unit":
+        return replace(self, rows=rows)
 
 
 class InputSource(Protocol):
-    def schema(self) -> pa.Schema:
-        """The columns of the input (of its first file, for files; each file is checked in `units`)."""
+    def inventory(self) -> list[Entry]:
+        """The entries in plan order (sorted paths), without reading them."""
 
-    def units(self, limit: int | None, check: Any) -> list[Unit]:
-        """The units in plan order, counted. `check(schema, where)` validates each unit's columns.
-        Units wholly past `limit` rows need not be counted."""
+    def content_hash(self, entry: Entry) -> str:
+        """What identifies the entry's content (reads a file whole; a dataset's own fingerprint)."""
+
+    def count(self, entry: Entry, check: Callable[[pa.Schema, str], None]) -> int | None:
+        """Check the entry's columns with `check(schema, where)`, then count its rows (None: unknown)."""
+
+    def schema(self) -> pa.Schema:
+        """The columns of the input (of its first file, for files)."""
 
     def identity(self) -> dict[str, Any]:
-        """What identifies the input beyond its units (format, dataset fingerprint, revision)."""
+        """What identifies the input beyond its units (format, dataset revision)."""
 
     def iter_batches(self, unit: Unit, start: int) -> Iterator[pa.RecordBatch]:
         """The unit's rows from row `start` on, in order."""

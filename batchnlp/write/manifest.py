@@ -15,12 +15,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from batchnlp.write.parts import fsync_dir, part_name
+from batchnlp.errors import OutputConflictError
+from batchnlp.read.plan import Plan, ShardKey, part_name
+from batchnlp.read.source import Unit
+from batchnlp.write.parts import fsync_dir
 
 MANIFEST_NAME = "_manifest.json"  # the leading _ makes readers of the directory (pyarrow, pandas) skip it
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LIBRARIES = ("batchnlp", "torch", "transformers", "tokenizers", "pyarrow", "datasets", "huggingface_hub",
-             "safetensors", "numpy")
+             "safetensors", "numpy", "sentencepiece", "gguf", "accelerate")
+UNIT_FIELDS = ("key", "name", "size", "mtime_ns", "content_hash", "rows")
 
 
 def now() -> str:
@@ -28,6 +32,7 @@ def now() -> str:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide the output (None: not installed)."""
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
@@ -48,18 +53,58 @@ class Manifest:
         if not path.is_file():
             return None
         try:
-            return cls(directory, json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            from batchnlp.errors import OutputConflictError
-
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise OutputConflictError(f"{path}: not a readable manifest ({e}); use --overwrite to start "
                                       "this output over") from None
+        if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
+            raise OutputConflictError(f"{path}: not a batchnlp manifest (no shards listed); use --overwrite to "
+                                      "start this output over")
+        if data.get("format") != FORMAT_VERSION:
+            raise OutputConflictError(f"{path}: written by another batchnlp version (manifest format "
+                                      f"{data.get('format')}, this one reads {FORMAT_VERSION}); use --overwrite to "
+                                      "start this output over")
+        return cls(directory, data)
 
     @classmethod
     def new(cls, directory: Path, **sections: Any) -> "Manifest":
         data = {"format": FORMAT_VERSION, "status": "running", "started_at": now(), "finished_at": None,
-                **sections, "runs": [], "shards": [], "totals": {}}
+                **sections, "units": [], "runs": [], "shards": [], "totals": {}}
         return cls(directory, data)
+
+    # -- the input it annotated ---------------------------------------------------------------
+
+    def units(self) -> list[Unit]:
+        """Every input unit annotated so far (also those kept after their file was removed)."""
+        return [Unit(u["name"], u["rows"], u["size"], u["mtime_ns"], u["content_hash"], u["key"])
+                for u in self.data["units"]]
+
+    def unit_complete(self, unit: Unit) -> bool:
+        """Whether every row of the unit, as the manifest knows it, is in a recorded part."""
+        return sum(s["rows"] for s in self.data["shards"] if s["unit"] == unit.key) == unit.rows
+
+    def set_units(self, units: list[Unit]) -> None:
+        """Record the units as read (new ones added, known ones updated: size, time, hash, rows;
+        whole row counts, not the ones a --limit cuts)."""
+        records = {u["key"]: u for u in self.data["units"]}
+        for unit in units:
+            old = records.get(unit.key, {})
+            records[unit.key] = {**old, **{f: getattr(unit, f) for f in UNIT_FIELDS}, "removed": False}
+        self.data["units"] = sorted(records.values(), key=lambda u: u["key"])
+
+    def drop_unit(self, name: str) -> list[str]:
+        """Forget a unit and its parts; return the parts' names (delete them after `save`)."""
+        keys = {u["key"] for u in self.data["units"] if u["name"] == name}
+        parts = [s["part"] for s in self.data["shards"] if s["unit"] in keys]
+        self.data["units"] = [u for u in self.data["units"] if u["key"] not in keys]
+        self.data["shards"] = [s for s in self.data["shards"] if s["unit"] not in keys]
+        self.data["totals"] = totals(self.data["shards"], self.data["runs"])
+        return parts
+
+    def keep_removed(self, name: str) -> None:
+        for unit in self.data["units"]:
+            if unit["name"] == name:
+                unit["removed"] = True
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -67,9 +112,30 @@ class Manifest:
     def status(self) -> str:
         return self.data["status"]
 
-    def done_shards(self) -> set[int]:
-        """Shards listed here whose part is on disk."""
-        return {s["index"] for s in self.data["shards"] if (self.directory / s["part"]).is_file()}
+    def done_shards(self, plan: Plan) -> set[ShardKey]:
+        """The plan's shards that a recorded part holds whole: the part is on disk with its recorded
+        size and as many rows as the plan gives the shard (a --limit run's cut shard is not done)."""
+        planned = plan.shard_keys()
+        done = set()
+        for s in self.data["shards"]:
+            key = (s["unit"], s["shard"])
+            if planned is not None and key not in planned:
+                continue
+            if planned is not None and s["rows"] != plan.shard_rows(key):
+                continue
+            path = self.directory / s["part"]
+            if path.is_file() and path.stat().st_size == s["bytes"]:
+                done.add(key)
+        return done
+
+    def missing_parts(self) -> list[str]:
+        """Recorded parts that are not on disk whole (deleted, or replaced by other bytes)."""
+        out = []
+        for s in self.data["shards"]:
+            path = self.directory / s["part"]
+            if not path.is_file() or path.stat().st_size != s["bytes"]:
+                out.append(s["part"])
+        return out
 
     def start_run(self, info: dict[str, Any]) -> None:
         self.data["status"] = "running"
@@ -80,9 +146,10 @@ class Manifest:
 
     def record_shard(self, stats: dict[str, Any], run: dict[str, Any] | None = None) -> None:
         """Record a committed part; `run` updates this run's entry (rows so far, seconds, ...)."""
-        self.data["shards"] = [s for s in self.data["shards"] if s["index"] != stats["index"]]
-        self.data["shards"].append({**stats, "part": part_name(stats["index"]), "run": len(self.data["runs"])})
-        self.data["shards"].sort(key=lambda s: s["index"])
+        key = (stats["unit"], stats["shard"])
+        self.data["shards"] = [s for s in self.data["shards"] if (s["unit"], s["shard"]) != key]
+        self.data["shards"].append({**stats, "part": part_name(key), "run": len(self.data["runs"])})
+        self.data["shards"].sort(key=lambda s: (s["unit"], s["shard"]))
         self.data["runs"][-1].update(run or {})
         self.data["totals"] = totals(self.data["shards"], self.data["runs"])
         self.save()

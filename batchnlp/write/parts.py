@@ -11,11 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchnlp.checksums import sha256
+
 ERROR_FIELD = pa.field("error", pa.string())
-
-
-def part_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
 
 
 def output_schema(input_schema: pa.Schema, fields: Sequence[pa.Field], prefix: str) -> pa.Schema:
@@ -43,15 +41,18 @@ def build_table(rows: pa.Table, schema: pa.Schema, annotations: list[pa.Array], 
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_atomic(table: pa.Table, path: Path) -> int:
-    """Write, flush to disk, then rename: a crash leaves either the old state or the whole part."""
+def write_atomic(table: pa.Table, path: Path) -> tuple[int, str]:
+    """Write, flush to disk, then rename: a crash leaves either the old state or the whole part.
+    Returns the part's size and sha256 (of the bytes as read back from disk, as `verify` will)."""
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    digest = sha256(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
-    return path.stat().st_size
+    return path.stat().st_size, digest
+
 
 
 def fsync_dir(directory: Path) -> None:

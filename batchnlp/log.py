@@ -1,0 +1,90 @@
+"""Logs that an unattended run (cron, Airflow) can use: the `logging` module, a timestamp and a
+level on every line, plain text or one JSON object per line, to stderr and optionally a file.
+
+Structured events carry their figures as fields (`event("shard", "...", rows=..., rows_per_s=...)`):
+the text format prints the message, the JSON format adds the fields as keys. Other libraries'
+loggers (transformers, datasets, huggingface_hub, ray) and Python warnings go to the same handlers
+at WARNING and above; their progress bars are switched off when quiet or when stderr is not a
+terminal (a bar piped to a file is one long line of carriage returns).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any
+
+LOGGER = logging.getLogger("batchnlp")
+LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "ray", "ray.data", "py.warnings")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+    LOGGER.log(level, message, extra={"event": name, "fields": fields})
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{_time(record)} {record.levelname:<7} {record.getMessage()}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {"time": _time(record), "level": record.levelname, "logger": record.name,
+                "event": getattr(record, "event", None), "message": record.getMessage(),
+                **getattr(record, "fields", {})}
+        return json.dumps(data, default=str)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is logged (click's test runner swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _time(record: logging.LogRecord) -> str:
+    return dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def configure(level: str = "INFO", file: str | None = None, fmt: str = "text", quiet: bool = False) -> None:
+    """Set up batchnlp's logging for one command (called once by the CLI)."""
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    handlers: list[logging.Handler] = [StderrHandler()]
+    if file:
+        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    for name, logger_level in [("batchnlp", level), *[(n, "WARNING") for n in LIBRARY_LOGGERS]]:
+        logger = logging.getLogger(name)
+        logger.handlers = list(handlers)
+        logger.setLevel(logger_level)
+        logger.propagate = False
+    logging.captureWarnings(True)
+    if not bars_allowed(quiet):
+        silence_library_bars()
+
+
+def silence_library_bars() -> None:
+    """transformers', huggingface_hub's and datasets' own progress bars (weight loading, GGUF
+    dequantising, maps); set before they are imported, which read these variables then."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"  # libraries that use plain tqdm (our own bar is off here anyway)
+
+
+def bars_allowed(quiet: bool) -> bool:
+    """Whether progress bars may be drawn: not quiet, and stderr is a terminal."""
+    return not quiet and sys.stderr.isatty()

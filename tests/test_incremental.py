@@ -1,0 +1,243 @@
+"""Scheduled runs: a folder where files arrive, a nightly `batchnlp run`, `verify` after each; paths
+relative to the job file; logs and signals as a scheduler sees them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from batchnlp.annotate import Annotator
+
+from helpers import invoke, read_output
+
+TEXTS = {"a.csv": ["good battery", "bad screen", "fine", "love it", "awful sound"],
+         "b.csv": ["great price", "slow", "never again"],
+         "c.csv": ["best coffee machine", "the shoes fit"]}
+
+
+def write_csv(path, texts, prefix=None):
+    prefix = prefix or path.stem
+    path.write_text("id,text\n" + "".join(f"{prefix}{i},{t}\n" for i, t in enumerate(texts)))
+
+
+@pytest.fixture
+def nightly(tmp_path, classifier_dir, monkeypatch):
+    """A job in jobs/ naming ../inbox and ../annotated relative to itself; run from elsewhere."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "inbox").mkdir()
+    job = tmp_path / "jobs" / "nightly.yaml"
+    job.write_text(f"""
+input: {{path: ../inbox, format: csv, text_column: text, id_column: id}}
+task: {{name: text-classification}}
+model: {{path: {classifier_dir}}}
+runtime: {{dtype: float32}}
+output: {{path: ../annotated, rows_per_shard: 2}}
+""")
+    elsewhere = tmp_path / "cron-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as cron runs it: relative paths resolve against the job file
+    return job
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """Every text the model is asked to annotate."""
+    texts: list[str] = []
+    real = Annotator.prepare
+
+    def prepare(self, rows):
+        texts.extend(rows.column("text").to_pylist())
+        return real(self, rows)
+
+    monkeypatch.setattr(Annotator, "prepare", prepare)
+    return texts
+
+
+def parts(out):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("part-*.parquet")}
+
+
+def verified(out):
+    result = invoke("verify", out)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_three_nights_a_changed_file_and_a_lost_part(nightly, seen, tmp_path, monkeypatch):
+    inbox, out = tmp_path / "inbox", tmp_path / "annotated"
+    # Day 1: two files.
+    write_csv(inbox / "a.csv", TEXTS["a.csv"])
+    write_csv(inbox / "b.csv", TEXTS["b.csv"])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    assert read_output(out).column("text").to_pylist() == TEXTS["a.csv"] + TEXTS["b.csv"]
+    assert "ok — 5 parts, 8 rows verified, 2 input file(s) unchanged" in verified(out)
+
+    # Day 2: a third file arrives; only its rows go through the model; earlier parts untouched.
+    seen.clear()
+    day1 = parts(out)
+    write_csv(inbox / "c.csv", TEXTS["c.csv"])
+    result = invoke("run", nightly, "-q")
+    assert result.exit_code == 0 and "wrote 2 rows in 1 parts" in result.output and "1 new input" in result.output
+    assert seen == TEXTS["c.csv"]
+    assert {k: v for k, v in parts(out).items() if k in day1} == day1
+    assert read_output(out).column("text").to_pylist() == TEXTS["a.csv"] + TEXTS["b.csv"] + TEXTS["c.csv"]
+    verified(out)
+
+    # Day 3: nothing new, and a file merely touched: no model is even loaded.
+    import batchnlp.model.load as load
+
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    seen.clear()
+    day2 = parts(out)
+    os.utime(inbox / "a.csv", ns=(1, 1))
+    result = invoke("run", nightly, "-q")
+    assert result.exit_code == 0 and "already complete (6 parts); nothing to do" in result.output
+    assert seen == [] and parts(out) == day2
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["units"][0]["mtime_ns"] == 1  # the new time is remembered: no re-hash tomorrow
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+
+    # A file whose content changed is refused, naming it, with nothing changed; then reprocessed.
+    before = parts(out)
+    write_csv(inbox / "b.csv", ["great price", "fast", "never again", "best"], prefix="b2-")
+    result = invoke("run", nightly, "-q")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert f"{inbox / 'b.csv'} changed since it was annotated" in result.output and "--reprocess-changed" in result.output
+    assert parts(out) == before
+    seen = _watch(monkeypatch)
+    assert invoke("run", nightly, "-q", "--reprocess-changed").exit_code == 0
+    assert seen == ["great price", "fast", "never again", "best"]
+    table = read_output(out)
+    assert table.column("id").to_pylist() == [f"a{i}" for i in range(5)] + [f"b2-{i}" for i in range(4)] + ["c0", "c1"]
+    verified(out)
+
+    # A part deleted from the complete output: verify names it, run redoes just that part.
+    (out / "part-00000-00001.parquet").unlink()
+    result = invoke("verify", out)
+    assert result.exit_code == 2 and "part-00000-00001.parquet: listed in the manifest but missing" in result.output
+    seen.clear()
+    result = invoke("run", nightly, "-q")
+    assert result.exit_code == 0 and "wrote 2 rows in 1 parts" in result.output
+    assert seen == TEXTS["a.csv"][2:4]
+    verified(out)
+
+
+def _watch(monkeypatch):
+    texts: list[str] = []
+    real = Annotator.prepare
+
+    def prepare(self, rows):
+        texts.extend(rows.column("text").to_pylist())
+        return real(self, rows)
+
+    monkeypatch.setattr(Annotator, "prepare", prepare)
+    return texts
+
+
+def test_removed_files_are_refused_then_kept_or_dropped(nightly, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "annotated"
+    for name in ("a.csv", "c.csv"):
+        write_csv(inbox / name, TEXTS[name])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    (inbox / "c.csv").unlink()
+    result = invoke("run", nightly, "-q")
+    assert result.exit_code == 2 and "c.csv was annotated but no longer exist" in result.output
+    assert invoke("run", nightly, "-q", "--keep-removed").exit_code == 0
+    assert read_output(out).num_rows == 7
+    assert invoke("run", nightly, "-q").exit_code == 0  # kept once: not asked again
+    assert "note: " in verified(out)
+    assert invoke("run", nightly, "-q", "--drop-removed").exit_code == 0
+    assert read_output(out).column("text").to_pylist() == TEXTS["a.csv"]
+    assert sorted(p.name for p in out.glob("part-*")) == [f"part-00000-0000{j}.parquet" for j in range(3)]
+    verified(out)
+
+
+def test_an_edit_that_keeps_size_and_time_is_caught_by_verify(nightly, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "annotated"
+    write_csv(inbox / "a.csv", TEXTS["a.csv"])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    stat = (inbox / "a.csv").stat()
+    (inbox / "a.csv").write_text((inbox / "a.csv").read_text().replace("good", "fine"))
+    os.utime(inbox / "a.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = invoke("verify", out)
+    assert result.exit_code == 2 and "a.csv: input file changed since it was annotated" in result.output
+
+
+def test_rerun_from_the_manifest_is_byte_identical(nightly, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "annotated"
+    write_csv(inbox / "b.csv", TEXTS["b.csv"])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    write_csv(inbox / "a.csv", TEXTS["a.csv"])  # arrives later but sorts first: it is file 1, not 0
+    assert invoke("run", nightly, "-q").exit_code == 0
+    nightly.unlink()  # the manifest alone is enough
+    result = invoke("rerun", out, "--to", tmp_path / "again", "-q")
+    assert result.exit_code == 0, result.output
+    assert "5 of 5 parts byte-identical" in result.output
+    (out / "part-00001-00000.parquet").write_bytes(b"not the same")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    for shard in manifest["shards"]:
+        if shard["part"] == "part-00001-00000.parquet":
+            shard["sha256"] = "0" * 64  # as if it had been written differently
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    result = invoke("rerun", out, "--to", tmp_path / "third", "-q")
+    assert result.exit_code == 2 and "part-00001-00000.parquet: differs" in result.output
+    assert "4 of 5 parts byte-identical" in result.output
+
+
+def test_output_inside_the_input_folder_is_refused_by_validate(tmp_path, classifier_dir):
+    (tmp_path / "inbox").mkdir()
+    write_csv(tmp_path / "inbox" / "a.csv", TEXTS["a.csv"])
+    for output in ("inbox/annotated", "inbox", "inbox/a.csv/x"):
+        job = tmp_path / "job.yaml"
+        job.write_text(f"input: {{path: inbox, text_column: text, format: csv}}\ntask: {{name: sentiment}}\n"
+                       f"model: {{path: {classifier_dir}}}\noutput: {{path: {output}}}\n")
+        result = invoke("validate", job)
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: output.path: ") and "choose an output.path outside it" in result.output
+    job.write_text(f"input: {{path: inbox/a.csv, text_column: text}}\ntask: {{name: sentiment}}\n"
+                   f"model: {{path: {classifier_dir}}}\noutput: {{path: inbox/a.csv}}\n")
+    assert "is the input file" in invoke("validate", job).output
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "batchnlp", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_a_piped_run_logs_readable_lines(nightly, tmp_path):
+    for name in ("a.csv", "b.csv"):
+        write_csv(tmp_path / "inbox" / name, TEXTS[name])
+    result = cli("run", nightly, "--log-format", "json", "--progress-interval", "0.1", "--log-file",
+                 tmp_path / "run.log")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON object: no bars, no stray output
+    shards = [e for e in events if e["event"] == "shard"]
+    assert len(shards) == 5 and sum(e["rows"] for e in shards) == 8
+    assert all({"time", "level", "rows_per_s", "tokens_per_s", "errors", "eta_s"} <= set(e) for e in shards)
+    assert (tmp_path / "run.log").read_text().splitlines() == lines
+    text = cli("run", nightly, "--overwrite")
+    assert text.returncode == 0
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00 (INFO|WARNING) ", line)
+               for line in text.stderr.splitlines()), text.stderr
+
+
+@pytest.mark.parametrize("signame, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_stops_the_run_cleanly_and_it_resumes(nightly, tmp_path, signame, status):
+    for name in ("a.csv", "b.csv"):
+        write_csv(tmp_path / "inbox" / name, TEXTS[name])
+    stopped = cli("run", nightly, "-q", env={"BATCHNLP_TEST_SIGNAL": f"shard-recorded:0@{signame}"})
+    assert stopped.returncode == status, stopped.stderr
+    assert stopped.stderr.splitlines() == [f"error: interrupted by {signame}; the committed parts are kept in "
+                                           f"{tmp_path / 'annotated'}; run the same command again to resume"]
+    manifest = json.loads((tmp_path / "annotated" / "_manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["runs"][-1]["status"] == "interrupted"
+    resumed = cli("run", nightly, "-q")
+    assert resumed.returncode == 0 and "resumed after" in resumed.stdout
+    assert read_output(tmp_path / "annotated").column("text").to_pylist() == TEXTS["a.csv"] + TEXTS["b.csv"]
