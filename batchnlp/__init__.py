@@ -1,3 +1,26 @@
-"""batchnlp: offline batch NLP annotation of corpora with Hugging Face models."""
+"""batchnlp: offline batch NLP annotation of corpora with Hugging Face models.
+
+The Python API (`load_job`, `run`, `inspect`, `verify`, `annotate`; see `batchnlp.api`) is loaded
+on first use, so that `batchnlp --help` and `validate` stay instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from batchnlp.errors import BatchNLPError, UserError
 
 __version__ = "0.1.0"
+__all__ = ["BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "inspect", "load_job", "run", "verify"]
+_API = {"JobSpec", "RunResult", "annotate", "inspect", "load_job", "run", "verify"}
+
+if TYPE_CHECKING:
+    from batchnlp.api import JobSpec, RunResult, annotate, inspect, load_job, run, verify  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from batchnlp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'batchnlp' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from batchnlp.annotate import Annotator, annotation_rows
+from batchnlp.annotator import Annotator, annotation_rows
 from batchnlp.engines.context import RunContext
 from batchnlp.engines.local import run_shards
 from batchnlp.model import source
@@ -199,7 +199,8 @@ def _float32_model(session: Session) -> Any:
     from batchnlp.model import load
 
     job = session.job
-    return load.load_model(job.model, job.task.model_class, placement.float32(), job.spec.model.trust_remote_code)
+    return load.load_model(job.model, job.task.model_class, placement.float32(), job.spec.model.trust_remote_code,
+                           job.spec.model.allow_missing_weights)
 
 
 def _naive_padding(annotator: Annotator, plan: Plan, batch_size: int) -> float | None:

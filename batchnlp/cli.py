@@ -33,7 +33,25 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineGroup(click.Group):
+    """Usage errors in one line, like every other user error (click's default is three)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx else "batchnlp"
+            click.echo(f"error: {e.format_message()} (see {command} --help)", err=True)
+            sys.exit(2)
+        except click.Abort:
+            sys.exit(130)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchnlp")
 def main() -> None:
     """Annotate corpora with Hugging Face models: streaming, resumable, reproducible."""
@@ -149,7 +167,7 @@ class Interrupted(KeyboardInterrupt):
 def verify(output_dir: str, skip_inputs: bool) -> None:
     """Check OUTPUT_DIR against its manifest: every part present with its sha256, nothing unlisted
     beside them, the inputs unchanged, the run complete. Exit 0, or 2 with one line per problem."""
-    from batchnlp.verify import verify as check
+    from batchnlp.verification import verify as check
 
     verdict = check(Path(output_dir), check_inputs=not skip_inputs)
     for note in verdict.notes:
@@ -176,7 +194,7 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
     _setup_logging(quiet, log_level, log_file, log_format)
     from batchnlp.runner import run as run_job
     from batchnlp.spec import parse
-    from batchnlp.verify import compare_parts, load, recorded_job
+    from batchnlp.verification import compare_parts, load, recorded_job
 
     original_dir, target = Path(output_dir).absolute(), Path(to_dir).absolute()
     if target.exists() and any(target.iterdir()):
@@ -203,25 +221,12 @@ def _removed(manifest: Any, name: str) -> bool:
 @click.argument("job", type=click.Path(dir_okay=False))
 @user_errors
 def validate(job: str) -> None:
-    """Check JOB without running it: the spec, the input files and columns, the model source."""
-    from batchnlp.model import source
-    from batchnlp.read.plan import check_columns
-    from batchnlp.read import files
+    """Check JOB without running it or loading weights: the spec, the input files and columns, the
+    model's files (tokenizer, a head for the task, positions), the output's place and columns."""
     from batchnlp.spec import load_spec
-    from batchnlp.tasks import task_class
+    from batchnlp.validate import validate as check
 
-    spec = load_spec(job)
-    task_columns = task_class(spec.task.name).extra_columns(spec.task.params)
-    if spec.input.path:
-        paths = files.discover(spec.input)
-        for path in paths:
-            check_columns(spec.input, files.schema(spec.input, path), str(path), task_columns)
-        where = f"{len(paths)} {spec.input.format or 'input'} file(s)"
-    else:
-        where = f"dataset {spec.input.dataset}"
-    source.check(spec.model)
-    click.echo(f"{job}: ok — task {spec.task.name} on {where}, model {spec.model.source}, "
-               f"output {spec.output.path}")
+    click.echo(f"{job}: ok — {check(load_spec(job))}")
 
 
 @main.command()
@@ -230,7 +235,7 @@ def validate(job: str) -> None:
 @user_errors
 def inspect(output_dir: str, as_json: bool) -> None:
     """Summarise an output directory from its manifest."""
-    from batchnlp.verify import load
+    from batchnlp.verification import load
     from batchnlp.write.lock import is_locked
 
     directory = Path(output_dir)

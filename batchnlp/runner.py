@@ -8,12 +8,13 @@ What the engines share (loading the model, writing a part, recording the run's e
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from batchnlp.engines.context import RunContext
-from batchnlp.errors import OutputConflictError
+from batchnlp.errors import OutputConflictError, UserError
 from batchnlp.log import event
 from batchnlp.model import source
 from batchnlp.read.plan import Plan, make_plan
@@ -64,16 +65,30 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
     """Run (or continue) a job. `unit_order`: units to number as given (a rerun of a recorded output)."""
     out = Path(spec.output.path)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         with OutputLock(out):
             return _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
                                progress_interval)
-    except BaseException:
-        if created and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+    except OSError as e:
+        raise _output_error(out, e) from None
+    finally:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
             (out / LOCK_NAME).unlink(missing_ok=True)  # a run that failed before writing leaves no trace
             out.rmdir()
-        raise
+
+
+def _output_error(out: Path, error: OSError) -> OSError | UserError:
+    """Writing the output failed for a reason the user can fix: one line instead of a traceback."""
+    where = Path(error.filename) if error.filename else None
+    if isinstance(error, PermissionError) and where is not None and (where == out or out in where.parents
+                                                                     or where in out.parents):
+        return OutputConflictError(f"output.path: {out} cannot be written ({error.strerror}: {where}); fix its "
+                                   "permissions or choose another output.path")
+    if error.errno == errno.ENOSPC or "No space left on device" in str(error):
+        return UserError(f"output.path: {out}: no space left on the device; the committed parts are kept: free "
+                         "space, then run the job again to resume")
+    return error
 
 
 def _locked_run(spec: JobSpec, out: Path, overwrite: bool, limit: int | None, quiet: bool, engine: str | None,

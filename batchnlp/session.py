@@ -18,17 +18,16 @@ from typing import TYPE_CHECKING, Any, Container, Iterator
 
 import pyarrow as pa
 
-from batchnlp.errors import SpecError
-from batchnlp.model.source import ResolvedModel
+from batchnlp.model.source import ResolvedModel, check_max_length
 from batchnlp.read.plan import Plan, Shard, ShardKey, read_shards
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
 from batchnlp.tasks.base import Task
 from batchnlp.write.manifest import Manifest, library_versions
-from batchnlp.write.parts import output_schema, write_atomic
+from batchnlp.write.parts import check_collisions, output_schema, write_atomic
 
 if TYPE_CHECKING:
-    from batchnlp.annotate import Annotator
+    from batchnlp.annotator import Annotator
 
 PROBE_ROWS = 32
 
@@ -70,10 +69,13 @@ def describe_job(spec: JobSpec, plan: Plan, resolved: ResolvedModel, quiet: bool
     trust = spec.model.trust_remote_code
     config = load.load_config(resolved, trust)
     tokenizer = load.load_tokenizer(resolved, trust)
-    max_length = spec.runtime.max_length or load.default_max_length(resolved.directory, tokenizer, config)
-    task = task_class(spec.task.name)(spec.task.params, config, tokenizer, max_length)
+    check_max_length(spec.runtime.max_length, config.to_dict())
+    task_cls = task_class(spec.task.name)
+    max_length = spec.runtime.max_length or min(load.default_max_length(resolved.directory, tokenizer, config),
+                                                task_cls.default_max_length or 1 << 30)
+    task = task_cls(spec.task.params, config, tokenizer, max_length)
     schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
-    _check_collisions(schema.names)
+    check_collisions(schema.names)
     return Job(spec, plan, resolved, config, tokenizer, task, schema, max_length)
 
 
@@ -97,7 +99,7 @@ class Session:
 def open_session(job: Job, done: Container[ShardKey] = ()) -> Session:
     """Load the weights once onto the chosen device and precision; with `dtype: auto` on a bf16
     CPU, keep bfloat16 only if the probe (on the first shard not `done`) agrees with float32."""
-    from batchnlp.annotate import Annotator
+    from batchnlp.annotator import Annotator
     from batchnlp.model import device, load
 
     spec = job.spec
@@ -106,7 +108,8 @@ def open_session(job: Job, done: Container[ShardKey] = ()) -> Session:
 
         torch.set_num_threads(spec.runtime.threads)
     placement = device.choose(spec.runtime)
-    model = load.load_model(job.model, job.task.model_class, placement, spec.model.trust_remote_code)
+    model = load.load_model(job.model, job.task.model_class, placement, spec.model.trust_remote_code,
+                            spec.model.allow_missing_weights)
     with placement.context():
         job.task.prepare(model)
     annotator = Annotator(job, model, placement)
@@ -121,7 +124,7 @@ def open_session(job: Job, done: Container[ShardKey] = ()) -> Session:
 def precision_probe(annotator: Annotator, done: Container[ShardKey] = ()) -> dict[str, Any]:
     """Annotate the first rows in the chosen precision and in float32; keep the faster precision
     only if the answers agree as well as the task requires (its agreement_threshold)."""
-    from batchnlp.annotate import annotation_rows
+    from batchnlp.annotator import annotation_rows
 
     _, table = next(read_shards(annotator.job.plan, done), (None, None))
     if table is None:  # nothing left to annotate: probe on the first shard
@@ -173,15 +176,6 @@ def recording(manifest: Manifest) -> Iterator[None]:
         manifest.finish("failed", error=f"{type(e).__name__}: {e}")
         raise
     manifest.finish("complete")
-
-
-def _check_collisions(output_names: list[str]) -> None:
-    seen = set()
-    for name in output_names:
-        if name in seen:
-            raise SpecError("output.prefix", f'the input already has a column "{name}", which this task adds; '
-                                             'set output.prefix (e.g. "pred_") to keep both')
-        seen.add(name)
 
 
 def crash_point(name: str, number: int) -> None:

@@ -50,6 +50,8 @@ class ModelSpec:
     package: str | None = doc("An installed Python package that ships a model directory.", default=None)
     subpath: str = doc("Directory of the model inside `package`.", default="")
     trust_remote_code: bool = doc("Allow model code from the model repository to run.", default=False)
+    allow_missing_weights: bool = doc("Run even if the checkpoint lacks weights the task's model class needs "
+                                      "(they are then random): for speed benchmarks only.", default=False)
     gguf_file: str | None = doc("A GGUF checkpoint inside the model directory, package or hub repo (needs the "
                                 "`gguf` extra); it is dequantised to the runtime dtype when loaded.", default=None)
 
@@ -125,7 +127,10 @@ def load_text(path: str | Path) -> tuple[dict[str, Any], str]:
     path = Path(path)
     if not path.is_file():
         raise SpecError("", f"job file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError("", f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the job file as UTF-8") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -133,8 +138,14 @@ def load_text(path: str | Path) -> tuple[dict[str, Any], str]:
             data = yaml.safe_load(text)
         else:
             raise SpecError("", f"{path}: job files end in .yaml, .yml or .toml")
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        what = " ".join(str(part) for part in (e.context, e.problem) if part)
+        raise SpecError("", f"{path}{where}: not valid YAML: {what}") from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise SpecError("", f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+        message = " ".join(str(e).split())  # one line
+        raise SpecError("", f"{path}: not valid {path.suffix[1:].upper()}: {message}") from None
     if not isinstance(data, dict):
         raise SpecError("", f"{path}: expected the sections input, task, model, runtime, output")
     return data, text
@@ -185,7 +196,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], di
         if not isinstance(value, str) or not value or Path(value).is_absolute():
             continue
         if "://" in value:
-            continue  # a URL is not a local path
+            # Until object storage is supported, a URL would become a local folder named "s3:".
+            raise SpecError(f"{section}.{key}", f"{value!r}: object storage and URLs are not supported yet; use a "
+                                                "local path (or a mounted bucket)")
         resolved = base / value
         if key == "dataset" and not resolved.exists():
             continue  # a hub dataset id, not a directory

@@ -102,3 +102,22 @@ def test_the_readme_nightly_example(tmp_path):
     assert "wrote 151 rows in 2 parts" in lines[1] and "1 new input file(s)" in lines[1]
     assert "already complete (4 parts); nothing to do" in lines[2]
     assert "ok — 4 parts, 301 rows verified, 2 input file(s) unchanged" in lines[3]
+
+
+def test_the_readme_python_example(tmp_path, monkeypatch):
+    """README "From Python": the notebook cell, as written (its output folder moved to tmp_path)."""
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    block = re.search(r"<!-- python-example -->\n```python\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(root)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(block.replace('"out/python_api"', repr(str(tmp_path / "out"))), {})
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == f"301 {tmp_path / 'out'}"
+    assert lines[1] == "301 []"
+    assert lines[2] == "['review', 'embedding', 'error']"

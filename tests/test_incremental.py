@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from batchnlp.annotate import Annotator
+from batchnlp.annotator import Annotator
 
 from helpers import invoke, read_output
 

@@ -78,5 +78,15 @@ def test_lower_layers_do_not_import_the_conductor():
     upper = {"batchnlp.runner", "batchnlp.cli", "batchnlp.bench", "batchnlp.engines.local", "batchnlp.engines.ray"}
     for name, deps in graph.items():
         if name.startswith(("batchnlp.read", "batchnlp.batch", "batchnlp.model", "batchnlp.tasks", "batchnlp.write",
-                            "batchnlp.spec", "batchnlp.settings", "batchnlp.session", "batchnlp.annotate")):
+                            "batchnlp.spec", "batchnlp.settings", "batchnlp.session", "batchnlp.annotator")):
             assert not deps & upper, (name, deps & upper)
+
+
+def test_no_module_shadows_a_public_name():
+    """`batchnlp.annotate` must be the function even after `import batchnlp.<module>` somewhere."""
+    import pkgutil
+
+    import batchnlp
+
+    modules = {m.name for m in pkgutil.iter_modules(batchnlp.__path__)}
+    assert not modules & set(batchnlp.__all__)

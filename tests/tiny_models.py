@@ -226,3 +226,13 @@ def marian(directory: Path) -> Path:
     model = MarianMTModel(config)
     model.generation_config.max_length = 20
     return save(model, directory)
+
+
+def random_qa(directory: Path) -> Path:
+    """A random BERT QA model with spread-out logits (no near ties), committed under tests/data/qa_model
+    so that transformers 4.x's pipeline could be recorded on the very same weights."""
+    from transformers import BertForQuestionAnswering
+
+    tokenizer = wordpiece_tokenizer(directory, model_max_length=128)
+    torch.manual_seed(7)
+    return save(BertForQuestionAnswering(tiny_bert(tokenizer, initializer_range=0.5)), directory)

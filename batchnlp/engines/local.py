@@ -11,7 +11,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from batchnlp.annotate import Annotator, Prepared
+from batchnlp.annotator import Annotator, Prepared
 from batchnlp.engines.context import RunContext
 from batchnlp.engines.progress import Progress
 from batchnlp.read.plan import Shard, read_shards

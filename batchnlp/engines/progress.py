@@ -40,7 +40,9 @@ class Progress:
                        f"{stats['tokens'] / seconds:.0f} tokens/s, {stats['errors']} errors; "
                        f"{int(self.done)} of {self.total or '?'} rows, ETA {self.eta()}",
               part=part, rows=stats["rows"], rows_per_s=round(stats["rows"] / seconds, 2),
-              tokens_per_s=round(stats["tokens"] / seconds, 1), errors=stats["errors"], done=int(self.done),
+              tokens_per_s=round(stats["tokens"] / seconds, 1), errors=stats["errors"],
+              error_rate=stats.get("error_rate"), batch_seconds_p50=stats.get("batch_seconds_p50"),
+              batch_seconds_p95=stats.get("batch_seconds_p95"), done=int(self.done),
               total=self.total, eta_s=self.eta_seconds())
         if self.bar is not None:
             self.bar.set_postfix(tok_s=f"{stats['tokens'] / seconds:.0f}")

@@ -3,9 +3,11 @@ precision. Kept apart from running the model (as crossfit does)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from batchnlp.errors import ModelUnavailableError
 from batchnlp.model.device import Placement
@@ -43,6 +45,12 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(resolved.directory, **_kwargs(resolved, trust_remote_code))
     except (OSError, ValueError, ImportError, TypeError) as e:
         raise _fail("tokenizer", resolved, e) from None
+    if len(tokenizer) - len(tokenizer.all_special_tokens) < 10:
+        # transformers builds a tokenizer with an empty vocabulary when the files are missing:
+        # every word would be [UNK] and every row get the same answer.
+        raise ModelUnavailableError(f"model: the tokenizer in {resolved.directory} has an empty vocabulary "
+                                    f"({len(tokenizer)} tokens); copy the tokenizer files (tokenizer.json, "
+                                    "vocab.txt, ...) from the model's repository")
     if tokenizer.pad_token is None:
         # Decoder-only models (GPT-2, Llama) ship no pad token; any id works since padded
         # positions are masked out, and the end-of-sequence token is the usual choice.
@@ -50,20 +58,56 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool) -> Any:
     return tokenizer
 
 
-def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, trust_remote_code: bool) -> Any:
+def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, trust_remote_code: bool,
+               allow_missing_weights: bool = False) -> Any:
+    """The model on its device and precision. Weights the class needs but the checkpoint lacks
+    (a classifier head on a bare encoder) would be random: that stops the job unless allowed."""
     import transformers
 
     try:
-        model = getattr(transformers, model_class).from_pretrained(
-            resolved.directory, dtype=placement.weights_dtype, **_kwargs(resolved, trust_remote_code))
-    except (OSError, ValueError, ImportError) as e:
+        with _no_load_report():
+            model, info = getattr(transformers, model_class).from_pretrained(
+                resolved.directory, dtype=placement.weights_dtype, output_loading_info=True,
+                **_kwargs(resolved, trust_remote_code))
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
         raise _fail(model_class, resolved, e) from None
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ModelUnavailableError(f"model: cannot read the weights in {resolved.directory} ({e}); the file is "
+                                    "damaged or truncated: copy it again") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing and not allow_missing_weights:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelUnavailableError(
+            f"model: {resolved.directory} has no weights for {shown}, which {model_class} needs: they would be "
+            "random and every answer meaningless; use a checkpoint trained for this task, or set "
+            "model.allow_missing_weights: true (speed benchmarks only)")
     model = model.to(placement.device).eval()
     if placement.quantize_int8:
         import torch
 
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
+
+
+@contextlib.contextmanager
+def _no_load_report() -> Iterator[None]:
+    """transformers logs a multi-line table of missing and unexpected weights while loading; the
+    missing ones are reported by batchnlp in one line (or allowed), the unexpected ones (a head
+    that the task does not use) are harmless. Its other warnings stay."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    filter_ = _DropLoadReport()
+    logger.addFilter(filter_)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filter_)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
 
 
 def default_max_length(directory: Path, tokenizer: Any, config: Any) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from batchnlp.checksums import sha256
-from batchnlp.errors import ModelUnavailableError
+from batchnlp.errors import ModelUnavailableError, SpecError
 from batchnlp.spec import ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -25,13 +25,22 @@ class ResolvedModel:
     gguf_file: str | None = None
 
 
-def check(spec: ModelSpec) -> None:
-    """Cheap checks for `batchnlp validate`: the directory or package exists. Hub ids are not
-    looked up (that needs the network or the cache)."""
+def check(spec: ModelSpec) -> Path | None:
+    """Cheap checks for `batchnlp validate`, nothing downloaded: the directory or package exists;
+    a hub model is in the local cache, or the hub can be reached. The model's directory when it is
+    on disk (None: a hub model that `run` would download)."""
     if spec.path:
-        _local_dir(Path(spec.path), "model.path", spec.gguf_file)
-    elif spec.package:
-        _package_dir(spec)
+        return _local_dir(Path(spec.path), "model.path", spec.gguf_file)
+    if spec.package:
+        return _package_dir(spec)[0]
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec.id, revision=spec.revision, local_files_only=True))
+    except Exception:  # huggingface_hub raises many kinds for "not in the cache"
+        if not _offline() and _hub_reachable():
+            return None
+    raise _not_available(spec)
 
 
 def resolve(spec: ModelSpec) -> ResolvedModel:
@@ -126,8 +135,12 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
             return ResolvedModel(path, identity, spec.gguf_file)
         except Exception as e:  # huggingface_hub raises many kinds for "not there"
             error = e
+    raise _not_available(spec, error)
+
+
+def _not_available(spec: ModelSpec, error: Exception | None = None) -> ModelUnavailableError:
     reason = f" ({type(error).__name__})" if error else ""
-    raise ModelUnavailableError(
+    return ModelUnavailableError(
         f"model.id: {spec.id} at revision {spec.revision} is not in the local cache and the hub cannot be "
         f"reached{reason}; download it where there is network (hf download {spec.id} --revision "
         f"{spec.revision}) and copy the cache, or use model.path")
@@ -150,3 +163,19 @@ def _hub_reachable() -> bool:
     except OSError:
         return False
     return True
+
+
+def model_positions(config: dict[str, Any]) -> int | None:
+    """The longest input the model's position table takes, from config.json's data."""
+    text = config.get("text_config") or config
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(text.get(key), int):
+            return text[key]
+    return None
+
+
+def check_max_length(max_length: int | None, config: dict[str, Any]) -> None:
+    positions = model_positions(config)
+    if max_length is not None and positions is not None and max_length > positions:
+        raise SpecError("runtime.max_length", f"{max_length} is more than the model's {positions} positions; set it "
+                                              f"to {positions} or less, or leave it out (the model's limit)")

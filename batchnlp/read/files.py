@@ -122,13 +122,34 @@ def schema(spec: InputSpec, path: Path) -> pa.Schema:
 def count_rows(spec: InputSpec, path: Path) -> int:
     """Rows in a file. Parquet reads its metadata; CSV and JSONL are parsed whole, which also
     surfaces a malformed row before anything is written."""
+    fmt = spec.format or _format_of(path)
+    if fmt == "csv":
+        check_quotes(spec, path)
     dataset = open_dataset(spec, path)
     try:
-        if (spec.format or _format_of(path)) == "parquet":
+        if fmt == "parquet":
             return dataset.count_rows()
         return sum(b.num_rows for b in dataset.to_batches(batch_size=BATCH_ROWS))
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
         raise InputError(describe(path, e)) from None
+
+
+def check_quotes(spec: InputSpec, path: Path) -> None:
+    """A quote that never closes makes pyarrow read the rest of the file (or the rest of a block)
+    as one text, silently. Python's csv module, strict, stops at it: quoted newlines and doubled
+    quotes stay fine. Deliberately not pyarrow: it accepts end-of-file inside quotes."""
+    import csv
+
+    start = 1
+    with open(path, newline="", encoding=spec.encoding, errors="replace") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            for _ in reader:
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise InputError(f"{path}: line {start}: a quoted field opens there and never closes ({e}), so every "
+                             "line after it would be read as part of one text; close the quote (a quote inside "
+                             "a quoted field is written twice) and run again") from None
 
 
 def iter_batches(spec: InputSpec, path: Path, start: int = 0) -> Iterator[pa.RecordBatch]:

@@ -57,6 +57,8 @@ class Task:
     padding_side: ClassVar[str] = "right"
     #: Long inputs are split into overlapping windows rather than truncated.
     windowed: ClassVar[bool] = False
+    #: The longest input when runtime.max_length is not set, if shorter than the model's limit.
+    default_max_length: ClassVar[int | None] = None
     #: The share of rows that must give the same answer as float32 for a faster precision to be
     #: kept (the runner's probe) and to pass `batchnlp bench --check-agreement`.
     agreement_threshold: ClassVar[float] = 0.995
@@ -78,12 +80,28 @@ class Task:
         return {}
 
     @classmethod
+    def needs_head(cls, params: Any) -> bool:
+        """Whether the model class adds weights to a bare encoder (a checkpoint without them is refused)."""
+        return cls.model_class != "AutoModel"
+
+    @classmethod
     def check_input(cls, params: Any, input_spec: Any) -> None:
         """Spec checks that involve both the task and the input section (raise SpecError)."""
 
+    @classmethod
+    def columns(cls, params: Any) -> list[str]:
+        """The names of the annotation columns, from the parameters alone (`validate` checks them
+        against the input's columns without loading the model)."""
+        raise NotImplementedError
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        """The type of each annotation column (may depend on the model, e.g. the embedding size)."""
+        raise NotImplementedError
+
     def fields(self) -> list[pa.Field]:
         """The annotation columns this task adds, typed, before anything runs."""
-        raise NotImplementedError
+        types = self.column_types()
+        return [pa.field(name, types[name]) for name in self.columns(self.params)]
 
     def prepare(self, model: Any) -> None:
         """Called once after the model is loaded, inside the inference context."""

@@ -40,11 +40,12 @@ class Classification(Task):
         self.labels = [self.config.id2label.get(i, f"LABEL_{i}") for i in range(self.config.num_labels)]
         self.function = self.params.function_to_apply or default_function(self.config)
 
-    def fields(self) -> list[pa.Field]:
-        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
-        if self.params.top_k != 1:
-            fields.append(pa.field("scores", pa.list_(SCORE_ENTRY)))
-        return fields
+    @classmethod
+    def columns(cls, params: Params) -> list[str]:
+        return ["label", "score"] + (["scores"] if params.top_k != 1 else [])
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        return {"label": pa.string(), "score": pa.float32(), "scores": pa.list_(SCORE_ENTRY)}
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[dict[str, Any]]:
         return [self.row(scores) for scores in apply_function(model(**batch).logits, self.function)]

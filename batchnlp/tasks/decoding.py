@@ -4,12 +4,14 @@ class (budget and seeding per shard)."""
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks.base import Feature, Task
+from batchnlp.tasks.base import Feature, RowError, Task
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,16 @@ class DecodingParams:
     repetition_penalty: float | None = doc("Penalty for repeated tokens (1.0: none).", default=None)
     length_penalty: float | None = doc("Beam search: > 1 favours longer outputs.", default=None)
     no_repeat_ngram_size: int | None = doc("Never repeat an n-gram of this size.", default=None)
-    seed: int = doc("Seed for sampling; shard i uses seed + i, so a rerun or a resumed run samples the same "
-                    "(given the same batch settings, which the manifest pins).", default=0)
+    seed: int = doc("Seed for sampling; each shard uses its own seed from it, so a rerun or a resumed run samples "
+                    "the same (given the same batch settings, which the manifest pins).", default=0)
+    blocked: list[str] | None = doc("Guardrail: regular expressions (case-insensitive) that generated text must "
+                                    "not match; a matching row is flagged (column `flag`) and redacted or dropped.",
+                                    default=None)
+    on_blocked: Literal["redact", "drop"] = doc(
+        "redact: matches become [REDACTED] and `flag` says which pattern; drop: the row gets no text and its "
+        "`error` says why.", default="redact")
+    max_time: float | None = doc("Guardrail: seconds one batch may generate for (transformers' max_time); rows "
+                                 "cut short by it keep their text and are flagged.", default=None)
 
     def validate(self) -> None:
         for key in ("max_new_tokens", "num_beams"):
@@ -37,9 +47,16 @@ class DecodingParams:
             raise SpecError("task.temperature", "must be above 0 (for greedy decoding set do_sample: false)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise SpecError("task.top_p", "must be in (0, 1]")
+        if self.max_time is not None and self.max_time <= 0:
+            raise SpecError("task.max_time", "must be above 0 seconds")
+        for i, pattern in enumerate(self.blocked or ()):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise SpecError(f"task.blocked[{i}]", f"not a regular expression: {e}") from None
 
 
-GENERATE_KEYS = [f.name for f in fields(DecodingParams) if f.name != "seed"]
+GENERATE_KEYS = [f.name for f in fields(DecodingParams) if f.name not in ("seed", "blocked", "on_blocked")]
 
 
 def generate_kwargs(params: Any) -> dict[str, Any]:
@@ -88,6 +105,41 @@ class Generative(Task):
     def setup(self) -> None:
         super().setup()
         self.new_tokens = new_tokens(self.params, None)
+        self.patterns = [re.compile(p, re.IGNORECASE) for p in self.params.blocked or ()]
+
+    @staticmethod
+    def guarded(params: Any) -> bool:
+        """Whether the guardrails are on, and so the `flag` column is there."""
+        return bool(params.blocked) or params.max_time is not None
+
+    def generate(self, model: Any, batch: dict[str, Any], prompt_tokens: int, **kwargs: Any) -> tuple[Any, list]:
+        """model.generate, and per sequence a flag when max_time cut it short (no end token, fewer
+        tokens than asked). `prompt_tokens`: leading positions of each sequence that are not new."""
+        began = time.perf_counter()
+        sequences = model.generate(**batch, **kwargs)
+        flags: list[str | None] = [None] * len(sequences)
+        limit = self.params.max_time
+        if limit is not None and time.perf_counter() - began >= limit:
+            new = sequences[:, prompt_tokens:]
+            eos = model.generation_config.eos_token_id
+            eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+            real = (new != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+            for i, row in enumerate(new.tolist()):
+                if not eos & set(row) and real[i] < self.new_tokens:
+                    flags[i] = f"max_time: stopped after {limit} s with {real[i]} of {self.new_tokens} tokens"
+        return sequences, flags
+
+    def guard(self, texts: list[str], flags: list[str | None]) -> tuple[list[str], str | None]:
+        """Apply the blocked patterns to a row's texts: (texts, the row's flag or None); with
+        on_blocked: drop, a match raises RowError (the row keeps no text)."""
+        reasons = [f for f in flags if f]
+        for pattern in self.patterns:
+            if any(pattern.search(t) for t in texts):
+                if self.params.on_blocked == "drop":
+                    raise RowError(f"blocked: the generated text matched {pattern.pattern!r}")
+                texts = [pattern.sub("[REDACTED]", t) for t in texts]
+                reasons.append(f"redacted: matched {pattern.pattern!r}")
+        return texts, "; ".join(dict.fromkeys(reasons)) or None
 
     def start_shard(self, index: int) -> None:
         seed_shard(self.params.seed, index)

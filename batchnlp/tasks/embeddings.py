@@ -38,8 +38,12 @@ class Embeddings(Task):
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         return float(cosine.mean())
 
-    def fields(self) -> list[pa.Field]:
-        return [pa.field("embedding", pa.list_(pa.float32(), self.config.hidden_size))]
+    @classmethod
+    def columns(cls, params: Params) -> list[str]:
+        return ["embedding"]
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        return {"embedding": pa.list_(pa.float32(), self.config.hidden_size)}
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[dict[str, Any]]:
         vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"], self.params.pooling,

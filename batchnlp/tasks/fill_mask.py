@@ -53,8 +53,12 @@ class FillMask(Task):
             raise SpecError("task.targets", f"{target!r} has no token in this model's vocabulary")
         return ids[0]
 
-    def fields(self) -> list[pa.Field]:
-        return [pa.field("predictions", pa.list_(PREDICTION))]
+    @classmethod
+    def columns(cls, params: Params) -> list[str]:
+        return ["predictions"]
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        return {"predictions": pa.list_(PREDICTION)}
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["predictions"][0]["token"]  # the top prediction

@@ -31,8 +31,12 @@ class Seq2Seq(decoding.Generative):
     def prepare(self, model: Any) -> None:
         self.new_tokens = decoding.new_tokens(self.params, model.generation_config)
 
-    def fields(self) -> list[pa.Field]:
-        return [pa.field(self.output_column, pa.string())]
+    @classmethod
+    def columns(cls, params: Any) -> list[str]:
+        return [cls.output_column] + (["flag"] if cls.guarded(params) else [])
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        return {self.output_column: pa.string(), "flag": pa.string()}
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         enc = self.tokenizer([self.prefix + row["text"] for row in rows], truncation=True,
@@ -40,8 +44,12 @@ class Seq2Seq(decoding.Generative):
         return [[{"input_ids": ids, "meta": None}] for ids in enc["input_ids"]]
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
-        sequences = model.generate(**batch, **decoding.generate_kwargs(self.params), **self.generate_extra)
-        return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        # The decoder's sequences start with its start token; the rest is new.
+        sequences, flags = self.generate(model, batch, 1, **decoding.generate_kwargs(self.params),
+                                         **self.generate_extra)
+        return list(zip(self.tokenizer.batch_decode(sequences, skip_special_tokens=True), flags))
 
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
-        return {self.output_column: outputs[0]}
+        text, flag = outputs[0]
+        (text,), flag = self.guard([text], [flag])
+        return {self.output_column: text, "flag": flag}

@@ -59,9 +59,13 @@ class TextGeneration(decoding.Generative):
             raise SpecError("task.max_new_tokens", f"must be below max_length ({self.max_length}), which bounds "
                                                    "prompt plus generated tokens")
 
-    def fields(self) -> list[pa.Field]:
-        kind = pa.string() if self.params.num_return_sequences == 1 else pa.list_(pa.string())
-        return [pa.field("generated_text", kind)]
+    @classmethod
+    def columns(cls, params: Params) -> list[str]:
+        return ["generated_text"] + (["flag"] if cls.guarded(params) else [])
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        return {"generated_text": pa.string() if self.params.num_return_sequences == 1 else pa.list_(pa.string()),
+                "flag": pa.string()}
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         prompts = [self._prompt(row["text"]) for row in rows]
@@ -107,16 +111,18 @@ class TextGeneration(decoding.Generative):
                       pad_token_id=self.tokenizer.pad_token_id)
         if self.params.stop:
             kwargs.update(stop_strings=list(self.params.stop), tokenizer=self.tokenizer)
-        sequences = model.generate(**batch, **kwargs)
-        texts = self.tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        prompt = batch["input_ids"].shape[1]
+        sequences, flags = self.generate(model, batch, prompt, **kwargs)
+        texts = self.tokenizer.batch_decode(sequences[:, prompt:], skip_special_tokens=True)
         n = self.params.num_return_sequences
-        return [[decoding.cut_at_stop(t, self.params.stop) for t in texts[i * n:(i + 1) * n]]
-                for i in range(len(meta))]
+        return [([decoding.cut_at_stop(t, self.params.stop) for t in texts[i * n:(i + 1) * n]],
+                 flags[i * n:(i + 1) * n]) for i in range(len(meta))]
 
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
         prompt = self.params.prompt_template.replace("{text}", row["text"])
-        texts = [prompt + t if self.params.return_full_text else t for t in outputs[0]]
-        return {"generated_text": texts[0] if self.params.num_return_sequences == 1 else texts}
+        texts, flag = self.guard(*outputs[0])
+        texts = [prompt + t if self.params.return_full_text else t for t in texts]
+        return {"generated_text": texts[0] if self.params.num_return_sequences == 1 else texts, "flag": flag}
 
 
 TASK = TextGeneration

@@ -55,8 +55,12 @@ class TokenClassification(Task):
         model = getattr(self.tokenizer, "_tokenizer", None)
         self.word_aware = bool(model is not None and getattr(model.model, "continuing_subword_prefix", None))
 
-    def fields(self) -> list[pa.Field]:
-        return [pa.field("entities", pa.list_(ENTITY))]
+    @classmethod
+    def columns(cls, params: Params) -> list[str]:
+        return ["entities"]
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        return {"entities": pa.list_(ENTITY)}
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]]

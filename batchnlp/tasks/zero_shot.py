@@ -27,7 +27,9 @@ class Params:
     candidate_labels_column: str | None = doc(
         "Instead: a column holding each row's labels (a list, or one string of comma-separated labels).",
         default=None)
-    hypothesis_template: str = doc("NLI hypothesis; {} is replaced by the label.", default="This example is {}.")
+    hypothesis_template: str | None = doc(
+        "The text each label becomes; {} is replaced by the label. Default: 'This example is {}.' for nli "
+        "(the hypothesis), the label itself for embedding.", default=None)
     multi_label: bool = doc("nli: score each label on its own (entailment vs contradiction) instead of "
                             "softmaxing over the labels.", default=False)
     method: Literal["nli", "embedding"] = doc(
@@ -41,15 +43,12 @@ class Params:
             raise SpecError("task.candidate_labels", "give the labels (a list) or candidate_labels_column")
         if self.candidate_labels is not None and not self.candidate_labels:
             raise SpecError("task.candidate_labels", "needs at least one label")
-        if "{}" not in self.hypothesis_template:
+        if self.hypothesis_template is not None and "{}" not in self.hypothesis_template:
             raise SpecError("task.hypothesis_template", "must contain {} where the label goes")
         if self.method == "embedding" and self.multi_label:
             raise SpecError("task.multi_label", "only applies to method: nli")
         if self.temperature <= 0:
             raise SpecError("task.temperature", "must be above 0")
-
-
-FIELDS = [pa.field("labels", pa.list_(pa.string())), pa.field("scores", pa.list_(pa.float32()))]
 
 
 class ZeroShot(Task):
@@ -60,6 +59,8 @@ class ZeroShot(Task):
     def setup(self) -> None:
         super().setup()
         self.model_class = "AutoModel" if self.params.method == "embedding" else "AutoModelForSequenceClassification"
+        default = "{}" if self.params.method == "embedding" else "This example is {}."
+        self.template = self.params.hypothesis_template or default
         self.label_vectors: dict[str, np.ndarray] = {}
         if self.params.method == "nli":
             self.entailment = _label_index(self.config, "entail")
@@ -78,8 +79,16 @@ class ZeroShot(Task):
         return {"task.candidate_labels_column": params.candidate_labels_column} if params.candidate_labels_column \
             else {}
 
-    def fields(self) -> list[pa.Field]:
-        return FIELDS
+    @classmethod
+    def needs_head(cls, params: Params) -> bool:
+        return params.method == "nli"
+
+    @classmethod
+    def columns(cls, params: Params) -> list[str]:
+        return ["labels", "scores"]
+
+    def column_types(self) -> dict[str, pa.DataType]:
+        return {"labels": pa.list_(pa.string()), "scores": pa.list_(pa.float32())}
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["labels"][0]  # the top label
@@ -112,7 +121,7 @@ class ZeroShot(Task):
                 continue
             for label in row_labels:
                 firsts.append(row["text"])
-                seconds.append(self.params.hypothesis_template.format(label))
+                seconds.append(self.template.format(label))
                 owner.append(i)
         enc = self.tokenizer(firsts, seconds, truncation="only_first", max_length=self.max_length,
                              return_attention_mask=False,
@@ -136,7 +145,8 @@ class ZeroShot(Task):
     def _embed_labels(self, model: Any, labels: set[str], device: Any) -> None:
         missing = sorted(labels - set(self.label_vectors))
         if missing:
-            enc = self.tokenizer(missing, padding=True, truncation=True, max_length=self.max_length,
+            texts = [self.template.format(label) for label in missing]
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt").to(device)
             vectors = pool(model(**enc).last_hidden_state, enc["attention_mask"], "mean", True)
             self.label_vectors.update(zip(missing, vectors))
@@ -162,7 +172,7 @@ class ZeroShot(Task):
             raise SpecError("task", "the zero-shot bench baseline needs candidate_labels and method: nli")
         pipe = make_pipeline("zero-shot-classification", model, self.tokenizer)
         return Baseline(lambda: [{"labels": o["labels"]} for o in pipe(
-            texts, candidate_labels=list(params.candidate_labels), hypothesis_template=params.hypothesis_template,
+            texts, candidate_labels=list(params.candidate_labels), hypothesis_template=self.template,
             multi_label=params.multi_label, batch_size=batch_size)], f"pipeline (bs={batch_size}, float32)")
 
 

@@ -1,5 +1,9 @@
 """One run per output directory, enforced with an advisory file lock. The kernel drops the lock
-when the process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind."""
+when the process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind.
+
+An flock belongs to the open file, which a forked child (a DataLoader worker) shares: the lock
+would outlive a killed run for as long as its workers linger. So a forked child closes its copy
+of every lock this process holds, at once (`os.register_at_fork`)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,19 @@ from pathlib import Path
 from batchnlp.errors import OutputConflictError
 
 LOCK_NAME = ".batchnlp.lock"
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class OutputLock:
@@ -29,10 +46,12 @@ class OutputLock:
                                       f"{holder}); wait for it to finish or choose another output.path") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
+        _HELD.add(self.fd)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
+            _HELD.discard(self.fd)
             os.close(self.fd)  # closing releases the lock
             self.fd = None
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchnlp.checksums import sha256
+from batchnlp.errors import SpecError
 
 ERROR_FIELD = pa.field("error", pa.string())
 
@@ -19,6 +20,16 @@ ERROR_FIELD = pa.field("error", pa.string())
 def output_schema(input_schema: pa.Schema, fields: Sequence[pa.Field], prefix: str) -> pa.Schema:
     extra = [f.with_name(prefix + f.name) for f in [*fields, ERROR_FIELD]]
     return pa.schema([*input_schema, *extra])
+
+
+def check_collisions(output_names: list[str]) -> None:
+    """An annotation column may not take the name of an input column."""
+    seen = set()
+    for name in output_names:
+        if name in seen:
+            raise SpecError("output.prefix", f'the input already has a column "{name}", which this task adds; '
+                                             'set output.prefix (e.g. "pred_") to keep both')
+        seen.add(name)
 
 
 def annotation_array(field: pa.Field, values: list[Any]) -> pa.Array:
@@ -45,9 +56,13 @@ def write_atomic(table: pa.Table, path: Path) -> tuple[int, str]:
     """Write, flush to disk, then rename: a crash leaves either the old state or the whole part.
     Returns the part's size and sha256 (of the bytes as read back from disk, as `verify` will)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written part (disk full) must not take the space it freed
+        raise
     digest = sha256(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -37,6 +38,7 @@ class Prepared:
     seconds: float
     outputs: list[Any] = field(default_factory=list)
     padded: int = 0
+    batch_seconds: list[float] = field(default_factory=list)  # each batch's latency on the device
 
 
 class Annotator:
@@ -112,7 +114,9 @@ class Annotator:
                                                self.task.padding_side, self.spec.runtime.num_workers,
                                                pin_memory=device.type == "cuda"):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                started = time.perf_counter()
                 self._run(prepared, indices, batch, meta)
+                prepared.batch_seconds.append(time.perf_counter() - started)
                 if on_batch is not None:
                     on_batch(len(indices))
         prepared.seconds += time.perf_counter() - began
@@ -171,8 +175,22 @@ class Annotator:
         stats = {"rows": n, "features": len(features), "tokens": sum(len(f["input_ids"]) for f in features),
                  "padded_tokens": prepared.padded, "errors": sum(e is not None for e in errors),
                  "rows_at_max_length": 0 if self.task.windowed else truncated,
+                 "error_rate": round(sum(e is not None for e in errors) / n, 4) if n else 0.0,
+                 **latency(prepared.batch_seconds),
                  "seconds": round(prepared.seconds + time.perf_counter() - began, 4)}
         return table, stats
+
+
+def latency(seconds: list[float]) -> dict[str, float | None]:
+    """p50 and p95 of the batches' latencies (nearest rank), for the manifest and the logs."""
+    if not seconds:
+        return {"batch_seconds_p50": None, "batch_seconds_p95": None}
+    ordered = sorted(seconds)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    return {"batch_seconds_p50": round(rank(0.5), 4), "batch_seconds_p95": round(rank(0.95), 4)}
 
 
 def annotation_rows(table: pa.Table, annotator: "Annotator") -> list[dict[str, Any]]:

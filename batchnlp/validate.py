@@ -1,0 +1,90 @@
+"""`batchnlp validate`: everything that can be known about a job without loading weights (and
+without importing torch or transformers, so it answers at once): the spec, the input files and
+their columns (or a saved dataset's splits), the model's files (config, tokenizer, a head for the
+task, its positions against max_length, a hub model in the cache), and the output (placement,
+column names, write permission)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from batchnlp.errors import ModelUnavailableError, OutputConflictError, SpecError
+from batchnlp.model import source
+from batchnlp.read import files
+from batchnlp.read.plan import check_columns
+from batchnlp.spec import JobSpec
+from batchnlp.tasks import task_class
+from batchnlp.write.parts import check_collisions
+
+#: Files that hold a tokenizer's vocabulary (one of them must be there).
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "source.spm",
+                    "sentencepiece.bpe.model")
+
+
+def validate(spec: JobSpec) -> str:
+    """A one-line summary of what the job will read; raises the first problem found."""
+    input_columns, where = _check_input(spec)
+    directory = source.check(spec.model)
+    if directory is not None and not spec.model.gguf_file:
+        _check_model_files(spec, directory)
+    _check_output(spec, input_columns)
+    cached = "" if directory is not None or not spec.model.id else " (not cached: run downloads it)"
+    return f"task {spec.task.name} on {where}, model {spec.model.source}{cached}, output {spec.output.path}"
+
+
+def _check_input(spec: JobSpec) -> tuple[list[str], str]:
+    task_columns = task_class(spec.task.name).extra_columns(spec.task.params)
+    if spec.input.path:
+        paths = files.discover(spec.input)
+        names: list[str] = []
+        for path in paths:
+            schema = files.schema(spec.input, path)
+            check_columns(spec.input, schema, str(path), task_columns)
+            names = names or schema.names
+        return names, f"{len(paths)} {spec.input.format or 'input'} file(s)"
+    directory = Path(spec.input.dataset)
+    if not directory.is_dir():
+        return [], f"hub dataset {spec.input.dataset} (columns checked when run)"
+    if (directory / "dataset_dict.json").is_file():
+        splits = json.loads((directory / "dataset_dict.json").read_text()).get("splits", [])
+        if spec.input.split not in splits:
+            raise SpecError("input.split", f"{directory} holds splits {', '.join(splits)}; name one")
+        directory = directory / spec.input.split
+    info = directory / "dataset_info.json"
+    names = list(json.loads(info.read_text()).get("features", {})) if info.is_file() else []
+    named = [spec.input.text_column, spec.input.text_pair_column, spec.input.id_column, *task_columns.values()]
+    for column in filter(None, named):
+        if names and column not in names:
+            raise SpecError("input.text_column", f'column "{column}" not found in {directory}; columns are: '
+                                                 f'{", ".join(names)}')
+    return names, f"dataset {spec.input.dataset}"
+
+
+def _check_model_files(spec: JobSpec, directory: Path) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    source.check_max_length(spec.runtime.max_length, config)
+    if not any((directory / name).is_file() for name in VOCABULARY_FILES) and not any(directory.glob("*.model")):
+        raise ModelUnavailableError(f"model: {directory} has no tokenizer files ({', '.join(VOCABULARY_FILES[:3])}, "
+                                    "...); copy them from the model's repository")
+    task_cls = task_class(spec.task.name)
+    architectures = config.get("architectures") or []
+    headless = architectures and not any("For" in a or a.endswith(("LMHeadModel", "MTModel")) for a in architectures)
+    if task_cls.needs_head(spec.task.params) and headless and not spec.model.allow_missing_weights:
+        raise ModelUnavailableError(
+            f"model: {directory} is a bare {architectures[0]} with no head for {spec.task.name}: its answers would "
+            "come from random weights; use a checkpoint trained for the task, or set model.allow_missing_weights: "
+            "true (speed benchmarks only)")
+
+
+def _check_output(spec: JobSpec, input_columns: list[str]) -> None:
+    prefix = spec.output.prefix
+    added = [prefix + name for name in [*task_class(spec.task.name).columns(spec.task.params), "error"]]
+    check_collisions([*input_columns, *added])
+    place = Path(spec.output.path)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+        raise OutputConflictError(f"output.path: {spec.output.path} cannot be written ({place} is not a writable "
+                                  "directory); fix its permissions or choose another output.path")

@@ -1,0 +1,66 @@
+"""The Python API, through `import batchnlp` alone: jobs from files and dicts, run, inspect,
+verify, and annotate in memory for each kind of data it takes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+import batchnlp
+
+from helpers import TEXTS
+
+
+def test_a_job_from_a_dict_runs_and_the_manifest_records_the_dict(tmp_path, classifier_dir, reviews_csv):
+    job = {"input": {"path": "reviews.csv", "text_column": "text", "id_column": "id"},
+           "task": {"name": "text-classification"}, "model": {"path": str(classifier_dir)},
+           "runtime": {"dtype": "float32"}, "output": {"path": "out", "rows_per_shard": 5}}
+    result = batchnlp.run(batchnlp.load_job(job, base_dir=tmp_path))
+    assert (result.status, result.rows_written, result.shards_written) == ("complete", len(TEXTS), 3)
+    manifest = batchnlp.inspect(tmp_path / "out")
+    assert manifest["job"]["text"].startswith("input:\n  path: reviews.csv")  # the dict as given
+    assert manifest["job"]["resolved"]["input"]["path"] == str(reviews_csv)
+    assert batchnlp.verify(tmp_path / "out") == []
+    (tmp_path / "out" / "part-00000-00001.parquet").unlink()
+    assert batchnlp.verify(tmp_path / "out") == [f"{tmp_path / 'out' / 'part-00000-00001.parquet'}: listed in the "
+                                                 "manifest but missing (rerun the job to annotate it again)"]
+
+
+def test_user_errors_are_batchnlp_errors(tmp_path):
+    with pytest.raises(batchnlp.UserError, match="input.text_column: required"):
+        batchnlp.load_job({"input": {"path": "x.csv"}, "task": {"name": "sentiment"}, "model": {"path": "m"},
+                           "output": {"path": "o"}}, base_dir=tmp_path)
+    with pytest.raises(batchnlp.UserError, match="is not a model directory"):
+        batchnlp.annotate(["x"], task="sentiment", model=str(tmp_path / "nowhere"))
+
+
+def expected_labels(classifier_dir, texts):
+    from transformers import pipeline
+
+    return [o["label"] for o in pipeline("text-classification", model=str(classifier_dir), device="cpu")(texts)]
+
+
+def test_annotate_a_list_of_texts(classifier_dir):
+    texts = TEXTS[:5] + [""]
+    rows = batchnlp.annotate(texts, task="text-classification", model=classifier_dir, top_k="all",
+                             runtime={"dtype": "float32"})
+    assert len(rows) == 6 and set(rows[0]) == {"label", "score", "scores", "error"}
+    assert [r["label"] for r in rows[:5]] == expected_labels(classifier_dir, texts[:5])
+    assert rows[5] == {"label": None, "score": None, "scores": None, "error": "empty text"}
+
+
+def test_annotate_a_dataframe_a_table_and_a_dataset(classifier_dir):
+    import datasets
+    import pandas as pd
+
+    frame = pd.DataFrame({"id": range(4), "review": TEXTS[:4]})
+    labels = expected_labels(classifier_dir, TEXTS[:4])
+    kwargs = {"task": "sentiment", "model": classifier_dir, "text_column": "review", "runtime": {"dtype": "float32"}}
+    out = batchnlp.annotate(frame, **kwargs)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["id", "review", "label", "score", "error"]
+    assert out["label"].tolist() == labels and out["id"].tolist() == [0, 1, 2, 3]
+    table = batchnlp.annotate(pa.Table.from_pandas(frame), **kwargs)
+    assert isinstance(table, pa.Table) and table.column("label").to_pylist() == labels
+    dataset = datasets.Dataset.from_pandas(frame).select([3, 2, 1, 0])  # an indices mapping on top
+    annotated = batchnlp.annotate(dataset, **kwargs)
+    assert isinstance(annotated, datasets.Dataset) and annotated["label"] == labels[::-1]
