@@ -46,16 +46,7 @@ output: {{path: ../annotated, rows_per_shard: 2}}
 
 @pytest.fixture
 def seen(monkeypatch):
-    """Every text the model is asked to annotate."""
-    texts: list[str] = []
-    real = Annotator.prepare
-
-    def prepare(self, rows):
-        texts.extend(rows.column("text").to_pylist())
-        return real(self, rows)
-
-    monkeypatch.setattr(Annotator, "prepare", prepare)
-    return texts
+    return _watch(monkeypatch)
 
 
 def parts(out):
@@ -129,6 +120,7 @@ def test_three_nights_a_changed_file_and_a_lost_part(nightly, seen, tmp_path, mo
 
 
 def _watch(monkeypatch):
+    """Every text the model is asked to annotate, from now on."""
     texts: list[str] = []
     real = Annotator.prepare
 

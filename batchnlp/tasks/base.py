@@ -88,15 +88,18 @@ class Task:
     def check_input(cls, params: Any, input_spec: Any) -> None:
         """Spec checks that involve both the task and the input section (raise SpecError)."""
 
+    #: The annotation columns of a task whose columns depend on nothing (else override the two below).
+    fixed_columns: ClassVar[dict[str, pa.DataType]] = {}
+
     @classmethod
     def columns(cls, params: Any) -> list[str]:
         """The names of the annotation columns, from the parameters alone (`validate` checks them
         against the input's columns without loading the model)."""
-        raise NotImplementedError
+        return list(cls.fixed_columns)
 
     def column_types(self) -> dict[str, pa.DataType]:
         """The type of each annotation column (may depend on the model, e.g. the embedding size)."""
-        raise NotImplementedError
+        return self.fixed_columns
 
     def fields(self) -> list[pa.Field]:
         """The annotation columns this task adds, typed, before anything runs."""

@@ -36,6 +36,7 @@ class FillMask(Task):
                    "(AutoModelForMaskedLM).")
     Params = Params
     model_class = "AutoModelForMaskedLM"
+    fixed_columns = {"predictions": pa.list_(PREDICTION)}
 
     def setup(self) -> None:
         super().setup()
@@ -53,12 +54,6 @@ class FillMask(Task):
             raise SpecError("task.targets", f"{target!r} has no token in this model's vocabulary")
         return ids[0]
 
-    @classmethod
-    def columns(cls, params: Params) -> list[str]:
-        return ["predictions"]
-
-    def column_types(self) -> dict[str, pa.DataType]:
-        return {"predictions": pa.list_(PREDICTION)}
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["predictions"][0]["token"]  # the top prediction

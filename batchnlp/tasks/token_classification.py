@@ -43,6 +43,7 @@ class TokenClassification(Task):
     description = "Named entities (or any token labels) with character offsets (AutoModelForTokenClassification)."
     Params = Params
     model_class = "AutoModelForTokenClassification"
+    fixed_columns = {"entities": pa.list_(ENTITY)}
     windowed = True
 
     def setup(self) -> None:
@@ -55,12 +56,6 @@ class TokenClassification(Task):
         model = getattr(self.tokenizer, "_tokenizer", None)
         self.word_aware = bool(model is not None and getattr(model.model, "continuing_subword_prefix", None))
 
-    @classmethod
-    def columns(cls, params: Params) -> list[str]:
-        return ["entities"]
-
-    def column_types(self) -> dict[str, pa.DataType]:
-        return {"entities": pa.list_(ENTITY)}
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]]

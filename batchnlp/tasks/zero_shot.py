@@ -55,6 +55,7 @@ class ZeroShot(Task):
     name = "zero-shot-classification"
     description = "Rank labels given at run time (NLI entailment, or embedding similarity)."
     Params = Params
+    fixed_columns = {"labels": pa.list_(pa.string()), "scores": pa.list_(pa.float32())}
 
     def setup(self) -> None:
         super().setup()
@@ -83,12 +84,6 @@ class ZeroShot(Task):
     def needs_head(cls, params: Params) -> bool:
         return params.method == "nli"
 
-    @classmethod
-    def columns(cls, params: Params) -> list[str]:
-        return ["labels", "scores"]
-
-    def column_types(self) -> dict[str, pa.DataType]:
-        return {"labels": pa.list_(pa.string()), "scores": pa.list_(pa.float32())}
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["labels"][0]  # the top label
