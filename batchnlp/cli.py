@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from batchnlp import __version__
-from batchnlp.errors import UserError
+from batchnlp.errors import RunFailed, UserError
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,6 +29,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except RunFailed as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
 
     return wrapper
 

@@ -28,3 +28,8 @@ class ModelUnavailableError(UserError):
 
 class OutputConflictError(UserError):
     """The output directory holds another job's output, or is locked by a running job."""
+
+
+class RunFailed(BatchNLPError):
+    """The run failed in a worker (a Ray actor): not the user's to fix, but reported in one line
+    naming the original exception (exit status 1), the committed parts kept."""

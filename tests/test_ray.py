@@ -81,3 +81,16 @@ def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, classifier_di
                     runtime={"device": "cuda"})
     with pytest.raises(SpecError, match="runtime.device: cuda asked for, but the Ray cluster has no GPUs"):
         run(load_spec(job), quiet=True, engine="ray")
+
+
+def test_a_failed_actor_is_one_line_on_the_command_line(tmp_path, classifier_dir, reviews_csv, monkeypatch):
+    from helpers import invoke
+
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    monkeypatch.setenv("BATCHNLP_TEST_FAIL_SHARD", "0-1")
+    result = invoke("run", job, "--engine", "ray", "-q")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if not line.startswith("[")]  # Ray's C++ lines aside
+    assert errors == ["error: the Ray job failed and was stopped: RuntimeError: injected failure on shard (0, 1); "
+                      "the parts written so far are kept, and rerunning the job resumes after them"]

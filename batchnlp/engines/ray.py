@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from batchnlp.engines.context import RunContext
-from batchnlp.errors import BatchNLPError, SpecError, UserError
+from batchnlp.errors import BatchNLPError, RunFailed, SpecError, UserError
 from batchnlp.model.source import ResolvedModel
 from batchnlp.engines.progress import Progress
 from batchnlp.read.plan import Plan, ShardKey, part_name, read_shard
@@ -116,8 +116,8 @@ def _clear(error: Exception) -> BatchNLPError:
     raised = [line for line in re.findall(r"^\s*(?:\w+\.)*\w*(?:Error|Exception): .+$", text, re.M)
               if not line.strip().startswith("ray.") and "UserCodeException" not in line]
     what = raised[-1].strip() if raised else f"{type(chain[-1]).__name__}: {chain[-1]}"
-    return BatchNLPError(f"the Ray job failed and was stopped: {what}; the parts written so far are kept, and "
-                         "rerunning the job resumes after them")
+    return RunFailed(f"the Ray job failed and was stopped: {what}; the parts written so far are kept, and "
+                     "rerunning the job resumes after them")
 
 
 def _init(address: str | None, quiet: bool) -> Any:
@@ -131,6 +131,12 @@ def _init(address: str | None, quiet: bool) -> Any:
         import ray.data  # noqa: F401
     except ImportError:
         raise UserError("runtime.engine: ray needs the ray extra: pip install -e '.[ray]'") from None
+    if quiet:
+        import logging
+
+        # An actor's failure is reported by batchnlp in one line; Ray Data's own ERROR lines and
+        # abbreviated tracebacks would repeat it.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return ray
     if address:
@@ -145,10 +151,6 @@ def _init(address: str | None, quiet: bool) -> Any:
                  logging_level="ERROR", log_to_driver=not quiet)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not quiet
-    if quiet:
-        import logging
-
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ray
 
 
