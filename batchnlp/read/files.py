@@ -68,8 +68,8 @@ def discover(spec: InputSpec) -> list[Path]:
         files = [Path(p) for p in sorted(glob.glob(raw, recursive=True)) if Path(p).is_file()]
         files = [p for p in files if not p.name.startswith((".", "_"))]
     else:
-        raise InputError(f"input.path: {raw} does not exist (paths are relative to the working directory "
-                         f"{Path.cwd()})")
+        raise InputError(f"input.path: {raw} does not exist (relative paths in a job file are relative to "
+                         "the job file's folder)")
     if not files:
         raise InputError(f"input.path: no {spec.format or 'input'} files found at {raw}")
     formats = {spec.format or _format_of(p) for p in files}
