@@ -242,7 +242,8 @@ def inspect(output_dir: str, as_json: bool) -> None:
     from batchnlp.write.lock import is_locked
 
     directory = Path(output_dir)
-    data = load(directory).data
+    manifest = load(directory)
+    data, missing = manifest.data, manifest.missing_parts()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -262,7 +263,10 @@ def inspect(output_dir: str, as_json: bool) -> None:
         + (f", {sum(1 for u in data['units'] if u.get('removed'))} removed with their parts kept"
            if any(u.get("removed") for u in data["units"]) else ""),
         f"rows:     {totals.get('rows', 0)} of {planned.get('rows')}",
-        f"parts:    {totals.get('shards', 0)} of {planned.get('shards')}",
+        f"parts:    {totals.get('shards', 0)} of {planned.get('shards')}"
+        + (f"; {len(missing)} missing or altered on disk ({missing[0]}{', ...' if len(missing) > 1 else ''}): "
+           "run the job to redo them"
+           if missing else ""),
         f"errors:   {totals.get('errors', 0)} rows with an error",
         f"speed:    {totals.get('rows_per_second')} rows/s, {totals.get('tokens_per_second')} tokens/s, "
         f"padding efficiency {totals.get('padding_efficiency')}",

@@ -112,6 +112,8 @@ def test_three_nights_a_changed_file_and_a_lost_part(nightly, seen, tmp_path, mo
     (out / "part-00000-00001.parquet").unlink()
     result = invoke("verify", out)
     assert result.exit_code == 2 and "part-00000-00001.parquet: listed in the manifest but missing" in result.output
+    assert ("parts:    6 of 6; 1 missing or altered on disk (part-00000-00001.parquet): run the job to redo them"
+            in invoke("inspect", out).output)
     seen.clear()
     result = invoke("run", nightly, "-q")
     assert result.exit_code == 0 and "wrote 2 rows in 1 parts" in result.output
