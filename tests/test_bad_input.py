@@ -190,7 +190,9 @@ def test_dataloader_workers_do_not_keep_a_killed_runs_lock(tmp_path, reviews_csv
                   output={"path": str(tmp_path / "out"), "rows_per_shard": 4})
     env = {**os.environ, "BATCHNLP_TEST_CRASH": "shard-recorded:0"}
     command = [sys.executable, "-m", "batchnlp", "run", str(job), "-q"]
-    assert subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == -9
+    # No pipes to the killed run: its orphaned workers would hold them open until they exit.
+    killed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert killed.returncode == -9
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # at once: no waiting for workers
     assert again.returncode == 0, again.stderr
 
