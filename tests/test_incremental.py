@@ -235,3 +235,28 @@ def test_a_signal_stops_the_run_cleanly_and_it_resumes(nightly, tmp_path, signam
     resumed = cli("run", nightly, "-q")
     assert resumed.returncode == 0 and "resumed after" in resumed.stdout
     assert read_output(tmp_path / "annotated").column("text").to_pylist() == TEXTS["a.csv"] + TEXTS["b.csv"]
+
+
+def test_a_saved_dataset_is_known_by_its_fingerprint(tmp_path, classifier_dir):
+    import datasets
+
+    def save(texts):
+        datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+
+    save(TEXTS["a.csv"])
+    job = write_job_file(tmp_path, {"dataset": str(tmp_path / "ds"), "text_column": "text"}, classifier_dir)
+    assert invoke("run", job, "-q").exit_code == 0
+    result = invoke("run", job, "-q")
+    assert result.exit_code == 0 and "nothing to do" in result.output
+    save(TEXTS["b.csv"])
+    one_line = invoke("run", job, "-q")
+    assert one_line.exit_code == 2 and "changed since it was annotated" in one_line.output
+    assert invoke("run", job, "-q", "--reprocess-changed").exit_code == 0
+    assert read_output(tmp_path / "out").column("text").to_pylist() == TEXTS["b.csv"]
+
+
+def write_job_file(tmp_path, input_section, model_dir):
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({"input": input_section, "task": {"name": "sentiment"}, "model": {"path": str(model_dir)},
+                               "runtime": {"dtype": "float32"}, "output": {"path": str(tmp_path / "out")}}))
+    return job

@@ -121,7 +121,8 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
         if unit is None:
             unit, next_key = _counted(source, spec, entry, None, next_key, task_columns), next_key + 1
             changes["new"].append(entry.name)
-        elif (entry.size, entry.mtime_ns) != (unit.size, unit.mtime_ns) or entry.name in recheck:
+        elif (entry.size, entry.mtime_ns) != (unit.size, unit.mtime_ns) or entry.name in recheck \
+                or entry.mtime_ns is None:  # a dataset: no file time to trust, its fingerprint is cheap
             unit = _rehashed(source, spec, entry, unit, task_columns, changes)
         units.append(unit)
         rows += unit.rows or 0
