@@ -55,6 +55,16 @@ def test_quoted_newlines_and_doubled_quotes_still_read(tmp_path, classifier_dir)
     assert read_output(tmp_path / "out").column("text").to_pylist() == ["two\nlines", 'say "hi"', '5" screen']
 
 
+def test_a_record_spanning_many_lines_is_reported(tmp_path, classifier_dir):
+    """A quote that closes far too late is legal CSV: the run goes on, and the log says where."""
+    lines = ["id,text", '1,"opens here'] + [f"{i},row {i}" for i in range(2, 62)] + ['62,closes here"', "63,last"]
+    (tmp_path / "late.csv").write_text("\n".join(lines) + "\n")
+    result = invoke("run", job_for(tmp_path, classifier_dir, tmp_path / "late.csv"), "-q")
+    assert result.exit_code == 0
+    assert "late.csv: line 2: one record spans 62 lines" in result.output
+    assert read_output(tmp_path / "out").num_rows == 2
+
+
 @pytest.fixture
 def no_tokenizer(tmp_path, classifier_dir):
     directory = tmp_path / "no-tokenizer"

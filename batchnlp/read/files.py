@@ -17,10 +17,13 @@ import pyarrow.json as pajson
 
 from batchnlp import checksums
 from batchnlp.errors import InputError
+from batchnlp.log import event
 from batchnlp.read.source import Entry, Unit
 from batchnlp.spec import InputSpec
 
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
+# A CSV record spanning this many lines is legal but suspect (a misplaced quote that closes late).
+LONG_RECORD_LINES = 50
 # Rows pyarrow reads at a time: small enough to bound memory, big enough to be fast.
 BATCH_ROWS = 8192
 
@@ -140,11 +143,16 @@ def check_quotes(spec: InputSpec, path: Path) -> None:
     quotes stay fine. Deliberately not pyarrow: it accepts end-of-file inside quotes."""
     import csv
 
-    start = 1
+    start, said = 1, 0
     with open(path, newline="", encoding=spec.encoding, errors="replace") as f:
         reader = csv.reader(f, strict=True)
         try:
             for _ in reader:
+                if reader.line_num - start >= LONG_RECORD_LINES and said < 3:  # quoted newlines, many
+                    said += 1
+                    event("input", f"{path}: line {start}: one record spans {reader.line_num - start + 1} lines "
+                                   "(a quoted field with many line breaks); check that its quotes are where you "
+                                   "expect", level=30, file=str(path), line=start)
                 start = reader.line_num + 1
         except csv.Error as e:
             raise InputError(f"{path}: line {start}: a quoted field opens there and never closes ({e}), so every "
