@@ -11,6 +11,7 @@ devices nor changes precision.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -50,6 +51,7 @@ def make_pipeline(name: str, model: Any, tokenizer: Any) -> Any:
 class Task:
     name: ClassVar[str]
     description: ClassVar[str]
+    #: The module's `Params` dataclass (set by __init_subclass__).
     Params: ClassVar[type]
     #: The transformers Auto class the model is loaded with.
     model_class: ClassVar[str]
@@ -62,6 +64,14 @@ class Task:
     #: The share of rows that must give the same answer as float32 for a faster precision to be
     #: kept (the runner's probe) and to pass `batchnlp bench --check-agreement`.
     agreement_threshold: ClassVar[float] = 0.995
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A task's parameters are the `Params` dataclass of its own module (the convention every
+        task module follows), so the class need not name it again."""
+        super().__init_subclass__(**kwargs)
+        params = getattr(sys.modules[cls.__module__], "Params", None)
+        if "Params" not in cls.__dict__ and params is not None:
+            cls.Params = params
 
     def __init__(self, params: Any, model_config: Any, tokenizer: Any, max_length: int):
         self.params = params

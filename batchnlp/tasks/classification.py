@@ -32,7 +32,6 @@ SCORE_ENTRY = pa.struct([("label", pa.string()), ("score", pa.float32())])
 class Classification(Task):
     name = "text-classification"
     description = "One label per text (sentiment, topic, ...), with AutoModelForSequenceClassification."
-    Params = Params
     model_class = "AutoModelForSequenceClassification"
 
     def setup(self) -> None:

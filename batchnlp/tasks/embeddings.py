@@ -23,7 +23,6 @@ class Params:
 class Embeddings(Task):
     name = "embeddings"
     description = "A fixed-size vector per text from an encoder's last hidden state (AutoModel)."
-    Params = Params
     model_class = "AutoModel"
     agreement_threshold = 0.99  # mean cosine similarity to float32, not a share of rows
 

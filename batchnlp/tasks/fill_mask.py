@@ -34,7 +34,6 @@ class FillMask(Task):
     name = "fill-mask"
     description = ("Predict the masked token; texts use the model's mask token or a model-neutral {mask} "
                    "(AutoModelForMaskedLM).")
-    Params = Params
     model_class = "AutoModelForMaskedLM"
     fixed_columns = {"predictions": pa.list_(PREDICTION)}
 

@@ -51,7 +51,6 @@ class QuestionAnswering(Task):
     name = "question-answering"
     description = ("Extractive QA: question in input.text_column, context in input.text_pair_column "
                    "(AutoModelForQuestionAnswering).")
-    Params = Params
     model_class = "AutoModelForQuestionAnswering"
     windowed = True
     #: The pipeline's window (its max_seq_len), unless the model's limit or runtime.max_length is lower.

@@ -16,7 +16,6 @@ class Params(decoding.DecodingParams):
 class Summarization(Seq2Seq):
     name = "summarization"
     description = "Summarise each text (AutoModelForSeq2SeqLM); output summary_text."
-    Params = Params
     output_column = "summary_text"
 
     def task_prefix(self) -> str:

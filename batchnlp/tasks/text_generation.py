@@ -47,7 +47,6 @@ class Params(decoding.DecodingParams):
 class TextGeneration(decoding.Generative):
     name = "text-generation"
     description = "Continue each text, or answer it as a chat prompt (AutoModelForCausalLM)."
-    Params = Params
     model_class = "AutoModelForCausalLM"
     padding_side = "left"
 

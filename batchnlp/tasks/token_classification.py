@@ -41,7 +41,6 @@ class Params:
 class TokenClassification(Task):
     name = "token-classification"
     description = "Named entities (or any token labels) with character offsets (AutoModelForTokenClassification)."
-    Params = Params
     model_class = "AutoModelForTokenClassification"
     fixed_columns = {"entities": pa.list_(ENTITY)}
     windowed = True

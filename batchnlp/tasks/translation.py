@@ -33,7 +33,6 @@ class Params(decoding.DecodingParams):
 class Translation(Seq2Seq):
     name = "translation"
     description = "Translate each text (AutoModelForSeq2SeqLM); output translation_text."
-    Params = Params
     output_column = "translation_text"
 
     def task_prefix(self) -> str:

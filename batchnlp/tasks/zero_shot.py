@@ -54,7 +54,6 @@ class Params:
 class ZeroShot(Task):
     name = "zero-shot-classification"
     description = "Rank labels given at run time (NLI entailment, or embedding similarity)."
-    Params = Params
     fixed_columns = {"labels": pa.list_(pa.string()), "scores": pa.list_(pa.float32())}
 
     def setup(self) -> None:
