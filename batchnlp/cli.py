@@ -203,7 +203,8 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
     if target.exists() and any(target.iterdir()):
         raise UserError(f"--to: {target} is not empty; give a new or empty directory")
     original = load(original_dir)
-    kept = [u for u in original.units() if not _removed(original, u.name)]
+    removed = {u["name"] for u in original.kept_removed()}
+    kept = [u for u in original.units() if u.name not in removed]
     spec = parse(recorded_job(original, target))
     with interruptible(target):
         run_job(spec, limit=original.data["planned"].get("limit"), quiet=quiet, unit_order=kept,
@@ -214,10 +215,6 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
     click.echo(f"rerun into {target}: {len(same)} of {len(original.data['shards'])} parts byte-identical")
     if problems:
         sys.exit(2)
-
-
-def _removed(manifest: Any, name: str) -> bool:
-    return any(u["name"] == name and u.get("removed") for u in manifest.data["units"])
 
 
 @main.command()
@@ -260,8 +257,7 @@ def inspect(output_dir: str, as_json: bool) -> None:
         f"task:     {data['job']['resolved']['task']['name']}",
         f"model:    {model_name} {pinned} ({model.get('architecture')})",
         f"inputs:   {len(data['units'])} file(s)"
-        + (f", {sum(1 for u in data['units'] if u.get('removed'))} removed with their parts kept"
-           if any(u.get("removed") for u in data["units"]) else ""),
+        + (f", {len(manifest.kept_removed())} removed with their parts kept" if manifest.kept_removed() else ""),
         f"rows:     {totals.get('rows', 0)} of {planned.get('rows')}",
         f"parts:    {totals.get('shards', 0)} of {planned.get('shards')}"
         + (f"; {len(missing)} missing or altered on disk ({missing[0]}{', ...' if len(missing) > 1 else ''}): "

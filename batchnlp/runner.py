@@ -96,7 +96,7 @@ def _locked_run(spec: JobSpec, out: Path, overwrite: bool, limit: int | None, qu
                 progress_interval: float) -> RunResult:
     manifest = _existing(out, overwrite)
     previous = manifest.units() if manifest else list(unit_order)
-    recheck = {u.name for u in previous if manifest is None or not manifest.unit_complete(u)}
+    recheck = {u.name for u in previous} - (manifest.complete_units() if manifest else set())
     plan = plan_job(spec, limit, previous, recheck)
     resolved = source.resolve(spec.model)
     job_fingerprint = fingerprint(spec, resolved.identity)
@@ -130,7 +130,7 @@ def plan_job(spec: JobSpec, limit: int | None = None, previous: Sequence[Unit] =
 def _apply_policy(manifest: Manifest, plan: Plan, policy: Policy) -> None:
     """Refuse, or handle as asked, the files that changed or went away since they were annotated.
     Parts are deleted only after the manifest that no longer lists them is saved."""
-    kept = {u["name"] for u in manifest.data["units"] if u.get("removed")}
+    kept = {u["name"] for u in manifest.kept_removed()}
     changed = plan.changes["changed"]
     removed = [name for name in plan.changes["removed"] if name not in kept or policy.removed == "drop"]
     if changed and not policy.reprocess_changed:
@@ -173,7 +173,7 @@ def _nothing_to_do(manifest: Manifest, plan: Plan, limit: int | None) -> RunResu
 
 def _record_plan(manifest: Manifest, plan: Plan, limit: int | None) -> None:
     manifest.set_units(plan.read_units)
-    kept_rows = sum(u["rows"] or 0 for u in manifest.data["units"] if u.get("removed"))
+    kept_rows = sum(u["rows"] or 0 for u in manifest.kept_removed())
     manifest.data["planned"] = {"rows": None if plan.total_rows is None else plan.total_rows + kept_rows,
                                 "shards": plan.shard_count, "limit": limit}
 

@@ -86,9 +86,12 @@ class Plan:
             return None
         return [(u.key, j) for u in self.units for j in range(self.shards_in(u))]
 
-    def shard_rows(self, key: ShardKey) -> int:
-        unit = next(u for u in self.units if u.key == key[0])
-        return min(self.rows_per_shard, unit.rows - key[1] * self.rows_per_shard)
+    def shard_rows(self) -> dict[ShardKey, int] | None:
+        """Each planned shard's row count (None when a streamed input's length is unknown)."""
+        if any(u.rows is None for u in self.units):
+            return None
+        return {(u.key, j): min(self.rows_per_shard, u.rows - j * self.rows_per_shard)
+                for u in self.units for j in range(self.shards_in(u))}
 
 
 def open_source(spec: InputSpec) -> InputSource:

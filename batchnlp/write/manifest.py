@@ -79,9 +79,16 @@ class Manifest:
         return [Unit(u["name"], u["rows"], u["size"], u["mtime_ns"], u["content_hash"], u["key"])
                 for u in self.data["units"]]
 
-    def unit_complete(self, unit: Unit) -> bool:
-        """Whether every row of the unit, as the manifest knows it, is in a recorded part."""
-        return sum(s["rows"] for s in self.data["shards"] if s["unit"] == unit.key) == unit.rows
+    def complete_units(self) -> set[str]:
+        """The names of the units whose every row, as the manifest knows them, is in a recorded part."""
+        annotated: dict[int, int] = {}
+        for s in self.data["shards"]:
+            annotated[s["unit"]] = annotated.get(s["unit"], 0) + s["rows"]
+        return {u["name"] for u in self.data["units"] if annotated.get(u["key"], 0) == u["rows"]}
+
+    def kept_removed(self) -> list[dict[str, Any]]:
+        """The units whose file was removed and whose parts were kept (--keep-removed)."""
+        return [u for u in self.data["units"] if u.get("removed")]
 
     def set_units(self, units: list[Unit]) -> None:
         """Record the units as read (new ones added, known ones updated: size, time, hash, rows;
@@ -115,13 +122,11 @@ class Manifest:
     def done_shards(self, plan: Plan) -> set[ShardKey]:
         """The plan's shards that a recorded part holds whole: the part is on disk with its recorded
         size and as many rows as the plan gives the shard (a --limit run's cut shard is not done)."""
-        planned = plan.shard_keys()
+        planned = plan.shard_rows()  # a dict: one lookup per recorded part
         done = set()
         for s in self.data["shards"]:
             key = (s["unit"], s["shard"])
-            if planned is not None and key not in planned:
-                continue
-            if planned is not None and s["rows"] != plan.shard_rows(key):
+            if planned is not None and planned.get(key) != s["rows"]:
                 continue
             path = self.directory / s["part"]
             if path.is_file() and path.stat().st_size == s["bytes"]:
