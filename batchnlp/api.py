@@ -55,14 +55,14 @@ def inspect(output: str | Path) -> dict[str, Any]:
     """The output's manifest (status, job, model, units, runs, parts, totals) as a dict."""
     from batchnlp.verification import load
 
-    return load(Path(output)).data
+    return load(str(output)).data
 
 
 def verify(output: str | Path, *, check_inputs: bool = True) -> list[str]:
     """The problems `batchnlp verify` would report (an empty list: the output is sound)."""
     from batchnlp.verification import verify as check
 
-    return check(Path(output), check_inputs).problems
+    return check(str(output), check_inputs).problems
 
 
 def annotate(data: Any, *, task: str | Mapping[str, Any], model: str | Path | Mapping[str, Any],

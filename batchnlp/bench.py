@@ -30,6 +30,7 @@ from batchnlp.runner import plan_job
 from batchnlp.session import Session, describe_job, open_session
 from batchnlp.spec import JobSpec
 from batchnlp.tasks.base import Baseline
+from batchnlp.write.folder import Folder
 from batchnlp.write.manifest import Manifest
 
 # Dense fp16/bf16 tensor-core peaks from the data sheets, by a name fragment of the device.
@@ -177,13 +178,13 @@ def _run_ours(annotator: Annotator) -> tuple[float, list[dict[str, Any]], dict[s
     import pyarrow.dataset as ds
 
     with tempfile.TemporaryDirectory(prefix="batchnlp-bench-") as tmp:
-        out = Path(tmp)
+        out = Folder(tmp)
         manifest = Manifest.new(out, fingerprint={})
         manifest.start_run({})
         began = time.perf_counter()
         run_shards(RunContext(annotator.job, manifest, out, quiet=True), annotator)
         seconds = time.perf_counter() - began
-        table = ds.dataset(str(out), format="parquet").to_table()
+        table = ds.dataset(tmp, format="parquet").to_table()
         return seconds, annotation_rows(table, annotator), manifest.data["totals"]
 
 

@@ -110,7 +110,7 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
     from batchnlp.spec import load_spec
 
     spec = load_spec(job)
-    with interruptible(Path(spec.output.path)):
+    with interruptible(spec.output.path):
         result = run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
                          policy=Policy(reprocess_changed, removed or "refuse"), progress_interval=progress_interval)
     _report(result)
@@ -127,11 +127,11 @@ def _report(result: Any) -> None:
         return
     resumed = f", resumed after {result.resumed_from} committed parts" if result.resumed_from else ""
     click.echo(f"{result.output}: wrote {result.rows_written} rows in {result.shards_written} parts{resumed}{noted}; "
-               f"manifest: {result.output / MANIFEST_NAME}")
+               f"manifest: {result.output}/{MANIFEST_NAME}")
 
 
 @contextlib.contextmanager
-def interruptible(output: Path) -> Iterator[None]:
+def interruptible(output: str | Path) -> Iterator[None]:
     """SIGTERM (what schedulers send on a timeout) and SIGINT both stop the run the same way: the
     commit in flight finishes, the manifest says `interrupted`, one line says how to resume, and
     the exit status is 128 + the signal (143, 130), never 1."""
@@ -172,7 +172,7 @@ def verify(output_dir: str, skip_inputs: bool) -> None:
     beside them, the inputs unchanged, the run complete. Exit 0, or 2 with one line per problem."""
     from batchnlp.verification import verify as check
 
-    verdict = check(Path(output_dir), check_inputs=not skip_inputs)
+    verdict = check(output_dir, check_inputs=not skip_inputs)
     for note in verdict.notes:
         click.echo(f"note: {note}")
     for problem in verdict.problems:
@@ -197,10 +197,12 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
     _setup_logging(quiet, log_level, log_file, log_format)
     from batchnlp.runner import run as run_job
     from batchnlp.spec import parse
+    from batchnlp.storage import is_url
     from batchnlp.verification import compare_parts, load, recorded_job
+    from batchnlp.write.folder import Folder
 
-    original_dir, target = Path(output_dir).absolute(), Path(to_dir).absolute()
-    if target.exists() and any(target.iterdir()):
+    original_dir, target = (p if is_url(p) else str(Path(p).absolute()) for p in (output_dir, to_dir))
+    if Folder(target).files():
         raise UserError(f"--to: {target} is not empty; give a new or empty directory")
     original = load(original_dir)
     removed = {u["name"] for u in original.kept_removed()}
@@ -236,16 +238,15 @@ def validate(job: str) -> None:
 def inspect(output_dir: str, as_json: bool) -> None:
     """Summarise an output directory from its manifest."""
     from batchnlp.verification import load
-    from batchnlp.write.lock import is_locked
 
-    directory = Path(output_dir)
-    manifest = load(directory)
+    manifest = load(output_dir)
+    directory = manifest.folder
     data, missing = manifest.data, manifest.missing_parts()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     status = data["status"]
-    if status == "running" and not is_locked(directory):
+    if status == "running" and not directory.is_locked():
         status = "interrupted (rerun the job to resume)"
     totals, planned, model = data["totals"], data["planned"], data["model"]
     model_name = model.get("id") or model.get("package") or model.get("path")

@@ -22,8 +22,9 @@ from batchnlp.read.source import Unit
 from batchnlp.session import RunResult, describe_job, new_manifest
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
-from batchnlp.write.lock import LOCK_NAME, OutputLock
-from batchnlp.write.manifest import MANIFEST_NAME, Manifest
+from batchnlp.write.folder import Folder
+from batchnlp.write.lock import LOCK_NAME
+from batchnlp.write.manifest import LEGACY_MANIFEST_NAME, MANIFEST_NAME, Manifest
 
 __all__ = ["Policy", "RunResult", "clear", "fingerprint", "plan_job", "run"]
 
@@ -63,23 +64,25 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
         engine: str | None = None, address: str | None = None, policy: Policy = Policy(),
         unit_order: Sequence[Unit] = (), progress_interval: float = 30.0) -> RunResult:
     """Run (or continue) a job. `unit_order`: units to number as given (a rerun of a recorded output)."""
-    out = Path(spec.output.path)
-    created = not out.exists()
+    out = Folder(spec.output.path, spec.output.storage_options)
+    created = False
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with OutputLock(out):
+        created = out.create()
+        with out.lock():
             return _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
                                progress_interval)
     except OSError as e:
         raise _output_error(out, e) from None
     finally:
-        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
-            (out / LOCK_NAME).unlink(missing_ok=True)  # a run that failed before writing leaves no trace
-            out.rmdir()
+        if created:
+            out.remove_if_empty({LOCK_NAME})  # a run that failed before writing leaves no trace
 
 
-def _output_error(out: Path, error: OSError) -> OSError | UserError:
+def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
     """Writing the output failed for a reason the user can fix: one line instead of a traceback."""
+    if not folder.local:
+        return error
+    out = folder.directory
     where = Path(error.filename) if error.filename else None
     if isinstance(error, PermissionError) and where is not None and (where == out or out in where.parents
                                                                      or where in out.parents):
@@ -91,7 +94,7 @@ def _output_error(out: Path, error: OSError) -> OSError | UserError:
     return error
 
 
-def _locked_run(spec: JobSpec, out: Path, overwrite: bool, limit: int | None, quiet: bool, engine: str | None,
+def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, quiet: bool, engine: str | None,
                 address: str | None, policy: Policy, unit_order: Sequence[Unit],
                 progress_interval: float) -> RunResult:
     manifest = _existing(out, overwrite)
@@ -150,7 +153,7 @@ def _apply_policy(manifest: Manifest, plan: Plan, policy: Policy) -> None:
     if doomed or removed:
         manifest.save()
     for part in doomed:
-        (manifest.directory / part).unlink(missing_ok=True)
+        manifest.folder.remove(part)
     for name in changed:
         event("input", f"{name} changed: its rows are annotated again", level=30, file=name)
 
@@ -168,7 +171,7 @@ def _nothing_to_do(manifest: Manifest, plan: Plan, limit: int | None) -> RunResu
         _record_plan(manifest, plan, limit)  # remember the new modification times: no rehash next time
         manifest.data["status"] = "complete"
         manifest.save()
-    return RunResult(manifest.directory, "complete", 0, 0, len(keys), len(done), plan.changes)
+    return RunResult(str(manifest.folder), "complete", 0, 0, len(keys), len(done), plan.changes)
 
 
 def _record_plan(manifest: Manifest, plan: Plan, limit: int | None) -> None:
@@ -186,13 +189,14 @@ def _it(names: list[str]) -> str:
     return "it was" if len(names) == 1 else "they were"
 
 
-def _existing(out: Path, overwrite: bool) -> Manifest | None:
+def _existing(out: Folder, overwrite: bool) -> Manifest | None:
     """The manifest to continue, or None to start afresh."""
     if overwrite:
         clear(out)
         return None
+    out.remove_temporary()
     manifest = Manifest.load(out)
-    if manifest is None and any(out.glob("part-*.parquet")):
+    if manifest is None and out.names():
         raise OutputConflictError(f"output.path: {out} holds Parquet parts but no {MANIFEST_NAME}; choose "
                                   "another output.path or pass --overwrite to replace them")
     return manifest
@@ -200,7 +204,7 @@ def _existing(out: Path, overwrite: bool) -> Manifest | None:
 
 def _refuse_another_job(manifest: Manifest, job_fingerprint: dict[str, Any]) -> None:
     """Two jobs never mix in one output."""
-    out = manifest.directory
+    out = manifest.folder
     changes = manifest.differences(job_fingerprint)
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
@@ -208,7 +212,8 @@ def _refuse_another_job(manifest: Manifest, job_fingerprint: dict[str, Any]) -> 
                                   "--overwrite to start over, or choose another output.path")
 
 
-def clear(out: Path) -> None:
+def clear(out: Folder) -> None:
     """Remove what batchnlp wrote (parts, manifest, temporary files), nothing else."""
-    for path in [*out.glob("part-*.parquet"), *out.glob(".*.tmp"), out / MANIFEST_NAME]:
-        path.unlink(missing_ok=True)
+    out.remove_temporary()
+    for name in [*out.names(), MANIFEST_NAME, LEGACY_MANIFEST_NAME]:
+        out.remove(name)

@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Container, Iterator
 
 import pyarrow as pa
@@ -24,7 +23,8 @@ from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
 from batchnlp.tasks.base import Task
 from batchnlp.write.manifest import Manifest, library_versions
-from batchnlp.write.parts import check_collisions, output_schema, write_atomic
+from batchnlp.write.folder import Folder
+from batchnlp.write.parts import check_collisions, output_schema
 
 if TYPE_CHECKING:
     from batchnlp.annotator import Annotator
@@ -34,7 +34,7 @@ PROBE_ROWS = 32
 
 @dataclass
 class RunResult:
-    output: Path
+    output: str  # the output's path or URL
     status: str
     rows_written: int  # by this run
     shards_written: int
@@ -139,12 +139,14 @@ def precision_probe(annotator: Annotator, done: Container[ShardKey] = ()) -> dic
             "threshold": task.agreement_threshold, "kept": agreement >= task.agreement_threshold}
 
 
-def new_manifest(job: Job, out: Path, job_fingerprint: dict[str, Any]) -> Manifest:
+def new_manifest(job: Job, out: Folder, job_fingerprint: dict[str, Any]) -> Manifest:
     spec, config = job.spec, job.config
     return Manifest.new(
         out,
-        job={"file": spec.source_file, "text": spec.source_text, "paths_as_written": spec.paths_as_written,
-             "resolved": spec.resolved()},
+        job={"file": spec.source_file, "paths_as_written": spec.paths_as_written, "resolved": spec.resolved(),
+             # The text as given, unless it holds storage_options (credentials stay out of the manifest).
+             **({"text": None, "text_withheld": "the job holds storage_options"} if spec.has_storage_options
+                else {"text": spec.source_text})},
         fingerprint=job_fingerprint,
         model={**job.model.identity, "class": job.task.model_class,
                "architecture": (config.architectures or [config.model_type])[0], "max_length": job.max_length},
@@ -154,10 +156,10 @@ def new_manifest(job: Job, out: Path, job_fingerprint: dict[str, Any]) -> Manife
     )
 
 
-def write_part(out: Path, shard: Shard, table: pa.Table, stats: dict[str, Any]) -> dict[str, Any]:
+def write_part(out: Folder, shard: Shard, table: pa.Table, stats: dict[str, Any]) -> dict[str, Any]:
     """Write a shard's part atomically; return its statistics as the manifest records them. The
     caller records it in the manifest only after this returns: the part is durable by then."""
-    size, digest = write_atomic(table, out / shard.part)
+    size, digest = out.write_table(shard.part, table)
     crash_point("part-written", shard.number)
     return {**stats, "unit": shard.unit.key, "shard": shard.number, "input": shard.unit.name, "start": shard.start,
             "bytes": size, "sha256": digest}

@@ -56,6 +56,10 @@ def _check(hint: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise SpecError(key, f"must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise SpecError(key, f"expected a table of named settings, got {kind_of(value)}")
+        return dict(value)
     if origin is list:
         if isinstance(value, str) or not isinstance(value, list):
             raise SpecError(key, f"expected a list, got {kind_of(value)}")

@@ -19,6 +19,7 @@ import yaml
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import build, doc, kind_of
+from batchnlp.storage import check_url, is_url
 from batchnlp.tasks import task_class
 
 INPUT_FORMATS = ("csv", "parquet", "jsonl")
@@ -29,16 +30,21 @@ _EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl":
 @dataclass(frozen=True)
 class InputSpec:
     text_column: str = doc("Column holding the text to annotate.")
-    path: str | None = doc("A file, a directory or a glob (relative to the job file's folder).", default=None)
+    path: str | None = doc("A file, a directory or a glob (relative to the job file's folder), or the same in "
+                           "object storage (s3://bucket/corpus/*.parquet, gs://, az://, hf://).", default=None)
     format: Literal["csv", "parquet", "jsonl"] | None = doc(
         "csv | parquet | jsonl; taken from the file extension when omitted.", default=None)
     text_pair_column: str | None = doc("Optional second text (sentence pairs, e.g. NLI).", default=None)
     id_column: str | None = doc("Optional column identifying each row (kept; uniqueness is not checked).",
                                 default=None)
     encoding: str = doc("Character encoding of CSV files.", default="utf-8")
-    dataset: str | None = doc("A Hugging Face dataset: a `save_to_disk` directory or a hub id.", default=None)
+    dataset: str | None = doc("A Hugging Face dataset: a `save_to_disk` directory (local or in a bucket) or a "
+                              "hub id.", default=None)
     revision: str | None = doc("Hub dataset revision (required for a hub dataset id).", default=None)
     split: str | None = doc("Dataset split (required for a hub dataset id).", default=None)
+    storage_options: dict[str, Any] | None = doc(
+        "For an input in object storage: fsspec options (endpoint_url, key, secret, profile, ...). Never written "
+        "to the manifest; credentials are better left to the environment (AWS_PROFILE, ...).", default=None)
 
 
 @dataclass(frozen=True)
@@ -83,10 +89,14 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    path: str = doc("Output directory: Parquet parts plus _manifest.json.")
+    path: str = doc("Output directory, or a prefix in object storage (s3://bucket/annotated/): Parquet parts "
+                    "plus .manifest.json.")
     rows_per_shard: int = doc("Input rows per output part; the unit of progress and resume.", default=5000)
     prefix: str = doc("Prefix for the annotation column names (avoids clashes with input columns).",
                       default="")
+    storage_options: dict[str, Any] | None = doc(
+        "For an output in object storage: fsspec options, as for input.storage_options (never recorded).",
+        default=None)
 
 
 @dataclass(frozen=True)
@@ -108,14 +118,25 @@ class JobSpec:
     paths_as_written: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """The spec with every default filled in, as plain data (for the manifest and fingerprints)."""
+        """The spec with every default filled in, as plain data (for the manifest and fingerprints).
+        Storage options are left out: they hold credentials, and may change between runs."""
         return {
-            "input": dataclasses.asdict(self.input),
+            "input": _without_storage_options(self.input),
             "task": {"name": self.task.name, **dataclasses.asdict(self.task.params)},
             "model": dataclasses.asdict(self.model),
             "runtime": dataclasses.asdict(self.runtime),
-            "output": dataclasses.asdict(self.output),
+            "output": _without_storage_options(self.output),
         }
+
+    @property
+    def has_storage_options(self) -> bool:
+        return bool(self.input.storage_options or self.output.storage_options)
+
+
+def _without_storage_options(section: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(section)
+    data.pop("storage_options")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,12 +214,14 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], di
     written = {}
     for section, key in PATH_KEYS:
         value = data[section].get(key) if isinstance(data.get(section), dict) else None
-        if not isinstance(value, str) or not value or Path(value).is_absolute():
+        if not isinstance(value, str) or not value:
             continue
-        if "://" in value:
-            # Until object storage is supported, a URL would become a local folder named "s3:".
-            raise SpecError(f"{section}.{key}", f"{value!r}: object storage and URLs are not supported yet; use a "
-                                                "local path (or a mounted bucket)")
+        if key != "dataset" or "://" in value:
+            check_url(f"{section}.{key}", value, write=section == "output")
+        if value.startswith("file://"):
+            value = data[section][key] = value[len("file://"):]
+        if "://" in value or Path(value).is_absolute():
+            continue
         resolved = base / value
         if key == "dataset" and not resolved.exists():
             continue  # a hub dataset id, not a directory
@@ -210,6 +233,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], di
 def _check_output_placement(spec: JobSpec) -> None:
     """The output may not sit inside the input: the next run would read its own parts as input
     (or --overwrite would delete input files)."""
+    if is_url(spec.output.path) or is_url(spec.input.path or spec.input.dataset or ""):
+        inside = _url_root(spec.input.path or spec.input.dataset or "")
+        out_url = spec.output.path.rstrip("/") + "/"
+        if inside and out_url.startswith(inside):
+            raise SpecError("output.path", f"{spec.output.path} is inside the input ({inside}); the next run would "
+                                           "read the output as input: choose an output.path outside it")
+        return
     out = Path(spec.output.path).absolute()
     root = _input_root(spec.input)
     if root is None:
@@ -218,6 +248,14 @@ def _check_output_placement(spec: JobSpec) -> None:
         what = "a directory the input is read from" if root.is_dir() or not root.exists() else "the input file"
         raise SpecError("output.path", f"{out} is {'inside ' if out != root else ''}{what} ({root}); the next "
                                        "run would read the output as input: choose an output.path outside it")
+
+
+def _url_root(url: str) -> str:
+    """The prefix an input URL reads under (a glob's folder before its first wildcard), ending in /."""
+    wildcard = next((i for i, c in enumerate(url) if c in "*?["), None)
+    if wildcard is None:
+        return url.rstrip("/") + "/"
+    return url[:wildcard].rsplit("/", 1)[0] + "/"
 
 
 def _input_root(spec: InputSpec) -> Path | None:
@@ -235,7 +273,7 @@ def _parse_input(data: Any) -> InputSpec:
     if bool(spec.path) == bool(spec.dataset):
         raise SpecError("input", "give exactly one of input.path (files) or input.dataset (Hugging Face dataset)")
     if spec.dataset:
-        local = Path(spec.dataset).exists()
+        local = Path(spec.dataset).exists() or is_url(spec.dataset)
         if not local and not (spec.revision and spec.split):
             raise SpecError("input.revision" if not spec.revision else "input.split",
                             f"required for the hub dataset {spec.dataset!r}: pin a revision (tag or commit) and "
@@ -251,7 +289,7 @@ def _parse_input(data: Any) -> InputSpec:
 
 
 def _is_dir_or_glob(path: str) -> bool:
-    return Path(path).is_dir() or any(c in path for c in "*?[")
+    return is_url(path) or Path(path).is_dir() or any(c in path for c in "*?[")
 
 
 def _parse_task(data: Any) -> TaskSpec:

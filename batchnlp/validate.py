@@ -2,7 +2,7 @@
 without importing torch or transformers, so it answers at once): the spec, the input files and
 their columns (or a saved dataset's splits), the model's files (config, tokenizer, a head for the
 task, its positions against max_length, a hub model in the cache), and the output (placement,
-column names, write permission)."""
+column names, write permission; a bucket's existence and a test write)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from batchnlp.model import source
 from batchnlp.read import files
 from batchnlp.read.plan import check_columns
 from batchnlp.spec import JobSpec
+from batchnlp.storage import is_url
 from batchnlp.tasks import task_class
+from batchnlp.write.folder import Folder
 from batchnlp.write.parts import check_collisions
 
 #: Files that hold a tokenizer's vocabulary (one of them must be there).
@@ -44,6 +46,8 @@ def _check_input(spec: JobSpec) -> tuple[list[str], str]:
             check_columns(spec.input, schema, str(path), task_columns)
             names = names or schema.names
         return names, f"{len(paths)} {spec.input.format or 'input'} file(s)"
+    if is_url(spec.input.dataset):
+        return [], f"dataset {spec.input.dataset} (columns checked when run)"
     directory = Path(spec.input.dataset)
     if not directory.is_dir():
         return [], f"hub dataset {spec.input.dataset} (columns checked when run)"
@@ -82,6 +86,11 @@ def _check_output(spec: JobSpec, input_columns: list[str]) -> None:
     prefix = spec.output.prefix
     added = [prefix + name for name in [*task_class(spec.task.name).columns(spec.task.params), "error"]]
     check_collisions([*input_columns, *added])
+    if is_url(spec.output.path):
+        folder = Folder(spec.output.path, spec.output.storage_options)
+        folder.create()  # the bucket exists and is visible
+        folder.probe_write()  # credentials that may list may still not write
+        return
     place = Path(spec.output.path)
     while not place.exists() and place != place.parent:
         place = place.parent

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchnlp.checksums import content_hash, sha256
+from batchnlp.checksums import content_hash
 from batchnlp.errors import OutputConflictError
+from batchnlp.storage import open_file
+from batchnlp.write.folder import Folder
 from batchnlp.write.manifest import MANIFEST_NAME, Manifest
 
 
@@ -26,30 +28,36 @@ class Verdict:
     inputs: int = 0
 
 
-def load(output: Path) -> Manifest:
-    manifest = Manifest.load(output)
+def load(output: str | Path | Folder) -> Manifest:
+    """The manifest of an output (a path, a URL, or a Folder); a one-line error if there is none."""
+    folder = output if isinstance(output, Folder) else Folder(output)
+    manifest = Manifest.load(folder)
     if manifest is None:
-        raise OutputConflictError(f"{output}: no {MANIFEST_NAME} here; is this a batchnlp output directory?")
+        raise OutputConflictError(f"{folder}: no {MANIFEST_NAME} here; is this a batchnlp output directory?")
     return manifest
 
 
-def verify(output: Path, check_inputs: bool = True) -> Verdict:
+def verify(output: str | Path | Folder, check_inputs: bool = True) -> Verdict:
     manifest = load(output)
+    folder = manifest.folder
     verdict = Verdict()
     listed = set()
     for shard in manifest.data["shards"]:
         listed.add(shard["part"])
-        path = output / shard["part"]
-        if not path.is_file():
-            verdict.problems.append(f"{path}: listed in the manifest but missing (rerun the job to annotate it again)")
-        elif sha256(path) != shard["sha256"]:
-            verdict.problems.append(f"{path}: sha256 differs from the manifest's (the part was altered)")
+        digest = folder.sha256(shard["part"])
+        if digest is None:
+            verdict.problems.append(f"{folder / shard['part']}: listed in the manifest but missing (rerun the job "
+                                    "to annotate it again)")
+        elif digest != shard["sha256"]:
+            verdict.problems.append(f"{folder / shard['part']}: sha256 differs from the manifest's (the part was "
+                                    "altered)")
         else:
             verdict.parts += 1
             verdict.rows += shard["rows"]
-    for path in sorted(output.glob("part-*.parquet")):
-        if path.name not in listed:
-            verdict.problems.append(f"{path}: not listed in the manifest (readers of the directory would read it too)")
+    for name in folder.names():
+        if name not in listed:
+            verdict.problems.append(f"{folder / name}: not listed in the manifest (readers of the directory would "
+                                    "read it too)")
     if check_inputs:
         _check_inputs(manifest, verdict)
     if manifest.status != "complete":
@@ -66,16 +74,27 @@ def _check_inputs(manifest: Manifest, verdict: Verdict) -> None:
         if unit.get("removed"):
             verdict.notes.append(f"{name}: removed from the input; its parts were kept (--keep-removed)")
             continue
-        if not Path(name).is_file():
+        current = _content_hash(name)
+        if current is None:
             verdict.problems.append(f"{name}: input file missing (rerun with --drop-removed or --keep-removed)")
-        elif content_hash(Path(name)) != unit["content_hash"]:
+        elif current != unit["content_hash"]:
             verdict.problems.append(f"{name}: input file changed since it was annotated (rerun with "
                                     "--reprocess-changed)")
         else:
             verdict.inputs += 1
 
 
-def recorded_job(manifest: Manifest, output: Path) -> dict[str, Any]:
+def _content_hash(name: str) -> str | None:
+    """An input file's content hash now (None: it is gone). Credentials for a bucket come from
+    the environment: the manifest holds none."""
+    try:
+        with open_file(name) as f:
+            return content_hash(f)
+    except FileNotFoundError:
+        return None
+
+
+def recorded_job(manifest: Manifest, output: str | Path) -> dict[str, Any]:
     """The job as the manifest recorded it (every default, paths resolved), writing to `output`."""
     data = {section: dict(values) for section, values in manifest.data["job"]["resolved"].items()}
     data["output"]["path"] = str(output)

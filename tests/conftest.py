@@ -58,3 +58,56 @@ def reviews_csv(tmp_path) -> Path:
         for i, text in enumerate(TEXTS):
             writer.writerow([f"r{i}", text, i % 5 + 1])
     return path
+
+
+class S3:
+    """A real S3-compatible server (moto's, over HTTP on a free local port) and a client for it."""
+
+    def __init__(self, endpoint: str):
+        import s3fs
+
+        self.endpoint = endpoint
+        self.fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing")
+        self.count = 0
+
+    def bucket(self) -> str:
+        """A new empty bucket for one test."""
+        self.count += 1
+        name = f"bucket-{os.getpid()}-{self.count}"
+        self.fs.mkdir(name)
+        return name
+
+    def options(self) -> dict[str, str]:
+        """Storage options naming this server, as a job would give them."""
+        return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server, started once, reached as users reach S3: the endpoint and credentials come
+    from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), which subprocesses inherit."""
+    pytest.importorskip("s3fs", reason="needs the s3 extra: pip install -e '.[s3]'")
+    server_module = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+    import logging
+
+    logging.getLogger("werkzeug").disabled = True  # the server's request log is not the CLI's output
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield S3(endpoint)
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3(s3_server):
+    return s3_server

@@ -3,6 +3,8 @@ and invoking the CLI."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -48,3 +50,25 @@ def read_output(directory: Path):
 def invoke(*args):
     """The CLI in-process (click's runner); stdout and stderr together in `.output`."""
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def marked(mark: str) -> list[int]:
+    """The processes whose environment carries BATCHNLP_TEST_MARK=`mark`: a run started with it,
+    and every process it started (DataLoader workers, a local Ray cluster) inherit it."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"BATCHNLP_TEST_MARK={mark}".encode() in f.read():
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def gone(mark: str, deadline: float) -> bool:
+    """Whether every marked process has exited by `deadline` (time.monotonic()). A bound on a
+    condition, polled, not a sleep that a test relies on."""
+    while marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not marked(mark)

@@ -10,12 +10,14 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import TEXTS, invoke, read_output, write_job
+from helpers import TEXTS, gone, invoke, marked, read_output, write_job
 
 
 def snapshot(*directories: Path) -> dict[str, bytes]:
@@ -147,7 +149,7 @@ def test_an_output_that_cannot_be_written(tmp_path, reviews_csv, classifier_dir,
 def test_a_full_disk_keeps_the_committed_parts_and_resumes(tmp_path, reviews_csv, classifier_dir, monkeypatch):
     import errno
 
-    from batchnlp.write import parts
+    from batchnlp.write import folder as parts
 
     real, calls = parts.pq.write_table, []
 
@@ -162,10 +164,10 @@ def test_a_full_disk_keeps_the_committed_parts_and_resumes(tmp_path, reviews_csv
     job = job_for(tmp_path, classifier_dir, reviews_csv)
     one_line_error(invoke("run", job, "-q"), "no space left on the device", "the committed parts are kept")
     out = tmp_path / "out"
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["status"] == "failed" and [s["shard"] for s in manifest["shards"]] == [0]
     assert sorted(p.name for p in out.iterdir() if p.name != ".batchnlp.lock") == [
-        "_manifest.json", "part-00000-00000.parquet"]  # no half-written part left behind
+        ".manifest.json", "part-00000-00000.parquet"]  # no half-written part left behind
     monkeypatch.undo()
     result = invoke("run", job, "-q")
     assert result.exit_code == 0 and "resumed after 1 committed parts" in result.output
@@ -175,10 +177,10 @@ def test_a_full_disk_keeps_the_committed_parts_and_resumes(tmp_path, reviews_csv
 @pytest.mark.parametrize("content", ["[1, 2]", '"text"', '{"format": 1, "shards": []}'])
 def test_a_manifest_that_is_not_one(tmp_path, reviews_csv, classifier_dir, content):
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "_manifest.json").write_text(content)
+    (tmp_path / "out" / ".manifest.json").write_text(content)
     before = snapshot(tmp_path / "out")
-    one_line_error(invoke("run", job_for(tmp_path, classifier_dir, reviews_csv), "-q"), "_manifest.json", "--overwrite")
-    one_line_error(invoke("inspect", tmp_path / "out"), "_manifest.json")
+    one_line_error(invoke("run", job_for(tmp_path, classifier_dir, reviews_csv), "-q"), ".manifest.json", "--overwrite")
+    one_line_error(invoke("inspect", tmp_path / "out"), ".manifest.json")
     assert snapshot(tmp_path / "out") == before
 
 
@@ -198,13 +200,37 @@ def test_output_inside_the_input_folder_with_overwrite_deletes_nothing(tmp_path,
 def test_dataloader_workers_do_not_keep_a_killed_runs_lock(tmp_path, reviews_csv, classifier_dir):
     job = job_for(tmp_path, classifier_dir, reviews_csv, runtime={"num_workers": 2},
                   output={"path": str(tmp_path / "out"), "rows_per_shard": 4})
-    env = {**os.environ, "BATCHNLP_TEST_CRASH": "shard-recorded:0"}
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "BATCHNLP_TEST_CRASH": "shard-recorded:0", "BATCHNLP_TEST_MARK": mark}
     command = [sys.executable, "-m", "batchnlp", "run", str(job), "-q"]
     # No pipes to the killed run: its orphaned workers would hold them open until they exit.
     killed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert killed.returncode == -9
+    # Its workers die with it (a worker blocked on a full queue was once seen alive 17 minutes later).
+    assert gone(mark, time.monotonic() + 10)
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # at once: no waiting for workers
     assert again.returncode == 0, again.stderr
+
+
+def test_a_dataloader_worker_dies_with_its_run_whatever_it_is_doing(tmp_path):
+    """A worker stuck where torch's own check of its parent never runs (a full queue, a lock
+    inherited mid-use across fork) must still end when the run is killed (PR_SET_PDEATHSIG)."""
+    mark = uuid.uuid4().hex
+    code = ("import os, time\n"
+            "from batchnlp.batch.loader import _die_with_parent\n"
+            "if os.fork() == 0:\n"
+            "    _die_with_parent(0)\n"
+            "    time.sleep(600)  # a worker that never looks at its parent again\n"
+            "    os._exit(0)\n"
+            "print('forked', flush=True)\n"
+            "time.sleep(600)\n")
+    run = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "BATCHNLP_TEST_MARK": mark},
+                           stdout=subprocess.PIPE, text=True)
+    assert run.stdout.readline() == "forked\n"
+    assert len(marked(mark)) == 2
+    run.kill()
+    run.wait()
+    assert gone(mark, time.monotonic() + 10)
 
 
 # -- validate knows what it can ------------------------------------------------------------------------
@@ -257,7 +283,7 @@ def test_max_time_flags_rows_cut_short_and_latency_is_recorded(tmp_path, causal_
     flags = table.column("flag").to_pylist()
     assert all(f and f.startswith("max_time: stopped after 1e-09 s") for f in flags), flags
     assert table.column("error").null_count == table.num_rows  # flagged, not lost
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     for shard in manifest["shards"]:
         assert 0 < shard["batch_seconds_p50"] <= shard["batch_seconds_p95"]
         assert shard["error_rate"] == 0.0

@@ -61,7 +61,7 @@ def test_missing_model_directory_and_package(tmp_path, reviews_csv):
 
 def test_inspect_a_directory_without_manifest(tmp_path):
     result = invoke("inspect", tmp_path)
-    assert result.exit_code == 2 and "no _manifest.json here" in result.output
+    assert result.exit_code == 2 and "no .manifest.json here" in result.output
 
 
 def test_tasks_lists_parameters():

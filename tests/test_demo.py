@@ -75,7 +75,7 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
     run(load_spec(job), quiet=True)
     answers = read_output(tmp_path / "out").column("generated_text").to_pylist()
     assert "Paris" in answers[0] and "Berlin" in answers[1]
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     weights = Path(list(found.submodule_search_locations)[0]) / gguf_file
     assert manifest["model"]["gguf_file"] == gguf_file
     assert manifest["model"]["weights_sha256"] == {gguf_file: hashlib.sha256(weights.read_bytes()).hexdigest()}

@@ -89,7 +89,7 @@ def test_three_nights_a_changed_file_and_a_lost_part(nightly, seen, tmp_path, mo
     result = invoke("run", nightly, "-q")
     assert result.exit_code == 0 and "already complete (6 parts); nothing to do" in result.output
     assert seen == [] and parts(out) == day2
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["units"][0]["mtime_ns"] == 1  # the new time is remembered: no re-hash tomorrow
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
@@ -174,11 +174,11 @@ def test_rerun_from_the_manifest_is_byte_identical(nightly, tmp_path):
     assert result.exit_code == 0, result.output
     assert "5 of 5 parts byte-identical" in result.output
     (out / "part-00001-00000.parquet").write_bytes(b"not the same")
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     for shard in manifest["shards"]:
         if shard["part"] == "part-00001-00000.parquet":
             shard["sha256"] = "0" * 64  # as if it had been written differently
-    (out / "_manifest.json").write_text(json.dumps(manifest))
+    (out / ".manifest.json").write_text(json.dumps(manifest))
     result = invoke("rerun", out, "--to", tmp_path / "third", "-q")
     assert result.exit_code == 2 and "part-00001-00000.parquet: differs" in result.output
     assert "4 of 5 parts byte-identical" in result.output
@@ -230,7 +230,7 @@ def test_a_signal_stops_the_run_cleanly_and_it_resumes(nightly, tmp_path, signam
     assert stopped.returncode == status, stopped.stderr
     assert stopped.stderr.splitlines() == [f"error: interrupted by {signame}; the committed parts are kept in "
                                            f"{tmp_path / 'annotated'}; run the same command again to resume"]
-    manifest = json.loads((tmp_path / "annotated" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "annotated" / ".manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["runs"][-1]["status"] == "interrupted"
     resumed = cli("run", nightly, "-q")
     assert resumed.returncode == 0 and "resumed after" in resumed.stdout
@@ -260,3 +260,30 @@ def write_job_file(tmp_path, input_section, model_dir):
     job.write_text(json.dumps({"input": input_section, "task": {"name": "sentiment"}, "model": {"path": str(model_dir)},
                                "runtime": {"dtype": "float32"}, "output": {"path": str(tmp_path / "out")}}))
     return job
+
+
+def test_an_output_with_the_old_manifest_name_continues_and_moves_it(nightly, tmp_path):
+    """batchnlp 0.1 wrote `_manifest.json`; such an output is continued, not refused or redone,
+    and its manifest moves to `.manifest.json` (which `load_dataset(data_dir=...)` skips)."""
+    inbox, out = tmp_path / "inbox", tmp_path / "annotated"
+    write_csv(inbox / "a.csv", TEXTS["a.csv"])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    (out / ".manifest.json").rename(out / "_manifest.json")
+    before = parts(out)
+    write_csv(inbox / "b.csv", TEXTS["b.csv"])
+    result = invoke("run", nightly, "-q")
+    assert result.exit_code == 0 and "wrote 3 rows in 2 parts" in result.output, result.output
+    assert not (out / "_manifest.json").exists() and (out / ".manifest.json").is_file()
+    assert {k: v for k, v in parts(out).items() if k in before} == before
+    assert "ok — 5 parts, 8 rows verified" in verified(out)
+
+
+def test_an_output_loads_with_datasets_by_its_directory(nightly, tmp_path):
+    from datasets import load_dataset
+
+    write_csv(tmp_path / "inbox" / "a.csv", TEXTS["a.csv"])
+    write_csv(tmp_path / "inbox" / "b.csv", TEXTS["b.csv"])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    loaded = load_dataset("parquet", data_dir=str(tmp_path / "annotated"), split="train")
+    assert loaded["text"] == TEXTS["a.csv"] + TEXTS["b.csv"]  # every part once, in order; no manifest read as data
+    assert set(loaded.column_names) == {"id", "text", "label", "score", "error"}

@@ -46,7 +46,7 @@ def test_classification_equals_the_local_engine(tmp_path, classifier_dir, review
     assert on_ray.column("label").to_pylist() == local.column("label").to_pylist()
     np.testing.assert_allclose(on_ray.column("score").to_numpy(), local.column("score").to_numpy(), atol=1e-5)
     assert on_ray.schema == local.schema
-    manifest = json.loads((tmp_path / "ray" / "out" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "ray" / "out" / ".manifest.json").read_text())
     run_info = manifest["runs"][0]
     assert run_info["engine"] == "ray" and run_info["ray_version"] == ray.__version__ and run_info["actors"] >= 1
     assert manifest["status"] == "complete" and [s["shard"] for s in manifest["shards"]] == [0, 1, 2]
@@ -65,7 +65,7 @@ def test_a_failed_ray_run_resumes_with_every_row_once(tmp_path, classifier_dir, 
     monkeypatch.setenv("BATCHNLP_TEST_FAIL_SHARD", "0-3")
     with pytest.raises(BatchNLPError, match=r"the Ray job failed and was stopped: .*injected failure on shard \(0, 3\)"):
         run(load_spec(job), quiet=True, engine="ray")
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     assert manifest["status"] == "failed" and 3 not in [s["shard"] for s in manifest["shards"]]
     monkeypatch.delenv("BATCHNLP_TEST_FAIL_SHARD")
     result = run(load_spec(job), quiet=True, engine="ray")
@@ -94,3 +94,58 @@ def test_a_failed_actor_is_one_line_on_the_command_line(tmp_path, classifier_dir
     errors = [line for line in result.output.splitlines() if not line.startswith("[")]  # Ray's C++ lines aside
     assert errors == ["error: the Ray job failed and was stopped: RuntimeError: injected failure on shard (0, 1); "
                       "the parts written so far are kept, and rerunning the job resumes after them"]
+
+
+def test_input_and_output_in_a_bucket_need_no_shared_file_system(tmp_path, s3, classifier_dir):
+    """Actors read their shard from the bucket and upload their part there; the endpoint reaches
+    them through the job's storage_options (a cluster's nodes share no environment with the driver)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bucket = s3.bucket()
+    for name, texts in (("a", TEXTS[:7]), ("b", TEXTS[7:])):
+        with s3.fs.open(f"{bucket}/in/{name}.parquet", "wb") as f:
+            pq.write_table(pa.table({"id": [f"{name}{i}" for i in range(len(texts))], "text": texts}), f)
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = f"s3://{bucket}/{engine}"
+        job = write_job(tmp_path, input={"path": f"s3://{bucket}/in/*.parquet", "text_column": "text",
+                                         "storage_options": s3.options()},
+                        task={"name": "text-classification"}, model={"path": str(classifier_dir)},
+                        output={"path": out, "rows_per_shard": 3, "storage_options": s3.options()})
+        result = run(load_spec(job), quiet=True, engine=engine)
+        assert result.shards_written == 5 and result.output == out
+        s3.fs.invalidate_cache()
+        parts = sorted(p for p in s3.fs.find(f"{bucket}/{engine}") if p.endswith(".parquet"))
+        outputs[engine] = pa.concat_tables(pq.read_table(s3.fs.open(p)) for p in parts)
+        manifest = json.loads(s3.fs.cat_file(f"{bucket}/{engine}/.manifest.json"))
+        assert manifest["runs"][0]["engine"] == engine and manifest["status"] == "complete"
+    assert outputs["ray"].column("id").to_pylist() == outputs["local"].column("id").to_pylist()
+    assert outputs["ray"].column("label").to_pylist() == outputs["local"].column("label").to_pylist()
+
+
+def test_a_killed_driver_takes_its_cluster_along_and_q_is_quiet(tmp_path, classifier_dir, reviews_csv):
+    """kill -9 of the driver: the local cluster it started (GCS, raylet, agents, workers) is gone
+    within seconds, not the minute Ray's agents take on their own. Then a -q rerun prints its one
+    line and nothing else (no line of Ray's C++ core on stderr)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from helpers import gone
+
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)},
+                    output={"path": str(tmp_path / "out"), "rows_per_shard": 4})
+    command = [sys.executable, "-m", "batchnlp", "run", str(job), "--engine", "ray", "-q"]
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "BATCHNLP_TEST_CRASH": "shard-recorded:0", "BATCHNLP_TEST_MARK": mark}
+    killed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert killed.returncode == -9
+    deadline = time.monotonic() + 20  # a bound on a condition, not a sleep: Ray's own clean-up takes 60-90 s
+    assert gone(mark, deadline)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert again.stdout.count("\n") == 1 and "resumed after 1 committed parts" in again.stdout, again.stdout

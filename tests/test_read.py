@@ -162,3 +162,13 @@ def test_hub_dataset_offline_is_one_clear_error(monkeypatch):
     with pytest.raises(InputError, match="input.dataset: cannot open hub dataset 'org/no-such-corpus' at "
                                          "revision 'v1'.*save_to_disk"):
         make_plan(InputSpec(text_column="text", dataset="org/no-such-corpus", revision="v1", split="test"), 10)
+
+
+def test_an_object_rewritten_in_the_same_second_with_the_same_size_is_read_again():
+    """S3 keeps LastModified to the second: its ETag tells a same-size rewrite apart."""
+    from batchnlp.read.source import Entry, Unit
+
+    recorded = Unit("s3://b/a.csv", 3, size=10, mtime_ns=1_000_000_000, content_hash="x", key=0, version="etag-1")
+    assert Entry("s3://b/a.csv", 10, 1_000_000_000, "etag-1").same_as(recorded)
+    assert not Entry("s3://b/a.csv", 10, 1_000_000_000, "etag-2").same_as(recorded)
+    assert not Entry("s3://b/a.csv", 10, None).same_as(recorded.__class__("d", 1))  # a dataset: no time to trust

@@ -277,7 +277,7 @@ def test_column_clash_needs_a_prefix(tmp_path, classifier_dir):
 def test_parts_from_an_unknown_job_are_not_overwritten(tmp_path, classifier_dir, reviews_csv):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "part-00000.parquet").write_bytes(b"someone else's")
-    with pytest.raises(OutputConflictError, match="no _manifest.json"):
+    with pytest.raises(OutputConflictError, match="no .manifest.json"):
         run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv)), quiet=True)
     assert (tmp_path / "out" / "part-00000.parquet").read_bytes() == b"someone else's"
 

@@ -174,7 +174,7 @@ def test_long_text_is_windowed_and_nothing_is_lost(tmp_path, ner_dir):
                                                      return_offsets_mapping=True)["offset_mapping"]
     assert len(offsets) > 600
     assert [(t["start"], t["end"]) for t in tokens] == [tuple(o) for o in offsets]  # every token once, in order
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     assert manifest["shards"][0]["features"] == 6 and manifest["totals"]["rows_at_max_length"] == 0
 
 
@@ -201,7 +201,7 @@ def test_question_answering_finds_the_span_with_exact_offsets(tmp_path, qa_dir):
     assert all(0.9 < s <= 1.0 for s in scores)
     second = table.column("answers").to_pylist()[0]
     assert second[0]["answer"] == "Paris, France" and second[1]["score"] < second[0]["score"]
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     assert manifest["totals"]["features"] > 6  # the long context really was split
 
 

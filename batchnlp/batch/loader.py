@@ -8,6 +8,10 @@ own `pad` (right padding, the model's pad id, an attention mask).
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -78,4 +82,21 @@ class PadCollate:
 def loader(features: Sequence[dict[str, Any]], batches: list[list[int]], tokenizer: Any, padding_side: str,
            num_workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(Features(features), batch_sampler=batches, collate_fn=PadCollate(tokenizer, padding_side),
-                      num_workers=num_workers, pin_memory=pin_memory)
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      worker_init_fn=_die_with_parent if num_workers else None)
+
+
+def _die_with_parent(worker_id: int) -> None:
+    """A worker whose run was killed (SIGKILL) must not outlive it. torch's own check of the parent
+    runs only between batches, and a worker blocked putting a batch into a full queue that nobody
+    reads any more never gets there: such orphans were seen alive a quarter of an hour later. So
+    the kernel is asked to kill the worker when its parent dies (Linux's PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)

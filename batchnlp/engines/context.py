@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from batchnlp.read.plan import ShardKey
 from batchnlp.session import Job
+from batchnlp.write.folder import Folder
 from batchnlp.write.manifest import Manifest
 
 
@@ -18,7 +18,7 @@ from batchnlp.write.manifest import Manifest
 class RunContext:
     job: Job
     manifest: Manifest
-    out: Path
+    out: Folder
     quiet: bool
     #: The shards committed before this run (recorded, part on disk whole).
     done: set[ShardKey] = field(default_factory=set)

@@ -36,7 +36,7 @@ def run_shards(ctx: RunContext, annotator: Annotator) -> RunResult:
             _pipeline(read_shards(plan, ctx.done), annotator, committer.commit, progress)
     finally:
         progress.close()
-    return RunResult(ctx.out, "complete", committer.rows, committer.shards, plan.shard_count, len(ctx.done))
+    return RunResult(str(ctx.out), "complete", committer.rows, committer.shards, plan.shard_count, len(ctx.done))
 
 
 class _Committer:

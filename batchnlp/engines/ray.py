@@ -3,29 +3,35 @@
 How it keeps the local engine's guarantees: the items of the Ray dataset are the *shards of the
 plan* still to do (file + row range). `map_batches` hands them to a callable class that loads the
 model once per actor and runs the very same `Annotator` (token-budget batches, precision probe,
-decoding); the actor writes the shard's Parquet part atomically to the shared output directory and
-returns its statistics; the driver records each part in the same manifest once it is durable.
+decoding); the actor reads its shard from the input and writes its Parquet part atomically to the
+output (a shared file system, or a bucket) and returns its statistics; the driver records each part in the same manifest once it is durable.
 Resume, "every row exactly once" and the refusal to mix jobs are therefore the local engine's
 per-shard commit protocol, unchanged. Ray Data's own readers and `write_parquet` are not used: they
 know no stable row ranges to resume from, and `write_parquet` appends, so a rerun would duplicate
-every row. The output directory must be visible to every node (a shared file system).
+every row. Input and output must be visible to every node: a shared file system, or object
+storage (s3://, gs://, az://), which needs none; each actor opens its own client with the
+job's storage options and the environment's credentials.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import subprocess
+import sys
+import threading
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from batchnlp.engines.context import RunContext
 from batchnlp.errors import BatchNLPError, RunFailed, SpecError, UserError
 from batchnlp.model.source import ResolvedModel
 from batchnlp.engines.progress import Progress
 from batchnlp.read.plan import Plan, ShardKey, part_name, read_shard
-from batchnlp.session import RunResult, describe_job, open_session, recording, write_part
+from batchnlp.session import RunResult, crash_point, describe_job, open_session, recording, write_part
 from batchnlp.spec import JobSpec
+from batchnlp.write.folder import Folder
 
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 NO_PROGRESS_TIMEOUT_S = 600
@@ -34,12 +40,12 @@ NO_PROGRESS_TIMEOUT_S = 600
 class ShardWorker:
     """A Ray Data actor: one model load, then one shard per call."""
 
-    def __init__(self, spec: JobSpec, plan: Plan, resolved: ResolvedModel, out: str, threads: int,
+    def __init__(self, spec: JobSpec, plan: Plan, resolved: ResolvedModel, out: Folder, threads: int,
                  fail_shard: str | None):
         import torch
 
         torch.set_num_threads(threads)
-        self.out, self.fail_shard = Path(out), fail_shard
+        self.out, self.fail_shard = out, fail_shard
         self.session = open_session(describe_job(spec, plan, resolved, quiet=True))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
@@ -70,7 +76,7 @@ def run(ctx: RunContext) -> RunResult:
     began = time.perf_counter()
     written = {"rows": 0, "shards": 0}
     try:
-        with recording(manifest):
+        with recording(manifest), _without_ray_log_lines(ctx.quiet):
             for stats in _results(ray, ctx, pending, actors, remote_args, threads):
                 written["rows"] += stats["rows"]  # in order of completion; the part is already durable
                 written["shards"] += 1
@@ -78,11 +84,49 @@ def run(ctx: RunContext) -> RunResult:
                                                   "seconds": round(time.perf_counter() - began, 3)})
                 progress.advance(stats["rows"])
                 progress.committed(part_name((stats["unit"], stats["shard"])), stats)
+                crash_point("shard-recorded", written["shards"] - 1)
     except Exception as e:
         raise _clear(e) from None
     finally:
         progress.close()
-    return RunResult(ctx.out, "complete", written["rows"], written["shards"], plan.shard_count, len(ctx.done))
+    return RunResult(str(ctx.out), "complete", written["rows"], written["shards"], plan.shard_count, len(ctx.done))
+
+
+#: A line of Ray's C++ logging ("[2026-11-28 10:45:13,958 E 29221 29221] core_worker.cc:2465: ...").
+RAY_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] ")
+
+
+@contextlib.contextmanager
+def _without_ray_log_lines(quiet: bool) -> Iterator[None]:
+    """With -q, drop the lines Ray's C++ core prints on this process's stderr (it warns once per
+    actor pool that Ray Data's own actors keep their constructor arguments in the object store;
+    its log level can only be set by an environment variable, which prints a line of its own).
+    Deliberately a filter on file descriptor 2: the C++ code writes there directly, past Python.
+    Every other line goes through unchanged, in order."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def forward() -> None:
+        with os.fdopen(read, "rb") as lines:
+            for line in lines:
+                if not RAY_LOG_LINE.match(line):
+                    os.write(original, line)
+
+    thread = threading.Thread(target=forward, name="batchnlp-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # the pipe's last write end closes: the thread reads to its end
+        thread.join(timeout=10)
+        os.close(original)
 
 
 def _results(ray: Any, ctx: RunContext, pending: list[ShardKey], actors: int, remote_args: dict[str, Any],
@@ -93,7 +137,7 @@ def _results(ray: Any, ctx: RunContext, pending: list[ShardKey], actors: int, re
     job = ctx.job
     items = ray.data.from_items([{"unit": u, "shard": j} for u, j in pending], override_num_blocks=len(pending))
     results = items.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-                                fn_constructor_args=(job.spec, job.plan, job.model, str(ctx.out), threads,
+                                fn_constructor_args=(job.spec, job.plan, job.model, ctx.out, threads,
                                                      os.environ.get("BATCHNLP_TEST_FAIL_SHARD")),
                                 **remote_args)
     for stats in results.iter_rows():
@@ -149,9 +193,84 @@ def _init(address: str | None, quiet: bool) -> Any:
         # the scheduler room for the tasks that feed them (a pool holding every CPU deadlocks).
         ray.init(num_cpus=2 * cores, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                  logging_level="ERROR", log_to_driver=not quiet)
+        _end_with_this_process(ray)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not quiet
     return ray
+
+
+#: Run by the watcher: until the driver is gone (its pipe closes), note every second the local
+#: cluster's processes and their descendants (the raylet starts the agents and workers; once
+#: their parent dies they are re-parented and could no longer be told apart); then kill those
+#: still alive. A process is known by pid and start time, so a reused pid is left alone.
+_WATCHER = r"""
+import os, select, signal, sys
+
+def stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[19]  # parent, start time
+
+def descendants(roots):
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent, started = stat(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append((int(entry), started))
+    found, todo = set(), list(roots)
+    while todo:
+        process = todo.pop()
+        if process not in found:
+            found.add(process)
+            todo.extend(children.get(process[0], []))
+    return found
+
+known = set()
+for pid in map(int, sys.argv[1:]):
+    try:
+        known.add((pid, stat(pid)[1]))
+    except (OSError, ValueError, IndexError):
+        pass
+while not select.select([0], [], [], 1.0)[0]:
+    known |= descendants(known)
+if os.read(0, 16) != b"done":
+    for pid, started in known:
+        try:
+            if stat(pid)[1] == started:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+"""
+
+
+def _end_with_this_process(ray: Any) -> None:
+    """A driver killed with SIGKILL cannot stop the local cluster it started, and Ray's agents
+    notice only after a minute or more. A small watcher process holds the read end of a pipe whose
+    write end only this process holds: when this process ends, however it ends, the pipe closes
+    and the watcher kills the cluster's processes and their descendants (GCS, raylet, agents,
+    workers). A clean exit tells the watcher so first, and Ray's own shutdown does the rest."""
+    try:
+        node = ray._private.worker._global_node
+        pids = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process]
+    except AttributeError:  # Ray's internals moved: keep Ray's own clean-up only
+        return
+    read, write = os.pipe()  # not inherited by subprocesses; forks are the DataLoader's, not used here
+    subprocess.Popen([sys.executable, "-c", _WATCHER, *map(str, pids)], stdin=read, start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(read)
+
+    def told_done() -> None:
+        try:
+            os.write(write, b"done")
+            os.close(write)
+        except OSError:  # the watcher is gone already: nothing to tell
+            pass
+
+    import atexit
+
+    atexit.register(told_done)
 
 
 def _pool(ray: Any, spec: JobSpec) -> tuple[int, dict[str, Any], int]:

@@ -1,4 +1,6 @@
 """Input files (CSV, Parquet, JSONL) through pyarrow.dataset: discovery, schema, streaming batches.
+Files are local paths or URLs into object storage; pyarrow reads the latter through the fsspec
+filesystem (`storage.py`), so Parquet still seeks to the row groups it needs.
 
 Errors from pyarrow are rewritten into one line naming the file and, where pyarrow knows it,
 the row; the raw text of pyarrow's message is kept after that.
@@ -7,8 +9,10 @@ the row; the raw text of pyarrow's message is kept after that.
 from __future__ import annotations
 
 import glob
+import io
+import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -16,10 +20,11 @@ import pyarrow.dataset as ds
 import pyarrow.json as pajson
 
 from batchnlp import checksums
-from batchnlp.errors import InputError
+from batchnlp.errors import InputError, UserError
 from batchnlp.log import event
 from batchnlp.read.source import Entry, Unit
 from batchnlp.spec import InputSpec
+from batchnlp.storage import describe_error, filesystem, is_url, open_file
 
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
 # A CSV record spanning this many lines is legal but suspect (a misplaced quote that closes late).
@@ -35,19 +40,21 @@ class FileSource:
         self.spec = spec
 
     def inventory(self) -> list[Entry]:
+        if is_url(self.spec.path):
+            return [Entry(url, size, mtime, version) for url, size, mtime, version in _remote_files(self.spec)]
         entries = []
-        for path in discover(self.spec):
-            stat = path.stat()
-            entries.append(Entry(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+        for name in discover(self.spec):
+            stat = os.stat(name)
+            entries.append(Entry(str(Path(name).resolve()), stat.st_size, stat.st_mtime_ns))
         return entries
 
     def content_hash(self, entry: Entry) -> str:
-        return checksums.content_hash(Path(entry.name))
+        with open_binary(self.spec, entry.name) as f:
+            return checksums.content_hash(f)
 
     def count(self, entry: Entry, check: Callable[[pa.Schema, str], None]) -> int:
-        path = Path(entry.name)
-        check(schema(self.spec, path), str(path))
-        return count_rows(self.spec, path)
+        check(schema(self.spec, entry.name), entry.name)
+        return count_rows(self.spec, entry.name)
 
     def schema(self) -> pa.Schema:
         return schema(self.spec, discover(self.spec)[0])
@@ -56,11 +63,18 @@ class FileSource:
         return {"format": self.spec.format}
 
     def iter_batches(self, unit: Unit, start: int) -> Iterator[pa.RecordBatch]:
-        return iter_batches(self.spec, Path(unit.name), start)
+        return iter_batches(self.spec, unit.name, start)
 
 
-def discover(spec: InputSpec) -> list[Path]:
-    """The input files in a deterministic order (sorted paths); hidden and `_`-prefixed files skipped."""
+def discover(spec: InputSpec) -> list[str]:
+    """The input files (paths or URLs) in a deterministic order (sorted); hidden and `_`-prefixed
+    files skipped."""
+    if is_url(spec.path):
+        return [url for url, *_ in _remote_files(spec)]
+    return [str(p) for p in _local_files(spec)]
+
+
+def _local_files(spec: InputSpec) -> list[Path]:
     raw = spec.path
     path = Path(raw)
     if path.is_file():
@@ -73,15 +87,78 @@ def discover(spec: InputSpec) -> list[Path]:
     else:
         raise InputError(f"input.path: {raw} does not exist (relative paths in a job file are relative to "
                          "the job file's folder)")
-    if not files:
-        raise InputError(f"input.path: no {spec.format or 'input'} files found at {raw}")
-    formats = {spec.format or _format_of(p) for p in files}
-    if None in formats or len(formats) > 1:
-        raise InputError(f"input.format: cannot tell one format for the files at {raw}; set input.format")
-    for p in files:
-        if p.stat().st_size == 0:
-            raise InputError(f"{p}: the file is empty (0 bytes); remove it or fill it")
+    _check_found(spec, [(str(p), p.stat().st_size) for p in files])
     return files
+
+
+def _check_found(spec: InputSpec, found: list[tuple[str, int]]) -> None:
+    if not found:
+        raise InputError(f"input.path: no {spec.format or 'input'} files found at {spec.path}")
+    formats = {spec.format or _format_of(Path(name)) for name, _ in found}
+    if None in formats or len(formats) > 1:
+        raise InputError(f"input.format: cannot tell one format for the files at {spec.path}; set input.format")
+    for name, size in found:
+        if size == 0:
+            raise InputError(f"{name}: the file is empty (0 bytes); remove it or fill it")
+
+
+def _remote_files(spec: InputSpec) -> list[tuple[str, int, int | None, str | None]]:
+    """(URL, size, modification time in ns, version) of each input object: one object, every
+    object under a prefix, or a glob's matches. The time is the store's (S3: LastModified, to the
+    second), the version its ETag (other content, other ETag)."""
+    fs, path = filesystem(spec.path, spec.storage_options)
+    protocol = spec.path.split("://", 1)[0]
+    globbed = any(c in path for c in "*?[")
+    try:
+        if globbed:
+            listing = fs.glob(path, detail=True)
+        elif fs.isfile(path):
+            listing = {path: fs.info(path)}
+        else:
+            listing = fs.find(path, detail=True)
+    except Exception as e:  # OSError, or the store's client's own types (no credentials, no endpoint)
+        raise InputError("input.path: " + describe_error(spec.path, e)) from None
+    found = []
+    for name, info in sorted(listing.items()):
+        base = name.rsplit("/", 1)[-1]
+        if info.get("type") == "directory" or base.startswith((".", "_")):
+            continue
+        if not globbed and not _wanted(Path(base), spec.format):
+            continue
+        version = info.get("ETag") or info.get("etag") or info.get("generation")
+        found.append((f"{protocol}://{name}", int(info.get("size") or 0), _mtime_ns(info),
+                      str(version).strip('"') if version else None))
+    if not found and not _bucket_exists(fs, spec.path, path.split("/", 1)[0]):
+        raise InputError(f"input.path: {spec.path}: the bucket {path.split('/', 1)[0]} does not exist (or is not visible with "
+                         "these credentials); fix input.path or the credentials")
+    _check_found(spec, [(url, size) for url, size, *_ in found])
+    return found
+
+
+def _bucket_exists(fs: Any, url: str, bucket: str) -> bool:
+    """A glob in a missing bucket lists nothing, silently: tell that apart from an empty folder."""
+    try:
+        fs.info(bucket)
+        return True
+    except FileNotFoundError:
+        return False
+    except Exception as e:  # the store's client's own types (no endpoint, refused credentials)
+        raise InputError("input.path: " + describe_error(url, e)) from None
+
+
+def _mtime_ns(info: dict[str, Any]) -> int | None:
+    when = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+    if hasattr(when, "timestamp"):
+        return int(when.timestamp() * 1e9)
+    return int(float(when) * 1e9) if isinstance(when, (int, float)) else None
+
+
+def open_binary(spec: InputSpec, name: str) -> IO[bytes]:
+    """An input file opened for reading, local or in object storage."""
+    try:
+        return open_file(name, spec.storage_options)
+    except UserError as e:
+        raise InputError(str(e)) from None
 
 
 def _wanted(path: Path, fmt: str | None) -> bool:
@@ -97,8 +174,8 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
-def file_format(spec: InputSpec, path: Path) -> ds.FileFormat:
-    fmt = spec.format or _format_of(path)
+def file_format(spec: InputSpec, name: str) -> ds.FileFormat:
+    fmt = spec.format or _format_of(Path(name))
     text_columns = {c: pa.string() for c in (spec.text_column, spec.text_pair_column) if c}
     if fmt == "csv":
         # Text columns are read as strings, never inferred, so bytes that are not valid text fail
@@ -111,21 +188,28 @@ def file_format(spec: InputSpec, path: Path) -> ds.FileFormat:
     return ds.ParquetFileFormat()
 
 
-def open_dataset(spec: InputSpec, path: Path) -> ds.Dataset:
+def open_dataset(spec: InputSpec, name: str) -> ds.Dataset:
+    source, fs = str(name), None
+    if is_url(source):
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        store, source = filesystem(source, spec.storage_options)
+        fs = PyFileSystem(FSSpecHandler(store))
     try:
-        return ds.dataset(str(path), format=file_format(spec, path))
+        return ds.dataset(source, format=file_format(spec, name), filesystem=fs)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, LookupError) as e:
-        raise InputError(describe(path, e)) from None
+        raise InputError(describe(name, e)) from None
 
 
-def schema(spec: InputSpec, path: Path) -> pa.Schema:
-    return open_dataset(spec, path).schema
+def schema(spec: InputSpec, name: str) -> pa.Schema:
+    return open_dataset(spec, name).schema
 
 
-def count_rows(spec: InputSpec, path: Path) -> int:
+def count_rows(spec: InputSpec, name: str) -> int:
     """Rows in a file. Parquet reads its metadata; CSV and JSONL are parsed whole, which also
     surfaces a malformed row before anything is written."""
-    fmt = spec.format or _format_of(path)
+    path = name
+    fmt = spec.format or _format_of(Path(name))
     if fmt == "csv":
         check_quotes(spec, path)
     dataset = open_dataset(spec, path)
@@ -137,14 +221,14 @@ def count_rows(spec: InputSpec, path: Path) -> int:
         raise InputError(describe(path, e)) from None
 
 
-def check_quotes(spec: InputSpec, path: Path) -> None:
+def check_quotes(spec: InputSpec, path: str) -> None:
     """A quote that never closes makes pyarrow read the rest of the file (or the rest of a block)
     as one text, silently. Python's csv module, strict, stops at it: quoted newlines and doubled
     quotes stay fine. Deliberately not pyarrow: it accepts end-of-file inside quotes."""
     import csv
 
     start, said = 1, 0
-    with open(path, newline="", encoding=spec.encoding, errors="replace") as f:
+    with io.TextIOWrapper(open_binary(spec, path), newline="", encoding=spec.encoding, errors="replace") as f:
         reader = csv.reader(f, strict=True)
         try:
             for _ in reader:
@@ -160,7 +244,7 @@ def check_quotes(spec: InputSpec, path: Path) -> None:
                              "a quoted field is written twice) and run again") from None
 
 
-def iter_batches(spec: InputSpec, path: Path, start: int = 0) -> Iterator[pa.RecordBatch]:
+def iter_batches(spec: InputSpec, path: str, start: int = 0) -> Iterator[pa.RecordBatch]:
     """The file's rows from row `start` on, in file order. Parquet seeks to the row group that holds
     `start`, so resuming late in a big file, or a Ray actor reading its one shard, decodes little
     more than it needs; CSV and JSONL have no index to seek by: they are parsed from the top."""
@@ -194,7 +278,7 @@ def _parquet_from(dataset: ds.Dataset, start: int) -> tuple[Iterator[pa.RecordBa
     return rest.to_batches(schema=dataset.schema, batch_size=BATCH_ROWS, use_threads=False), start - before
 
 
-def describe(path: Path, error: Exception) -> str:
+def describe(path: str, error: Exception) -> str:
     """One line naming the file, the row where pyarrow gives it, and what to do."""
     message = str(error).strip().splitlines()[0]
     for marker in ("CSV parse error", "In CSV column", "JSON parse error", "CSV conversion error"):

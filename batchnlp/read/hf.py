@@ -1,5 +1,6 @@
-"""Hugging Face datasets as input: a `save_to_disk` directory (memory-mapped Arrow) or a hub
-dataset id with a pinned revision and a split (streamed, never downloaded whole)."""
+"""Hugging Face datasets as input: a `save_to_disk` directory (memory-mapped Arrow; one in a
+bucket is fetched by `datasets` into its cache first) or a hub dataset id with a pinned revision
+and a split (streamed, never downloaded whole)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import pyarrow as pa
 from batchnlp.errors import InputError, SpecError
 from batchnlp.read.source import Entry, Unit
 from batchnlp.spec import InputSpec
+from batchnlp.storage import is_url
 
 
 def _load(spec: InputSpec) -> Any:
     import datasets
 
-    if Path(spec.dataset).exists():
+    if is_url(spec.dataset) or Path(spec.dataset).exists():
         try:
-            data = datasets.load_from_disk(spec.dataset)
+            data = datasets.load_from_disk(spec.dataset, storage_options=spec.storage_options)
         except (FileNotFoundError, ValueError) as e:
             raise InputError(f"input.dataset: {spec.dataset} is not a save_to_disk directory: {e}") from None
         if isinstance(data, datasets.DatasetDict):
@@ -57,7 +59,8 @@ class DatasetSource:
         return not hasattr(self.data, "__len__")
 
     def inventory(self) -> list[Entry]:
-        return [Entry(self.spec.dataset if self.streamed else str(Path(self.spec.dataset).resolve()))]
+        saved = not self.streamed and not is_url(self.spec.dataset)
+        return [Entry(str(Path(self.spec.dataset).resolve()) if saved else self.spec.dataset)]
 
     def content_hash(self, entry: Entry) -> str:
         if self.streamed:

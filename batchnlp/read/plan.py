@@ -124,8 +124,7 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
         if unit is None:
             unit, next_key = _counted(source, spec, entry, None, next_key, task_columns), next_key + 1
             changes["new"].append(entry.name)
-        elif (entry.size, entry.mtime_ns) != (unit.size, unit.mtime_ns) or entry.name in recheck \
-                or entry.mtime_ns is None:  # a dataset: no file time to trust, its fingerprint is cheap
+        elif not entry.same_as(unit) or entry.name in recheck:  # (a dataset has no time: always rehashed)
             unit = _rehashed(source, spec, entry, unit, task_columns, changes)
         units.append(unit)
         rows += unit.rows or 0
@@ -152,7 +151,7 @@ def _rehashed(source: InputSource, spec: InputSpec, entry: Entry, unit: Unit, ta
     its row count; other content is counted again, under the same key."""
     content = source.content_hash(entry)
     if content == unit.content_hash:
-        if (entry.size, entry.mtime_ns) != (unit.size, unit.mtime_ns):
+        if (entry.size, entry.mtime_ns, entry.version) != (unit.size, unit.mtime_ns, unit.version):
             changes["touched"].append(entry.name)
         return Unit.of(entry, unit.rows, content, unit.key)
     changes["changed"].append(entry.name)

@@ -18,6 +18,13 @@ class Entry:
     name: str
     size: int | None = None
     mtime_ns: int | None = None
+    #: What the store says changes with the content, where it has one (an object's ETag).
+    version: str | None = None
+
+    def same_as(self, unit: "Unit") -> bool:
+        """Listed as the unit was recorded: same size, time (and version), so it is not read again."""
+        return self.mtime_ns is not None and (self.size, self.mtime_ns, self.version) == \
+            (unit.size, unit.mtime_ns, unit.version)
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,11 @@ class Unit:
     mtime_ns: int | None = None
     content_hash: str | None = None
     key: int = 0
+    version: str | None = None
 
     @classmethod
     def of(cls, entry: Entry, rows: int | None, content_hash: str | None, key: int) -> "Unit":
-        return cls(entry.name, rows, entry.size, entry.mtime_ns, content_hash, key)
+        return cls(entry.name, rows, entry.size, entry.mtime_ns, content_hash, key, entry.version)
 
     def cut(self, rows: int | None) -> "Unit":
         return replace(self, rows=rows)

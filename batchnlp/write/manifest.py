@@ -1,4 +1,4 @@
-"""The run manifest (_manifest.json beside the parts): enough to know what ran and to rerun it.
+"""The run manifest (.manifest.json beside the parts): enough to know what ran and to rerun it.
 
 It is rewritten atomically after every committed part, so it is also the record of progress:
 a shard counts as done only once its part is durable *and* listed here.
@@ -12,19 +12,22 @@ import json
 import os
 import platform
 import socket
-from pathlib import Path
 from typing import Any
 
 from batchnlp.errors import OutputConflictError
 from batchnlp.read.plan import Plan, ShardKey, part_name
 from batchnlp.read.source import Unit
-from batchnlp.write.parts import fsync_dir
+from batchnlp.write.folder import Folder
 
-MANIFEST_NAME = "_manifest.json"  # the leading _ makes readers of the directory (pyarrow, pandas) skip it
+# Hidden, so that every reader of the folder skips it: pyarrow, pandas, DuckDB globs and
+# `datasets.load_dataset("parquet", data_dir=...)`, which reads a `_`-prefixed file as data.
+MANIFEST_NAME = ".manifest.json"
+#: Where batchnlp before 0.2 kept it; such an output is read, and moved on its next save.
+LEGACY_MANIFEST_NAME = "_manifest.json"
 FORMAT_VERSION = 2
 LIBRARIES = ("batchnlp", "torch", "transformers", "tokenizers", "pyarrow", "datasets", "huggingface_hub",
              "safetensors", "numpy", "sentencepiece", "gguf", "accelerate")
-UNIT_FIELDS = ("key", "name", "size", "mtime_ns", "content_hash", "rows")
+UNIT_FIELDS = ("key", "name", "size", "mtime_ns", "content_hash", "rows", "version")
 
 
 def now() -> str:
@@ -43,17 +46,22 @@ def library_versions() -> dict[str, str]:
 
 
 class Manifest:
-    def __init__(self, directory: Path, data: dict[str, Any]):
-        self.directory = directory
+    def __init__(self, folder: Folder, data: dict[str, Any], legacy: bool = False):
+        self.folder = folder
         self.data = data
+        self.legacy = legacy  # read from LEGACY_MANIFEST_NAME: removed once saved under the new name
 
     @classmethod
-    def load(cls, directory: Path) -> "Manifest | None":
-        path = directory / MANIFEST_NAME
-        if not path.is_file():
+    def load(cls, folder: Folder) -> "Manifest | None":
+        legacy = False
+        text = folder.read_bytes(MANIFEST_NAME)
+        if text is None:
+            text, legacy = folder.read_bytes(LEGACY_MANIFEST_NAME), True
+        if text is None:
             return None
+        path = folder / (LEGACY_MANIFEST_NAME if legacy else MANIFEST_NAME)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text.decode())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise OutputConflictError(f"{path}: not a readable manifest ({e}); use --overwrite to start "
                                       "this output over") from None
@@ -64,19 +72,19 @@ class Manifest:
             raise OutputConflictError(f"{path}: written by another batchnlp version (manifest format "
                                       f"{data.get('format')}, this one reads {FORMAT_VERSION}); use --overwrite to "
                                       "start this output over")
-        return cls(directory, data)
+        return cls(folder, data, legacy)
 
     @classmethod
-    def new(cls, directory: Path, **sections: Any) -> "Manifest":
+    def new(cls, folder: Folder, **sections: Any) -> "Manifest":
         data = {"format": FORMAT_VERSION, "status": "running", "started_at": now(), "finished_at": None,
                 **sections, "units": [], "runs": [], "shards": [], "totals": {}}
-        return cls(directory, data)
+        return cls(folder, data)
 
     # -- the input it annotated ---------------------------------------------------------------
 
     def units(self) -> list[Unit]:
         """Every input unit annotated so far (also those kept after their file was removed)."""
-        return [Unit(u["name"], u["rows"], u["size"], u["mtime_ns"], u["content_hash"], u["key"])
+        return [Unit(u["name"], u["rows"], u["size"], u["mtime_ns"], u["content_hash"], u["key"], u.get("version"))
                 for u in self.data["units"]]
 
     def complete_units(self) -> set[str]:
@@ -123,24 +131,20 @@ class Manifest:
         """The plan's shards that a recorded part holds whole: the part is on disk with its recorded
         size and as many rows as the plan gives the shard (a --limit run's cut shard is not done)."""
         planned = plan.shard_rows()  # a dict: one lookup per recorded part
+        stored = self.folder.sizes()  # one listing, not a stat (or a HEAD request) per part
         done = set()
         for s in self.data["shards"]:
             key = (s["unit"], s["shard"])
             if planned is not None and planned.get(key) != s["rows"]:
                 continue
-            path = self.directory / s["part"]
-            if path.is_file() and path.stat().st_size == s["bytes"]:
+            if stored.get(s["part"]) == s["bytes"]:
                 done.add(key)
         return done
 
     def missing_parts(self) -> list[str]:
         """Recorded parts that are not on disk whole (deleted, or replaced by other bytes)."""
-        out = []
-        for s in self.data["shards"]:
-            path = self.directory / s["part"]
-            if not path.is_file() or path.stat().st_size != s["bytes"]:
-                out.append(s["part"])
-        return out
+        stored = self.folder.sizes()
+        return [s["part"] for s in self.data["shards"] if stored.get(s["part"]) != s["bytes"]]
 
     def start_run(self, info: dict[str, Any]) -> None:
         self.data["status"] = "running"
@@ -169,14 +173,11 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        path = self.directory / MANIFEST_NAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.directory)
+        """Replace the manifest atomically (rename on a disk, one PUT in a bucket)."""
+        self.folder.write_bytes(MANIFEST_NAME, json.dumps(self.data, indent=2, default=str).encode())
+        if self.legacy:
+            self.folder.remove(LEGACY_MANIFEST_NAME)
+            self.legacy = False
 
     # -- resume --------------------------------------------------------------------------------
 

@@ -1,17 +1,13 @@
-"""Annotated Parquet parts: the input columns, the task's typed columns and `error`, written to a
-temporary name and renamed into place, so a part either exists whole or not at all."""
+"""Annotated Parquet parts: the input columns, the task's typed columns and `error`. The output
+folder (`write/folder.py`) writes them so that a part either exists whole or not at all."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from batchnlp.checksums import sha256
 from batchnlp.errors import SpecError
 
 ERROR_FIELD = pa.field("error", pa.string())
@@ -50,29 +46,3 @@ def build_table(rows: pa.Table, schema: pa.Schema, annotations: list[pa.Array], 
     """Input columns followed by the annotation columns; `schema` (declared before the run) is enforced."""
     arrays = [*rows.columns, *annotations, pa.array(errors, type=pa.string())]
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def write_atomic(table: pa.Table, path: Path) -> tuple[int, str]:
-    """Write, flush to disk, then rename: a crash leaves either the old state or the whole part.
-    Returns the part's size and sha256 (of the bytes as read back from disk, as `verify` will)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a half-written part (disk full) must not take the space it freed
-        raise
-    digest = sha256(tmp)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path.stat().st_size, digest
-
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

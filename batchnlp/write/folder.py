@@ -1,0 +1,255 @@
+"""The output folder: a local directory or a prefix in object storage, with the few operations
+the runner, the engines and `verify` need, so none of them knows which it is.
+
+The commit protocol is the same on both: a part is written whole and only then appears under its
+final name, and only then is the manifest replaced to list it. On a local disk that is a
+temporary file, fsync and rename (and an fsync of the directory). An object store has no rename,
+but a single PUT (or a multipart upload's completion) is atomic: an object is there whole or not
+at all. So a part is written to a local temporary file first, its sha256 taken, then uploaded
+under its final key; the manifest is one PUT.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchnlp.checksums import sha256
+from batchnlp.errors import UserError
+from batchnlp.storage import describe_error, filesystem, is_url
+
+
+class Folder:
+    """Where an output lives. `str(folder)` is the path or URL as given (for messages)."""
+
+    def __init__(self, location: str | Path, options: dict[str, Any] | None = None):
+        self.url = str(location) if is_url(str(location)) else str(Path(location))
+        self.url = self.url.rstrip("/") or self.url
+        self.options = dict(options or {})
+        self.local = not is_url(self.url)
+        self._fs: Any = None
+        self._root = ""
+        self._lease: Any = None  # while this process holds the output's lease (object storage)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fs": None, "_lease": None}  # a Ray actor opens its own client
+
+    def __truediv__(self, name: str) -> str:
+        """The path or URL of a file in the folder (for messages and readers)."""
+        return f"{self.url}/{name}"
+
+    @property
+    def directory(self) -> Path:
+        assert self.local, "only a local output has a directory"
+        return Path(self.url)
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            self._fs, self._root = filesystem(self.url, self.options)
+        return self._fs
+
+    def key(self, name: str) -> str:
+        """The object's path within the store."""
+        self.fs  # noqa: B018 (sets _root)
+        return f"{self._root}/{name}"
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def sizes(self, prefix: str = "part-", suffix: str = ".parquet") -> dict[str, int]:
+        """Name -> size of the files named prefix*suffix, listed once (one LIST, not a HEAD per part)."""
+        if self.local:
+            if not self.directory.is_dir():
+                return {}
+            return {e.name: e.stat().st_size for e in os.scandir(self.directory)
+                    if e.is_file() and e.name.startswith(prefix) and e.name.endswith(suffix)}
+        self.fs.invalidate_cache(self.key("").rstrip("/"))  # listings are cached per process; this one must be fresh
+        listing = self._call(self.fs.find, self.key(""), maxdepth=1, detail=True) if self.exists() else {}
+        found = {p.rsplit("/", 1)[-1]: info.get("size") for p, info in listing.items()}
+        return {n: s for n, s in found.items() if n.startswith(prefix) and n.endswith(suffix)}
+
+    def exists(self, name: str | None = None) -> bool:
+        if self.local:
+            return (self.directory / name).is_file() if name else self.directory.exists()
+        if name is None:
+            return bool(self._call(self.fs.exists, self.key("").rstrip("/")))
+        return bool(self._call(self.fs.isfile, self.key(name)))
+
+    def read_bytes(self, name: str) -> bytes | None:
+        if self.local:
+            path = self.directory / name
+            return path.read_bytes() if path.is_file() else None
+        try:
+            return self._call(self.fs.cat_file, self.key(name))
+        except FileNotFoundError:
+            return None
+
+    def sha256(self, name: str) -> str | None:
+        """The sha256 of a file's bytes as stored (None: it is not there)."""
+        if self.local:
+            path = self.directory / name
+            return sha256(path) if path.is_file() else None
+        try:
+            with self._call(self.fs.open, self.key(name), "rb") as f:
+                return sha256(f)
+        except FileNotFoundError:
+            return None
+
+    def names(self, prefix: str = "part-", suffix: str = ".parquet") -> list[str]:
+        return sorted(self.sizes(prefix, suffix))
+
+    def files(self) -> list[str]:
+        """Every file name in the folder (not in sub-folders)."""
+        if self.local:
+            return sorted(p.name for p in self.directory.iterdir()) if self.directory.is_dir() else []
+        self.fs.invalidate_cache(self.key("").rstrip("/"))
+        return sorted(p.rsplit("/", 1)[-1] for p in self._call(self.fs.find, self.key(""), maxdepth=1))
+
+    def open_table(self, name: str) -> pa.Table:
+        if self.local:
+            return pq.read_table(self.directory / name)
+        with self._call(self.fs.open, self.key(name), "rb") as f:
+            return pq.read_table(f)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def create(self) -> bool:
+        """Make sure the folder can be written to; True if it was created now (local only: a
+        prefix in a bucket needs no creating, but the bucket must exist)."""
+        if self.local:
+            created = not self.directory.exists()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return created
+        bucket = self.key("").split("/", 1)[0]
+        try:
+            self._call(self.fs.info, bucket)  # unlike exists(), says why: no endpoint, refused credentials
+        except FileNotFoundError:
+            raise UserError(f"output.path: {self.url}: the bucket {bucket} does not exist (or is not visible with "
+                            "these credentials); create it or fix output.path") from None
+        return False
+
+    def write_table(self, name: str, table: pa.Table) -> tuple[int, str]:
+        """Write a Parquet part so that it appears whole or not at all; return (size, sha256) of
+        the bytes as stored (what `verify` will check)."""
+        if self.local:
+            return self._write_local(name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        self._check_lease()
+        with tempfile.TemporaryDirectory(prefix="batchnlp-part-") as tmp:
+            path = Path(tmp) / name
+            pq.write_table(table, path, compression="zstd")
+            digest, size = sha256(path), path.stat().st_size
+            self._call(self.fs.put_file, str(path), self.key(name))  # one PUT, or a completed multipart upload
+        return size, digest
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace a small file (the manifest) atomically."""
+        if self.local:
+            self._write_local(name, lambda tmp: tmp.write_bytes(data))
+            return
+        self._check_lease()
+        self._call(self.fs.pipe_file, self.key(name), data)
+
+    def _write_local(self, name: str, write: Any) -> tuple[int, str]:
+        """Write to a temporary name, flush to disk, then rename: a crash leaves either the old
+        state or the whole file."""
+        path = self.directory / name
+        tmp = path.with_name(f".{name}.tmp")
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a half-written file (disk full) must not take the space it freed
+            raise
+        digest = sha256(tmp)
+        os.replace(tmp, path)
+        fsync_dir(self.directory)
+        return path.stat().st_size, digest
+
+    def remove(self, name: str) -> None:
+        if self.local:
+            (self.directory / name).unlink(missing_ok=True)
+            return
+        try:
+            self._call(self.fs.rm_file, self.key(name))
+        except FileNotFoundError:
+            pass
+
+    def remove_temporary(self) -> None:
+        """Temporary files a killed local run left (an object store has none)."""
+        if self.local and self.directory.is_dir():
+            for path in self.directory.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+
+    def remove_if_empty(self, ignore: set[str]) -> None:
+        """A local folder this run created and wrote nothing into goes again."""
+        if self.local and self.directory.is_dir() and set(self.files()) <= ignore:
+            for name in ignore:
+                (self.directory / name).unlink(missing_ok=True)
+            self.directory.rmdir()
+
+    def probe_write(self) -> None:
+        """Write and delete a small object: the credentials may list but not write (validate)."""
+        name = f".batchnlp-probe-{os.getpid()}"
+        self.write_bytes(name, b"")
+        self.remove(name)
+
+    # -- locking -----------------------------------------------------------------------------------
+
+    def lock(self) -> Any:
+        """One run per output: an flock on a local disk, a lease object in a bucket."""
+        if self.local:
+            from batchnlp.write.lock import OutputLock
+
+            return OutputLock(self.directory)
+        from batchnlp.write.lease import Lease
+
+        self._lease = Lease(self)
+        return self._lease
+
+    def _check_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.check()
+
+    def is_locked(self) -> bool:
+        if self.local:
+            from batchnlp.write.lock import is_locked
+
+            return is_locked(self.directory)
+        from batchnlp.write.lease import Lease
+
+        return Lease(self).held_by_another() is not None
+
+    def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """An object-store call; what the user can fix (bucket, credentials, endpoint) is one line."""
+        try:
+            return function(*args, **kwargs)
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except OSError as e:
+            raise UserError(describe_error(self.url, e)) from None
+        except TypeError as e:
+            if "unexpected keyword argument" not in str(e):
+                raise
+            raise UserError(f"{self.url}: the storage options were refused ({e}); check output.storage_options") \
+                from None
+        except Exception as e:  # botocore raises its own types (NoCredentialsError, EndpointConnectionError)
+            if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "google", "azure"):
+                raise UserError(describe_error(self.url, e)) from None
+            raise
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
