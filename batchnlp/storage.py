@@ -92,3 +92,18 @@ def open_file(name: str, options: dict[str, Any] | None = None) -> Any:
         raise
     except Exception as e:  # OSError, or the store's client's own types (credentials, endpoint)
         raise UserError(describe_error(name, e)) from None
+
+
+def bucket_exists(fs: Any, path: str) -> bool:
+    """Whether the bucket of `path` exists, asked the way that prefix-scoped permissions allow: a
+    one-key listing under the prefix (S3 refuses HeadBucket to a policy that only grants a
+    prefix). Other errors (credentials, endpoint) propagate."""
+    bucket, _, prefix = path.partition("/")
+    try:
+        if hasattr(fs, "call_s3"):
+            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        else:
+            fs.info(bucket)
+    except FileNotFoundError:
+        return False
+    return True

@@ -116,6 +116,14 @@ def test_an_output_in_a_bucket_runs_verifies_and_continues_night_after_night(tmp
     assert redo.exit_code == 0 and "wrote 4 rows in 1 parts" in redo.output, redo.output
     assert invoke("verify", out).exit_code == 0
 
+    # An object rewritten with other content is refused, naming it, then annotated again on request.
+    put_reviews(s3, bucket, "inbox/a.parquet", "parquet", TEXTS[:6][::-1], prefix="new")
+    changed = invoke("run", job, "-q")
+    assert changed.exit_code == 2 and f"s3://{bucket}/inbox/a.parquet changed since it was annotated" in changed.output
+    assert invoke("run", job, "-q", "--reprocess-changed").exit_code == 0
+    assert bucket_output(s3, out).column("id").to_pylist()[:6] == [f"new{i}" for i in range(6)]
+    assert invoke("verify", out).exit_code == 0
+
 
 def test_kill_9_mid_run_resumes_into_the_bucket_with_every_row_once(tmp_path, s3, classifier_dir, reviews_csv):
     bucket = s3.bucket()

@@ -24,7 +24,7 @@ from batchnlp.errors import InputError, UserError
 from batchnlp.log import event
 from batchnlp.read.source import Entry, Unit
 from batchnlp.spec import InputSpec
-from batchnlp.storage import describe_error, filesystem, is_url, open_file
+from batchnlp.storage import bucket_exists, describe_error, filesystem, is_url, open_file
 
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
 # A CSV record spanning this many lines is legal but suspect (a misplaced quote that closes late).
@@ -128,20 +128,17 @@ def _remote_files(spec: InputSpec) -> list[tuple[str, int, int | None, str | Non
         version = info.get("ETag") or info.get("etag") or info.get("generation")
         found.append((f"{protocol}://{name}", int(info.get("size") or 0), _mtime_ns(info),
                       str(version).strip('"') if version else None))
-    if not found and not _bucket_exists(fs, spec.path, path.split("/", 1)[0]):
+    if not found and not _bucket_exists(fs, spec.path, path):
         raise InputError(f"input.path: {spec.path}: the bucket {path.split('/', 1)[0]} does not exist (or is not visible with "
                          "these credentials); fix input.path or the credentials")
     _check_found(spec, [(url, size) for url, size, *_ in found])
     return found
 
 
-def _bucket_exists(fs: Any, url: str, bucket: str) -> bool:
+def _bucket_exists(fs: Any, url: str, path: str) -> bool:
     """A glob in a missing bucket lists nothing, silently: tell that apart from an empty folder."""
     try:
-        fs.info(bucket)
-        return True
-    except FileNotFoundError:
-        return False
+        return bucket_exists(fs, path)
     except Exception as e:  # the store's client's own types (no endpoint, refused credentials)
         raise InputError("input.path: " + describe_error(url, e)) from None
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from batchnlp.checksums import sha256
 from batchnlp.errors import UserError
-from batchnlp.storage import describe_error, filesystem, is_url
+from batchnlp.storage import bucket_exists, describe_error, filesystem, is_url
 
 
 class Folder:
@@ -51,15 +51,19 @@ class Folder:
         assert self.local, "only a local output has a directory"
         return Path(self.url)
 
-    @property
-    def fs(self) -> Any:
+    def _open(self) -> None:
+        """Open the store's client on first use (and again in each Ray actor)."""
         if self._fs is None:
             self._fs, self._root = filesystem(self.url, self.options)
+
+    @property
+    def fs(self) -> Any:
+        self._open()
         return self._fs
 
     def key(self, name: str) -> str:
         """The object's path within the store."""
-        self.fs  # noqa: B018 (sets _root)
+        self._open()
         return f"{self._root}/{name}"
 
     # -- reading ---------------------------------------------------------------------------------
@@ -129,11 +133,9 @@ class Folder:
             self.directory.mkdir(parents=True, exist_ok=True)
             return created
         bucket = self.key("").split("/", 1)[0]
-        try:
-            self._call(self.fs.info, bucket)  # unlike exists(), says why: no endpoint, refused credentials
-        except FileNotFoundError:
+        if not self._call(bucket_exists, self.fs, self.key("")):  # unlike exists(), says why it cannot tell
             raise UserError(f"output.path: {self.url}: the bucket {bucket} does not exist (or is not visible with "
-                            "these credentials); create it or fix output.path") from None
+                            "these credentials); create it or fix output.path")
         return False
 
     def write_table(self, name: str, table: pa.Table) -> tuple[int, str]:
