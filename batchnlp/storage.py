@@ -57,10 +57,24 @@ def filesystem(url: str, options: dict[str, Any] | None = None) -> tuple[Any, st
                         f"{package} (or batchnlp[s3] for s3://)") from None
     except (TypeError, ValueError) as e:
         raise UserError(f"{url}: the storage options were refused ({e}); check storage_options in the job") from None
-    # fsspec shares one client per set of options in a process and caches what it listed: a
-    # nightly job run from a long-lived process (a notebook, Airflow) must see today's files.
-    fs.invalidate_cache()
     return fs, path
+
+
+def fresh_listing(fs: Any, path: str | None = None) -> None:
+    """Forget what this process listed under `path`: fsspec shares one client per set of options
+    in a process and caches its listings, and a nightly job run from a long-lived process (a
+    notebook, Airflow) must see today's files. Called before each listing, not per client."""
+    fs.invalidate_cache(path.rstrip("/") if path else None)
+
+
+#: The packages whose exceptions are a store's answer (refused, unreachable), not a bug of ours.
+CLIENT_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "google", "azure")
+
+
+def is_store_error(error: BaseException) -> bool:
+    """An error the store or its client raised (s3fs turns most into OSError; botocore raises
+    NoCredentialsError, EndpointConnectionError, ... of its own)."""
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in CLIENT_PACKAGES
 
 
 def describe_error(url: str, error: Exception) -> str:
@@ -90,7 +104,9 @@ def open_file(name: str, options: dict[str, Any] | None = None) -> Any:
         return fs.open(path, "rb")
     except FileNotFoundError:
         raise
-    except Exception as e:  # OSError, or the store's client's own types (credentials, endpoint)
+    except Exception as e:
+        if not is_store_error(e):
+            raise
         raise UserError(describe_error(name, e)) from None
 
 

@@ -28,16 +28,16 @@ class Verdict:
     inputs: int = 0
 
 
-def load(output: str | Path | Folder) -> Manifest:
-    """The manifest of an output (a path, a URL, or a Folder); a one-line error if there is none."""
-    folder = output if isinstance(output, Folder) else Folder(output)
+def load(output: str | Path) -> Manifest:
+    """The manifest of an output (a path or a URL); a one-line error if there is none."""
+    folder = Folder(output)
     manifest = Manifest.load(folder)
     if manifest is None:
         raise OutputConflictError(f"{folder}: no {MANIFEST_NAME} here; is this a batchnlp output directory?")
     return manifest
 
 
-def verify(output: str | Path | Folder, check_inputs: bool = True) -> Verdict:
+def verify(output: str | Path, check_inputs: bool = True) -> Verdict:
     manifest = load(output)
     folder = manifest.folder
     verdict = Verdict()

@@ -77,6 +77,31 @@ class S3:
         self.fs.mkdir(name)
         return name
 
+    def put_texts(self, bucket: str, key: str, fmt: str, texts=TEXTS, prefix: str = "r") -> None:
+        """An input file of `texts` with ids prefix0, prefix1, ... as Parquet, CSV or JSONL."""
+        import json
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids = [f"{prefix}{i}" for i in range(len(texts))]
+        with self.fs.open(f"{bucket}/{key}", "wb") as f:
+            if fmt == "parquet":
+                pq.write_table(pa.table({"id": ids, "text": texts}), f)
+            elif fmt == "csv":
+                f.write(("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in zip(ids, texts))).encode())
+            else:
+                f.write("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(ids, texts)).encode())
+
+    def read_output(self, url: str):
+        """The parts under an output prefix, read back with pyarrow's own S3 client, as a user would."""
+        import pyarrow.dataset as ds
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(url.replace("s3://", "s3://testing:testing@") +
+                                                  f"?endpoint_override={self.endpoint.split('//')[1]}&scheme=http")
+        return ds.dataset(path, format="parquet", filesystem=fs).to_table()
+
     def options(self) -> dict[str, str]:
         """Storage options naming this server, as a job would give them."""
         return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}

@@ -99,13 +99,9 @@ def test_a_failed_actor_is_one_line_on_the_command_line(tmp_path, classifier_dir
 def test_input_and_output_in_a_bucket_need_no_shared_file_system(tmp_path, s3, classifier_dir):
     """Actors read their shard from the bucket and upload their part there; the endpoint reaches
     them through the job's storage_options (a cluster's nodes share no environment with the driver)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     bucket = s3.bucket()
     for name, texts in (("a", TEXTS[:7]), ("b", TEXTS[7:])):
-        with s3.fs.open(f"{bucket}/in/{name}.parquet", "wb") as f:
-            pq.write_table(pa.table({"id": [f"{name}{i}" for i in range(len(texts))], "text": texts}), f)
+        s3.put_texts(bucket, f"in/{name}.parquet", "parquet", texts, prefix=name)
     outputs = {}
     for engine in ("local", "ray"):
         out = f"s3://{bucket}/{engine}"
@@ -115,9 +111,7 @@ def test_input_and_output_in_a_bucket_need_no_shared_file_system(tmp_path, s3, c
                         output={"path": out, "rows_per_shard": 3, "storage_options": s3.options()})
         result = run(load_spec(job), quiet=True, engine=engine)
         assert result.shards_written == 5 and result.output == out
-        s3.fs.invalidate_cache()
-        parts = sorted(p for p in s3.fs.find(f"{bucket}/{engine}") if p.endswith(".parquet"))
-        outputs[engine] = pa.concat_tables(pq.read_table(s3.fs.open(p)) for p in parts)
+        outputs[engine] = s3.read_output(out)
         manifest = json.loads(s3.fs.cat_file(f"{bucket}/{engine}/.manifest.json"))
         assert manifest["runs"][0]["engine"] == engine and manifest["status"] == "complete"
     assert outputs["ray"].column("id").to_pylist() == outputs["local"].column("id").to_pylist()

@@ -12,8 +12,6 @@ import sys
 import time
 
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from helpers import TEXTS, invoke, read_output, write_job
@@ -21,25 +19,6 @@ from helpers import TEXTS, invoke, read_output, write_job
 pytestmark = pytest.mark.s3
 
 TASK = {"name": "text-classification"}
-
-
-def put_reviews(s3, bucket: str, key: str, fmt: str, texts=TEXTS, prefix="r") -> None:
-    table = pa.table({"id": [f"{prefix}{i}" for i in range(len(texts))], "text": texts})
-    with s3.fs.open(f"{bucket}/{key}", "wb") as f:
-        if fmt == "parquet":
-            pq.write_table(table, f)
-        elif fmt == "csv":
-            f.write(("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in zip(table["id"].to_pylist(), texts))).encode())
-        else:
-            f.write("".join(json.dumps({"id": i, "text": t}) + "\n"
-                            for i, t in zip(table["id"].to_pylist(), texts)).encode())
-
-
-def bucket_output(s3, url: str) -> pa.Table:
-    """The parts under an output prefix, read back from the bucket as a user would."""
-    fs, path = pa.fs.FileSystem.from_uri(url.replace("s3://", "s3://testing:testing@") +
-                                         f"?endpoint_override={s3.endpoint.split('//')[1]}&scheme=http")
-    return ds.dataset(path, format="parquet", filesystem=fs).to_table()
 
 
 def objects(s3, url: str) -> list[str]:
@@ -60,9 +39,9 @@ def local_reference(tmp_path, s3, corpus: str, fmt: str, classifier_dir) -> pa.T
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_an_input_in_a_bucket_is_annotated_as_the_same_files_on_disk(tmp_path, s3, fmt, classifier_dir):
     bucket = s3.bucket()
-    put_reviews(s3, bucket, f"corpus/a.{fmt}", fmt, TEXTS[:7])
-    put_reviews(s3, bucket, f"corpus/b.{fmt}", fmt, TEXTS[7:], prefix="s")
-    put_reviews(s3, bucket, "corpus/_ignored.parquet", "parquet", ["not this one"])
+    s3.put_texts(bucket, f"corpus/a.{fmt}", fmt, TEXTS[:7])
+    s3.put_texts(bucket, f"corpus/b.{fmt}", fmt, TEXTS[7:], prefix="s")
+    s3.put_texts(bucket, "corpus/_ignored.parquet", "parquet", ["not this one"])
     job = write_job(tmp_path, input={"path": f"s3://{bucket}/corpus/", "format": fmt, "text_column": "text"},
                     task=TASK, model={"path": str(classifier_dir)})
     result = invoke("run", job, "-q")
@@ -81,7 +60,7 @@ def test_an_input_in_a_bucket_is_annotated_as_the_same_files_on_disk(tmp_path, s
 def test_an_output_in_a_bucket_runs_verifies_and_continues_night_after_night(tmp_path, s3, classifier_dir,
                                                                            monkeypatch):
     bucket = s3.bucket()
-    put_reviews(s3, bucket, "inbox/a.parquet", "parquet", TEXTS[:6])
+    s3.put_texts(bucket, "inbox/a.parquet", "parquet", TEXTS[:6])
     out = f"s3://{bucket}/annotated"
     job = write_job(tmp_path, input={"path": f"s3://{bucket}/inbox/*.parquet", "text_column": "text"}, task=TASK,
                     model={"path": str(classifier_dir)}, output={"path": out, "rows_per_shard": 4})
@@ -90,17 +69,17 @@ def test_an_output_in_a_bucket_runs_verifies_and_continues_night_after_night(tmp
     first = invoke("run", job, "-q")
     assert first.exit_code == 0 and f"{out}: wrote 6 rows in 2 parts" in first.output, first.output
     assert objects(s3, out) == [".manifest.json", "part-00000-00000.parquet", "part-00000-00001.parquet"]
-    assert bucket_output(s3, out).column("id").to_pylist() == [f"r{i}" for i in range(6)]
+    assert s3.read_output(out).column("id").to_pylist() == [f"r{i}" for i in range(6)]
     assert "ok — 2 parts, 6 rows verified, 1 input file(s) unchanged" in invoke("verify", out).output
     assert "status:   complete" in invoke("inspect", out).output
     night1 = {p: s3.fs.info(f"{bucket}/annotated/{p}")["ETag"] for p in objects(s3, out) if p.startswith("part")}
 
-    put_reviews(s3, bucket, "inbox/b.parquet", "parquet", TEXTS[6:], prefix="s")
+    s3.put_texts(bucket, "inbox/b.parquet", "parquet", TEXTS[6:], prefix="s")
     second = invoke("run", job, "-q")
     assert second.exit_code == 0 and "wrote 6 rows in 2 parts" in second.output and "1 new input" in second.output
     for part, etag in night1.items():
         assert s3.fs.info(f"{bucket}/annotated/{part}")["ETag"] == etag  # night 1's parts untouched
-    assert bucket_output(s3, out).num_rows == len(TEXTS)
+    assert s3.read_output(out).num_rows == len(TEXTS)
 
     from batchnlp.model import load
 
@@ -117,11 +96,11 @@ def test_an_output_in_a_bucket_runs_verifies_and_continues_night_after_night(tmp
     assert invoke("verify", out).exit_code == 0
 
     # An object rewritten with other content is refused, naming it, then annotated again on request.
-    put_reviews(s3, bucket, "inbox/a.parquet", "parquet", TEXTS[:6][::-1], prefix="new")
+    s3.put_texts(bucket, "inbox/a.parquet", "parquet", TEXTS[:6][::-1], prefix="new")
     changed = invoke("run", job, "-q")
     assert changed.exit_code == 2 and f"s3://{bucket}/inbox/a.parquet changed since it was annotated" in changed.output
     assert invoke("run", job, "-q", "--reprocess-changed").exit_code == 0
-    assert bucket_output(s3, out).column("id").to_pylist()[:6] == [f"new{i}" for i in range(6)]
+    assert s3.read_output(out).column("id").to_pylist()[:6] == [f"new{i}" for i in range(6)]
     assert invoke("verify", out).exit_code == 0
 
 
@@ -140,7 +119,7 @@ def test_kill_9_mid_run_resumes_into_the_bucket_with_every_row_once(tmp_path, s3
     assert [s["shard"] for s in manifest["shards"]] == [0, 1]
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "resumed after 2 committed parts" in resumed.stdout, resumed.stderr
-    ids = bucket_output(s3, out).column("id").to_pylist()
+    ids = s3.read_output(out).column("id").to_pylist()
     assert ids == [f"r{i}" for i in range(len(TEXTS))]  # no row twice, none missing, in order
     assert ".batchnlp.lease" not in objects(s3, out)  # released at the end
     assert invoke("verify", out).exit_code == 0
@@ -219,7 +198,7 @@ def test_storage_options_are_used_and_never_recorded(tmp_path, s3, classifier_di
     bucket = s3.bucket()
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)  # only the job's options can reach the server now
-    put_reviews(s3, bucket, "in/a.jsonl", "jsonl")
+    s3.put_texts(bucket, "in/a.jsonl", "jsonl")
     secret = "testing"
     options = {"endpoint_url": s3.endpoint, "key": "testing", "secret": secret}
     job = write_job(tmp_path, input={"path": f"s3://{bucket}/in/a.jsonl", "text_column": "text",

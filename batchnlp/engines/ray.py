@@ -3,8 +3,9 @@
 How it keeps the local engine's guarantees: the items of the Ray dataset are the *shards of the
 plan* still to do (file + row range). `map_batches` hands them to a callable class that loads the
 model once per actor and runs the very same `Annotator` (token-budget batches, precision probe,
-decoding); the actor reads its shard from the input and writes its Parquet part atomically to the
-output (a shared file system, or a bucket) and returns its statistics; the driver records each part in the same manifest once it is durable.
+decoding); the actor reads its shard from the input, writes its Parquet part atomically to the
+output (a shared file system, or a bucket) and returns its statistics; the driver records each
+part in the same manifest once it is durable.
 Resume, "every row exactly once" and the refusal to mix jobs are therefore the local engine's
 per-shard commit protocol, unchanged. Ray Data's own readers and `write_parquet` are not used: they
 know no stable row ranges to resume from, and `write_parquet` appends, so a rerun would duplicate

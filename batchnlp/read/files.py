@@ -24,7 +24,7 @@ from batchnlp.errors import InputError, UserError
 from batchnlp.log import event
 from batchnlp.read.source import Entry, Unit
 from batchnlp.spec import InputSpec
-from batchnlp.storage import bucket_exists, describe_error, filesystem, is_url, open_file
+from batchnlp.storage import bucket_exists, describe_error, filesystem, fresh_listing, is_store_error, is_url, open_file
 
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json", ".ndjson")}
 # A CSV record spanning this many lines is legal but suspect (a misplaced quote that closes late).
@@ -38,14 +38,17 @@ class FileSource:
 
     def __init__(self, spec: InputSpec):
         self.spec = spec
+        self._first: str | None = None  # the first file the last inventory found
 
     def inventory(self) -> list[Entry]:
         if is_url(self.spec.path):
-            return [Entry(url, size, mtime, version) for url, size, mtime, version in _remote_files(self.spec)]
-        entries = []
-        for name in discover(self.spec):
-            stat = os.stat(name)
-            entries.append(Entry(str(Path(name).resolve()), stat.st_size, stat.st_mtime_ns))
+            entries = [Entry(url, size, mtime, version) for url, size, mtime, version in _remote_files(self.spec)]
+        else:
+            entries = []
+            for name in discover(self.spec):
+                stat = os.stat(name)
+                entries.append(Entry(str(Path(name).resolve()), stat.st_size, stat.st_mtime_ns))
+        self._first = entries[0].name
         return entries
 
     def content_hash(self, entry: Entry) -> str:
@@ -57,7 +60,8 @@ class FileSource:
         return count_rows(self.spec, entry.name)
 
     def schema(self) -> pa.Schema:
-        return schema(self.spec, discover(self.spec)[0])
+        # The plan asks right after its inventory: no second listing (a LIST request per page in a bucket).
+        return schema(self.spec, self._first or discover(self.spec)[0])
 
     def identity(self) -> dict[str, Any]:
         return {"format": self.spec.format}
@@ -109,6 +113,7 @@ def _remote_files(spec: InputSpec) -> list[tuple[str, int, int | None, str | Non
     fs, path = filesystem(spec.path, spec.storage_options)
     protocol = spec.path.split("://", 1)[0]
     globbed = any(c in path for c in "*?[")
+    fresh_listing(fs)
     try:
         if globbed:
             listing = fs.glob(path, detail=True)
@@ -116,8 +121,8 @@ def _remote_files(spec: InputSpec) -> list[tuple[str, int, int | None, str | Non
             listing = {path: fs.info(path)}
         else:
             listing = fs.find(path, detail=True)
-    except Exception as e:  # OSError, or the store's client's own types (no credentials, no endpoint)
-        raise InputError("input.path: " + describe_error(spec.path, e)) from None
+    except Exception as e:
+        raise _input_error(spec.path, e) from None
     found = []
     for name, info in sorted(listing.items()):
         base = name.rsplit("/", 1)[-1]
@@ -129,8 +134,8 @@ def _remote_files(spec: InputSpec) -> list[tuple[str, int, int | None, str | Non
         found.append((f"{protocol}://{name}", int(info.get("size") or 0), _mtime_ns(info),
                       str(version).strip('"') if version else None))
     if not found and not _bucket_exists(fs, spec.path, path):
-        raise InputError(f"input.path: {spec.path}: the bucket {path.split('/', 1)[0]} does not exist (or is not visible with "
-                         "these credentials); fix input.path or the credentials")
+        raise InputError(f"input.path: {spec.path}: the bucket {path.split('/', 1)[0]} does not exist (or is not "
+                         "visible with these credentials); fix input.path or the credentials")
     _check_found(spec, [(url, size) for url, size, *_ in found])
     return found
 
@@ -139,8 +144,13 @@ def _bucket_exists(fs: Any, url: str, path: str) -> bool:
     """A glob in a missing bucket lists nothing, silently: tell that apart from an empty folder."""
     try:
         return bucket_exists(fs, path)
-    except Exception as e:  # the store's client's own types (no endpoint, refused credentials)
-        raise InputError("input.path: " + describe_error(url, e)) from None
+    except Exception as e:
+        raise _input_error(url, e) from None
+
+
+def _input_error(url: str, error: Exception) -> Exception:
+    """A store's refusal as one line naming input.path; anything else (a bug) as it was raised."""
+    return InputError("input.path: " + describe_error(url, error)) if is_store_error(error) else error
 
 
 def _mtime_ns(info: dict[str, Any]) -> int | None:
@@ -205,17 +215,16 @@ def schema(spec: InputSpec, name: str) -> pa.Schema:
 def count_rows(spec: InputSpec, name: str) -> int:
     """Rows in a file. Parquet reads its metadata; CSV and JSONL are parsed whole, which also
     surfaces a malformed row before anything is written."""
-    path = name
     fmt = spec.format or _format_of(Path(name))
     if fmt == "csv":
-        check_quotes(spec, path)
-    dataset = open_dataset(spec, path)
+        check_quotes(spec, name)
+    dataset = open_dataset(spec, name)
     try:
         if fmt == "parquet":
             return dataset.count_rows()
         return sum(b.num_rows for b in dataset.to_batches(batch_size=BATCH_ROWS))
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
-        raise InputError(describe(path, e)) from None
+        raise InputError(describe(name, e)) from None
 
 
 def check_quotes(spec: InputSpec, path: str) -> None:

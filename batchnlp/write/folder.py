@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from batchnlp.checksums import sha256
 from batchnlp.errors import UserError
-from batchnlp.storage import bucket_exists, describe_error, filesystem, is_url
+from batchnlp.storage import bucket_exists, describe_error, filesystem, fresh_listing, is_store_error, is_url
 
 
 class Folder:
@@ -70,22 +70,17 @@ class Folder:
 
     def sizes(self, prefix: str = "part-", suffix: str = ".parquet") -> dict[str, int]:
         """Name -> size of the files named prefix*suffix, listed once (one LIST, not a HEAD per part)."""
+        return {n: s for n, s in self._listing().items() if n.startswith(prefix) and n.endswith(suffix)}
+
+    def _listing(self) -> dict[str, int]:
+        """Name -> size of every file in the folder (not in sub-folders); empty if it is not there."""
         if self.local:
             if not self.directory.is_dir():
                 return {}
-            return {e.name: e.stat().st_size for e in os.scandir(self.directory)
-                    if e.is_file() and e.name.startswith(prefix) and e.name.endswith(suffix)}
-        self.fs.invalidate_cache(self.key("").rstrip("/"))  # listings are cached per process; this one must be fresh
-        listing = self._call(self.fs.find, self.key(""), maxdepth=1, detail=True) if self.exists() else {}
-        found = {p.rsplit("/", 1)[-1]: info.get("size") for p, info in listing.items()}
-        return {n: s for n, s in found.items() if n.startswith(prefix) and n.endswith(suffix)}
-
-    def exists(self, name: str | None = None) -> bool:
-        if self.local:
-            return (self.directory / name).is_file() if name else self.directory.exists()
-        if name is None:
-            return bool(self._call(self.fs.exists, self.key("").rstrip("/")))
-        return bool(self._call(self.fs.isfile, self.key(name)))
+            return {e.name: e.stat().st_size for e in os.scandir(self.directory) if e.is_file()}
+        fresh_listing(self.fs, self.key(""))
+        listing = self._call(self.fs.find, self.key(""), maxdepth=1, detail=True)  # a missing prefix lists nothing
+        return {p.rsplit("/", 1)[-1]: info.get("size") for p, info in listing.items()}
 
     def read_bytes(self, name: str) -> bytes | None:
         if self.local:
@@ -111,17 +106,10 @@ class Folder:
         return sorted(self.sizes(prefix, suffix))
 
     def files(self) -> list[str]:
-        """Every file name in the folder (not in sub-folders)."""
+        """Every name in the folder (a local one's sub-folders too; a prefix has only objects)."""
         if self.local:
             return sorted(p.name for p in self.directory.iterdir()) if self.directory.is_dir() else []
-        self.fs.invalidate_cache(self.key("").rstrip("/"))
-        return sorted(p.rsplit("/", 1)[-1] for p in self._call(self.fs.find, self.key(""), maxdepth=1))
-
-    def open_table(self, name: str) -> pa.Table:
-        if self.local:
-            return pq.read_table(self.directory / name)
-        with self._call(self.fs.open, self.key(name), "rb") as f:
-            return pq.read_table(f)
+        return sorted(self._listing())
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -236,17 +224,15 @@ class Folder:
             return function(*args, **kwargs)
         except (FileNotFoundError, FileExistsError):
             raise
-        except OSError as e:
-            raise UserError(describe_error(self.url, e)) from None
         except TypeError as e:
             if "unexpected keyword argument" not in str(e):
                 raise
             raise UserError(f"{self.url}: the storage options were refused ({e}); check output.storage_options") \
                 from None
-        except Exception as e:  # botocore raises its own types (NoCredentialsError, EndpointConnectionError)
-            if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "google", "azure"):
-                raise UserError(describe_error(self.url, e)) from None
-            raise
+        except Exception as e:
+            if not is_store_error(e):
+                raise
+            raise UserError(describe_error(self.url, e)) from None
 
 
 def fsync_dir(directory: Path) -> None:
