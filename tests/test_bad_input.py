@@ -217,10 +217,10 @@ def test_a_dataloader_worker_dies_with_its_run_whatever_it_is_doing(tmp_path):
     inherited mid-use across fork) must still end when the run is killed (PR_SET_PDEATHSIG)."""
     mark = uuid.uuid4().hex
     code = ("import os, time\n"
-            "from batchnlp.batch.loader import _die_with_parent\n"
+            "from batchnlp.batch.loader import tie_forks_to_parent\n"
+            "tie_forks_to_parent()\n"
             "if os.fork() == 0:\n"
-            "    _die_with_parent(0)\n"
-            "    time.sleep(600)  # a worker that never looks at its parent again\n"
+            "    time.sleep(600)  # a worker stuck before any code of its own runs\n"
             "    os._exit(0)\n"
             "print('forked', flush=True)\n"
             "time.sleep(600)\n")

@@ -81,22 +81,40 @@ class PadCollate:
 
 def loader(features: Sequence[dict[str, Any]], batches: list[list[int]], tokenizer: Any, padding_side: str,
            num_workers: int, pin_memory: bool) -> DataLoader:
+    if num_workers:
+        tie_forks_to_parent()
     return DataLoader(Features(features), batch_sampler=batches, collate_fn=PadCollate(tokenizer, padding_side),
-                      num_workers=num_workers, pin_memory=pin_memory,
-                      worker_init_fn=_die_with_parent if num_workers else None)
+                      num_workers=num_workers, pin_memory=pin_memory)
 
 
-def _die_with_parent(worker_id: int) -> None:
-    """A worker whose run was killed (SIGKILL) must not outlive it. torch's own check of the parent
-    runs only between batches, and a worker blocked putting a batch into a full queue that nobody
-    reads any more never gets there: such orphans were seen alive a quarter of an hour later. So
-    the kernel is asked to kill the worker when its parent dies (Linux's PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
+# A worker whose run was killed (SIGKILL) must not outlive it. torch's own check of its parent runs
+# in the worker's loop, which a worker never reaches or returns to when it is stuck: blocked on a
+# full queue nobody reads, or on a lock another thread held at fork time. Such orphans were seen
+# alive a quarter of an hour later. So right after fork, before any of torch's worker code, the
+# child asks the kernel to kill it when its parent dies (Linux's PR_SET_PDEATHSIG).
+_prctl: Any = None  # libc's prctl, looked up in the parent: dlopen in a forked child can deadlock
+_forking_pid = 0  # the process that forks, noted before each fork
+
+
+def tie_forks_to_parent() -> None:
+    """From now on, every process this one forks dies with it (Linux; elsewhere nothing changes).
+    A process started with exec (subprocess, Ray) runs no fork hooks and is not affected."""
+    global _prctl
+    if _prctl is not None or not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # the parent died before the request took effect
+    os.register_at_fork(before=_note_forking_pid, after_in_child=_die_with_parent)
+
+
+def _note_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+def _die_with_parent() -> None:
+    _prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != _forking_pid:  # the parent died before the request took effect
         os._exit(1)
