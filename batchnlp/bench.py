@@ -31,7 +31,8 @@ from batchnlp.session import Session, describe_job, open_session
 from batchnlp.spec import JobSpec
 from batchnlp.tasks.base import Baseline
 from batchnlp.write.folder import Folder
-from batchnlp.write.manifest import Manifest
+from batchnlp.write.commits import CommitLog
+from batchnlp.write.state import OutputState, now
 
 # Dense fp16/bf16 tensor-core peaks from the data sheets, by a name fragment of the device.
 CUDA_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "L4": 121e12, "A10": 125e12,
@@ -179,13 +180,14 @@ def _run_ours(annotator: Annotator) -> tuple[float, list[dict[str, Any]], dict[s
 
     with tempfile.TemporaryDirectory(prefix="batchnlp-bench-") as tmp:
         out = Folder(tmp)
-        manifest = Manifest.new(out, fingerprint={})
-        manifest.start_run({})
+        log = CommitLog(out, OutputState())
+        log.stage({"run_started": {"started_at": now(), "engine": "local"}})
+        ctx = RunContext(annotator.job, log, out, quiet=True)
         began = time.perf_counter()
-        run_shards(RunContext(annotator.job, manifest, out, quiet=True), annotator)
+        run_shards(ctx, annotator, ctx.committer())
         seconds = time.perf_counter() - began
         table = ds.dataset(tmp, format="parquet").to_table()
-        return seconds, annotation_rows(table, annotator), manifest.data["totals"]
+        return seconds, annotation_rows(table, annotator), log.state.summary()
 
 
 def _float32_model(session: Session) -> Any:

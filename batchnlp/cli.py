@@ -105,6 +105,7 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
     """Run JOB (a YAML or TOML job spec): annotate what its output does not hold yet (new input
     files, the rest of an interrupted run), or say it is complete."""
     _setup_logging(quiet, log_level, log_file, log_format)
+    from batchnlp.faults import Faults
     from batchnlp.runner import Policy
     from batchnlp.runner import run as run_job
     from batchnlp.spec import load_spec
@@ -112,13 +113,12 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
     spec = load_spec(job)
     with interruptible(spec.output.path):
         result = run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
-                         policy=Policy(reprocess_changed, removed or "refuse"), progress_interval=progress_interval)
+                         policy=Policy(reprocess_changed, removed or "refuse"), progress_interval=progress_interval,
+                         faults=Faults.from_environment())
     _report(result)
 
 
 def _report(result: Any) -> None:
-    from batchnlp.write.manifest import MANIFEST_NAME
-
     changes = result.changes or {}
     noted = "; ".join(f"{len(v)} {k} input file(s)" for k, v in changes.items() if v and k != "removed")
     noted = f" ({noted})" if noted else ""
@@ -126,14 +126,13 @@ def _report(result: Any) -> None:
         click.echo(f"{result.output}: already complete ({result.resumed_from} parts); nothing to do{noted}")
         return
     resumed = f", resumed after {result.resumed_from} committed parts" if result.resumed_from else ""
-    click.echo(f"{result.output}: wrote {result.rows_written} rows in {result.shards_written} parts{resumed}{noted}; "
-               f"manifest: {result.output}/{MANIFEST_NAME}")
+    click.echo(f"{result.output}: wrote {result.rows_written} rows in {result.shards_written} parts{resumed}{noted}")
 
 
 @contextlib.contextmanager
 def interruptible(output: str | Path) -> Iterator[None]:
     """SIGTERM (what schedulers send on a timeout) and SIGINT both stop the run the same way: the
-    commit in flight finishes, the manifest says `interrupted`, one line says how to resume, and
+    commit in flight finishes, the log records `interrupted`, one line says how to resume, and
     the exit status is 128 + the signal (143, 130), never 1."""
     import signal
 
@@ -156,7 +155,7 @@ def interruptible(output: str | Path) -> Iterator[None]:
 
 
 class Interrupted(KeyboardInterrupt):
-    """A signal asked the run to stop (a KeyboardInterrupt, so the manifest records `interrupted`)."""
+    """A signal asked the run to stop (a KeyboardInterrupt, so the log records `interrupted`)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -168,7 +167,7 @@ class Interrupted(KeyboardInterrupt):
 @click.option("--skip-inputs", is_flag=True, help="Check only the parts, not the input files' content hashes.")
 @user_errors
 def verify(output_dir: str, skip_inputs: bool) -> None:
-    """Check OUTPUT_DIR against its manifest: every part present with its sha256, nothing unlisted
+    """Check OUTPUT_DIR against its log: every part present with its sha256, nothing unlisted
     beside them, the inputs unchanged, the run complete. Exit 0, or 2 with one line per problem."""
     from batchnlp.verification import verify as check
 
@@ -192,29 +191,30 @@ def verify(output_dir: str, skip_inputs: bool) -> None:
 @user_errors
 def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_file: str | None, log_format: str,
           progress_interval: float) -> None:
-    """Re-execute the job recorded in OUTPUT_DIR's manifest (the manifest alone, not the job file)
+    """Re-execute the job recorded in OUTPUT_DIR's log (the log alone, not the job file)
     into DIR and report whether every part is byte-identical (exit 0) or not (exit 2)."""
     _setup_logging(quiet, log_level, log_file, log_format)
+    from batchnlp.faults import Faults
     from batchnlp.runner import run as run_job
     from batchnlp.spec import parse
     from batchnlp.storage import is_url
-    from batchnlp.verification import compare_parts, load, recorded_job
+    from batchnlp.verification import compare_parts, kept_units, load, recorded_job
     from batchnlp.write.folder import Folder
 
     original_dir, target = (p if is_url(p) else str(Path(p).absolute()) for p in (output_dir, to_dir))
     if Folder(target).files():
         raise UserError(f"--to: {target} is not empty; give a new or empty directory")
     original = load(original_dir)
-    removed = {u["name"] for u in original.kept_removed()}
-    kept = [u for u in original.units() if u.name not in removed]
-    spec = parse(recorded_job(original, target))
+    data, base = recorded_job(original, original_dir, target)
+    spec = parse(data, base_dir=base)
     with interruptible(target):
-        run_job(spec, limit=original.data["planned"].get("limit"), quiet=quiet, unit_order=kept,
-                progress_interval=progress_interval)
+        run_job(spec, limit=original.planned.get("limit"), quiet=quiet, unit_order=kept_units(original, original_dir),
+                progress_interval=progress_interval, faults=Faults.from_environment(),
+                pin=original.pinned.precision)
     same, problems = compare_parts(original, load(target))
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
-    click.echo(f"rerun into {target}: {len(same)} of {len(original.data['shards'])} parts byte-identical")
+    click.echo(f"rerun into {target}: {len(same)} of {len(original.parts)} parts byte-identical")
     if problems:
         sys.exit(2)
 
@@ -233,45 +233,69 @@ def validate(job: str) -> None:
 
 @main.command()
 @click.argument("output_dir", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the output's state as JSON (schema: README, "
+                                                      "\"The output's record\").")
+@click.option("--history", is_flag=True, help="List the runs: when, engine, precision, what each added, removed, "
+                                              "found new, changed or dropped, and how each ended.")
 @user_errors
-def inspect(output_dir: str, as_json: bool) -> None:
-    """Summarise an output directory from its manifest."""
+def inspect(output_dir: str, as_json: bool, history: bool) -> None:
+    """Summarise an output directory from its log."""
     from batchnlp.verification import load
+    from batchnlp.write.folder import Folder
 
-    manifest = load(output_dir)
-    directory = manifest.folder
-    data, missing = manifest.data, manifest.missing_parts()
+    state = load(output_dir)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(state.to_json(), indent=2, default=str))
         return
-    status = data["status"]
+    if history:
+        click.echo("\n".join(_history_lines(state)))
+        return
+    directory = Folder(output_dir)
+    missing = state.missing_parts(directory.sizes())
+    status = state.status
     if status == "running" and not directory.is_locked():
         status = "interrupted (rerun the job to resume)"
-    totals, planned, model = data["totals"], data["planned"], data["model"]
+    totals, planned, model = state.summary(), state.planned, state.model
     model_name = model.get("id") or model.get("package") or model.get("path")
     pinned = model.get("commit_sha") or model.get("version") or ""
-    last_run = data["runs"][-1] if data["runs"] else {}
+    last_run = state.runs[-1].to_json() if state.runs else {}
+    precision = state.pinned.precision
+    probe = state.pinned.probe
     lines = [
-        f"output:   {directory}",
-        f"status:   {status}",
-        f"task:     {data['job']['resolved']['task']['name']}",
-        f"model:    {model_name} {pinned} ({model.get('architecture')})",
-        f"inputs:   {len(data['units'])} file(s)"
-        + (f", {len(manifest.kept_removed())} removed with their parts kept" if manifest.kept_removed() else ""),
-        f"rows:     {totals.get('rows', 0)} of {planned.get('rows')}",
-        f"parts:    {totals.get('shards', 0)} of {planned.get('shards')}"
+        f"output:    {directory}",
+        f"status:    {status}",
+        f"task:      {state.job['resolved']['task']['name']}",
+        f"model:     {model_name} {pinned} ({model.get('architecture')})",
+        f"inputs:    {len(state.units)} file(s)"
+        + (f", {len(state.kept_removed())} removed with their parts kept" if state.kept_removed() else ""),
+        f"rows:      {totals.get('rows', 0)} of {planned.get('rows')}",
+        f"parts:     {totals.get('shards', 0)} of {planned.get('shards')}"
         + (f"; {len(missing)} missing or altered on disk ({missing[0]}{', ...' if len(missing) > 1 else ''}): "
            "run the job to redo them"
            if missing else ""),
-        f"errors:   {totals.get('errors', 0)} rows with an error",
-        f"speed:    {totals.get('rows_per_second')} rows/s, {totals.get('tokens_per_second')} tokens/s, "
+        f"errors:    {totals.get('errors', 0)} rows with an error",
+        f"speed:     {totals.get('rows_per_second')} rows/s, {totals.get('tokens_per_second')} tokens/s, "
         f"padding efficiency {totals.get('padding_efficiency')}",
-        f"device:   {last_run.get('device')} {last_run.get('dtype')}"
-        + (" (autocast)" if last_run.get("autocast_dtype") else ""),
-        f"runs:     {len(data['runs'])}, started {data['started_at']}, finished {data['finished_at']}",
+        f"precision: {precision} (pinned at the first run"
+        + (f"; probe agreement {probe.get('agreement')} on {probe.get('rows')} rows" if probe else "") + ")",
+        f"device:    {last_run.get('device')} {last_run.get('dtype')}"
+        + (" (autocast)" if last_run.get("autocast_dtype") else "") + f", engine {last_run.get('engine')}",
+        f"runs:      {len(state.runs)}, started {state.started_at}, finished {state.finished_at}",
     ]
     click.echo("\n".join(lines))
+
+
+def _history_lines(state: Any) -> list[str]:
+    lines = []
+    for run in state.runs:
+        info = run.info
+        inputs = "; ".join(f"{kind} {len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                           for kind, names in run.inputs.items() if names)
+        lines.append(f"run {run.number}: {run.started_at} -> {run.finished_at or '-'} {run.status}"
+                     f"{f' ({run.error})' if run.error else ''}; engine {run.engine}, {info.get('device')} "
+                     f"{info.get('dtype')}; {run.parts_added} parts added ({run.rows} rows), {run.parts_removed} "
+                     f"removed{f'; inputs: {inputs}' if inputs else ''}")
+    return lines
 
 
 @main.command()

@@ -8,7 +8,11 @@ What the engines share (loading the model, writing a part, recording the run's e
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -19,12 +23,15 @@ from batchnlp.log import event
 from batchnlp.model import source
 from batchnlp.read.plan import Plan, make_plan
 from batchnlp.read.source import Unit
-from batchnlp.session import RunResult, describe_job, new_manifest
+from batchnlp.faults import NONE, Faults
+from batchnlp.session import RunResult, describe_job
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
+from batchnlp.write import migrate
+from batchnlp.write.commits import LOG_DIR, CommitLog
 from batchnlp.write.folder import Folder
 from batchnlp.write.lock import LOCK_NAME
-from batchnlp.write.manifest import LEGACY_MANIFEST_NAME, MANIFEST_NAME, Manifest
+from batchnlp.write.state import OutputState, now, record_of, unit_of
 
 __all__ = ["Policy", "RunResult", "clear", "fingerprint", "plan_job", "run"]
 
@@ -45,14 +52,15 @@ def fingerprint(spec: JobSpec, model_identity: dict[str, Any]) -> dict[str, Any]
     may change between runs (they change speed, not which rows map to which part). Sampling draws
     its random numbers batch by batch, so there the batch settings must stay too. The input's
     files are compared one by one instead (new files are annotated, changed ones refused), and
-    --limit may grow."""
-    resolved = spec.resolved()
+    --limit may grow. Paths are as written where relative to the job's folder, so a project
+    moved as a whole is the same job."""
+    portable = spec.portable()
     runtime = {"dtype": spec.runtime.dtype, "max_length": spec.runtime.max_length}
     if getattr(spec.task.params, "do_sample", False):
         runtime.update(batch_tokens=spec.runtime.batch_tokens, max_batch_size=spec.runtime.max_batch_size)
     return {
         "spec": {
-            "input": resolved["input"], "task": resolved["task"], "model": resolved["model"],
+            "input": portable["input"], "task": portable["task"], "model": portable["model"],
             "runtime": runtime,
             "output": {"rows_per_shard": spec.output.rows_per_shard, "prefix": spec.output.prefix},
         },
@@ -62,15 +70,17 @@ def fingerprint(spec: JobSpec, model_identity: dict[str, Any]) -> dict[str, Any]
 
 def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False,
         engine: str | None = None, address: str | None = None, policy: Policy = Policy(),
-        unit_order: Sequence[Unit] = (), progress_interval: float = 30.0) -> RunResult:
-    """Run (or continue) a job. `unit_order`: units to number as given (a rerun of a recorded output)."""
+        unit_order: Sequence[Unit] = (), progress_interval: float = 30.0, faults: Faults = NONE,
+        pin: str | None = None) -> RunResult:
+    """Run (or continue) a job. `unit_order`: units to number as given, `pin`: the precision to
+    use without a probe on a new output (both: a rerun of a recorded output)."""
     out = Folder(spec.output.path, spec.output.storage_options)
     created = False
     try:
         created = out.create()
         with out.lock():
             return _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
-                               progress_interval)
+                               progress_interval, faults, pin)
     except OSError as e:
         raise _output_error(out, e) from None
     finally:
@@ -96,29 +106,46 @@ def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
 
 def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, quiet: bool, engine: str | None,
                 address: str | None, policy: Policy, unit_order: Sequence[Unit],
-                progress_interval: float) -> RunResult:
-    manifest = _existing(out, overwrite)
-    previous = manifest.units() if manifest else list(unit_order)
-    recheck = {u.name for u in previous} - (manifest.complete_units() if manifest else set())
+                progress_interval: float, faults: Faults, pin: str | None) -> RunResult:
+    log = _existing(out, overwrite)
+    state, base = log.state, spec.base_dir or None
+    if state.runs and state.runs[-1].status == "running":  # we hold the lock: that run is dead
+        log.stage({"run_finished": {"status": "killed", "at": now(), "final": False}})
+    previous = [unit_of(u, base) for u in state.unit_list()] if state.job else list(unit_order)
+    complete = state.complete_units()
+    recheck = {u.name for u in previous if u.key not in complete} if state.job else set()
     plan = plan_job(spec, limit, previous, recheck)
     resolved = source.resolve(spec.model)
     job_fingerprint = fingerprint(spec, resolved.identity)
-    if manifest is not None:
-        _refuse_another_job(manifest, job_fingerprint)
-        _apply_policy(manifest, plan, policy)
-        if (finished := _nothing_to_do(manifest, plan, limit)) is not None:
-            return finished
+    chosen_engine = engine or spec.runtime.engine
+    if state.job:
+        _refuse_another_job(state, out, job_fingerprint)
+    log.stage({"run_started": {"started_at": now(), "engine": chosen_engine, "pid": os.getpid(),
+                               "host": socket.gethostname()}})
+    doomed = _apply_policy(log, plan, policy, base) if state.job else []
+    _record_plan(log, plan, limit, base)
+    if doomed:  # no commit may list them by the time they go; their names are written again soon
+        log.commit()
+        _delete(out, doomed)
+    stored = out.sizes()
+    if state.job and (finished := _nothing_to_do(log, plan, stored)) is not None:
+        return finished
     job = describe_job(spec, plan, resolved, quiet)
-    if manifest is None:
-        manifest = new_manifest(job, out, job_fingerprint)
-    done = manifest.done_shards(plan)
-    _record_plan(manifest, plan, limit)
-    ctx = RunContext(job, manifest, out, quiet, done, address or spec.runtime.ray_address, progress_interval)
-    if (engine or spec.runtime.engine) == "ray":
+    done = state.done_shards(plan, stored)
+    ctx = RunContext(job, log, out, quiet, done, address or spec.runtime.ray_address, progress_interval, faults,
+                     job_fingerprint, pin)
+    if chosen_engine == "ray":
         from batchnlp.engines import ray as chosen
     else:
         from batchnlp.engines import local as chosen
-    result = chosen.run(ctx)
+    try:
+        result = chosen.run(ctx)
+    except BaseException as e:
+        if log.pending and log.state.version >= 0:  # failed before its first commit (the model load):
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"  # the history says so
+            with contextlib.suppress(Exception):
+                log.commit({"run_finished": {"status": status, "at": now(), "error": f"{type(e).__name__}: {e}"}})
+        raise
     result.changes = plan.changes
     return result
 
@@ -130,10 +157,11 @@ def plan_job(spec: JobSpec, limit: int | None = None, previous: Sequence[Unit] =
                      previous, recheck)
 
 
-def _apply_policy(manifest: Manifest, plan: Plan, policy: Policy) -> None:
-    """Refuse, or handle as asked, the files that changed or went away since they were annotated.
-    Parts are deleted only after the manifest that no longer lists them is saved."""
-    kept = {u["name"] for u in manifest.kept_removed()}
+def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) -> list[str]:
+    """Refuse, or handle as asked, the files that changed or went away since they were annotated;
+    return the parts to delete once a commit no longer lists them (before any is written again)."""
+    state = log.state
+    kept = {unit_of(u, base).name for u in state.kept_removed()}
     changed = plan.changes["changed"]
     removed = [name for name in plan.changes["removed"] if name not in kept or policy.removed == "drop"]
     if changed and not policy.reprocess_changed:
@@ -143,42 +171,58 @@ def _apply_policy(manifest: Manifest, plan: Plan, policy: Policy) -> None:
         raise OutputConflictError(f"input.path: {_names(removed)} {'was' if len(removed) == 1 else 'were'} annotated "
                                   "but no longer exist; pass --drop-removed to drop their rows from the output, "
                                   "or --keep-removed to keep them")
-    doomed = [part for name in changed for part in manifest.drop_unit(name)]
+    keys = {unit_of(u, base).name: u.key for u in state.unit_list()}
+    doomed = []
+    for name in changed:
+        doomed += _remove_parts(log, keys[name])
+        event("input", f"{name} changed: its rows are annotated again", level=30, file=name)
     for name in removed:
         if policy.removed == "drop":
-            doomed += manifest.drop_unit(name)
-        else:
-            manifest.keep_removed(name)
+            doomed += _remove_parts(log, keys[name])
+        log.stage({"unit_removed": {"key": keys[name], "kept": policy.removed != "drop"}})
     plan.changes["dropped" if policy.removed == "drop" else "kept"] = removed
-    if doomed or removed:
-        manifest.save()
-    for part in doomed:
-        manifest.folder.remove(part)
-    for name in changed:
-        event("input", f"{name} changed: its rows are annotated again", level=30, file=name)
+    log.stage({"run_inputs": {k: v for k, v in plan.changes.items() if v and k != "removed"}})
+    return doomed
 
 
-def _nothing_to_do(manifest: Manifest, plan: Plan, limit: int | None) -> RunResult | None:
-    """The result when every planned shard is already done (no model is loaded then), else None."""
+def _remove_parts(log: CommitLog, unit: int) -> list[str]:
+    parts = [p for p in log.state.part_list() if p.unit == unit]
+    log.stage(*({"remove": {"unit": p.unit, "shard": p.shard}} for p in parts))
+    return [p.name for p in parts]
+
+
+def _delete(out: Folder, parts: list[str]) -> None:
+    for part in parts:
+        out.remove(part)
+
+
+def _nothing_to_do(log: CommitLog, plan: Plan, stored: dict[str, int]) -> RunResult | None:
+    """The result when every planned shard is already done (no model is loaded then), else None:
+    this night's run is committed as complete with nothing added."""
+    state = log.state
     keys = plan.shard_keys()
-    done = manifest.done_shards(plan)
-    for part in manifest.missing_parts():
-        event("verify", f"{part} is listed in the manifest but missing or altered on disk; its rows are "
+    done = state.done_shards(plan, stored)
+    for part in state.missing_parts(stored):
+        event("verify", f"{part} is listed in the output's log but missing or altered on disk; its rows are "
                         "annotated again", level=30, part=part)
     if keys is None or not set(keys) <= done:
         return None
-    if plan.changes["touched"] or manifest.status != "complete" or plan.changes.get("dropped"):
-        _record_plan(manifest, plan, limit)  # remember the new modification times: no rehash next time
-        manifest.data["status"] = "complete"
-        manifest.save()
-    return RunResult(str(manifest.folder), "complete", 0, 0, len(keys), len(done), plan.changes)
+    log.commit({"run_finished": {"status": "complete", "at": now()}})
+    return RunResult(str(log.folder), "complete", 0, 0, len(keys), len(done), plan.changes)
 
 
-def _record_plan(manifest: Manifest, plan: Plan, limit: int | None) -> None:
-    manifest.set_units(plan.read_units)
-    kept_rows = sum(u["rows"] or 0 for u in manifest.kept_removed())
-    manifest.data["planned"] = {"rows": None if plan.total_rows is None else plan.total_rows + kept_rows,
-                                "shards": plan.shard_count, "limit": limit}
+def _record_plan(log: CommitLog, plan: Plan, limit: int | None, base: str | None) -> None:
+    """Stage the units as read (whole row counts, not the ones a --limit cuts) and the plan."""
+    state = log.state
+    records = [record_of(u, base, removed=False) for u in plan.read_units
+               if (old := state.units.get(u.key)) is None or record_of(u, base) != old.to_json()]
+    if records:
+        log.stage({"units": records})
+    kept_rows = sum(u.rows or 0 for u in state.kept_removed())
+    planned = {"rows": None if plan.total_rows is None else plan.total_rows + kept_rows,
+               "shards": plan.shard_count, "limit": limit}
+    if planned != state.planned:
+        log.stage({"planned": planned})
 
 
 def _names(names: list[str]) -> str:
@@ -189,31 +233,57 @@ def _it(names: list[str]) -> str:
     return "it was" if len(names) == 1 else "they were"
 
 
-def _existing(out: Folder, overwrite: bool) -> Manifest | None:
-    """The manifest to continue, or None to start afresh."""
+def _existing(out: Folder, overwrite: bool) -> CommitLog:
+    """The output's log to continue (an 0.2 manifest migrated), or an empty one to start afresh."""
     if overwrite:
         clear(out)
-        return None
+        return CommitLog(out, OutputState())
     out.remove_temporary()
-    manifest = Manifest.load(out)
-    if manifest is None and out.names():
-        raise OutputConflictError(f"output.path: {out} holds Parquet parts but no {MANIFEST_NAME}; choose "
+    out.remove_temporary(LOG_DIR)
+    log = CommitLog.read(out)
+    if log is not None:
+        migrate.remove_leftovers(out)
+        return log
+    legacy = migrate.legacy_manifest(out)
+    if legacy is not None:
+        return migrate.migrate(out, *legacy)
+    if out.names():
+        raise OutputConflictError(f"output.path: {out} holds Parquet parts but no batchnlp log ({LOG_DIR}); choose "
                                   "another output.path or pass --overwrite to replace them")
-    return manifest
+    return CommitLog(out, OutputState())
 
 
-def _refuse_another_job(manifest: Manifest, job_fingerprint: dict[str, Any]) -> None:
+def _refuse_another_job(state: OutputState, out: Folder, job_fingerprint: dict[str, Any]) -> None:
     """Two jobs never mix in one output."""
-    out = manifest.folder
-    changes = manifest.differences(job_fingerprint)
+    changes = differences(state.fingerprint, job_fingerprint)
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise OutputConflictError(f"output.path: {out} was started by a different job ({shown}); pass "
                                   "--overwrite to start over, or choose another output.path")
 
 
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between the job that started an output and the one asked for now."""
+    before = dict(_flatten(old))
+    after = dict(_flatten(json.loads(json.dumps(new, default=str))))
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
+
+
+def _flatten(value: Any, prefix: str = ""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _flatten(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, value
+
+
 def clear(out: Folder) -> None:
-    """Remove what batchnlp wrote (parts, manifest, temporary files), nothing else."""
+    """Remove what batchnlp wrote (parts, log, old manifests, temporary files), nothing else."""
     out.remove_temporary()
-    for name in [*out.names(), MANIFEST_NAME, LEGACY_MANIFEST_NAME]:
+    for name in [*out.names(), *migrate.MANIFEST_NAMES]:
         out.remove(name)
+    out.remove_tree(".batchnlp")

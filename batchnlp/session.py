@@ -1,6 +1,7 @@
-"""What both engines share: the job as known before any weights load (`Job`), the model opened
-with its precision settled (`Session`), the new manifest, writing one part, and recording how a
-run ended (`recording`).
+"""What both engines share: the job as known before any weights load (`Job`, `describe_job`
+loads its config and tokenizer), the model opened with its precision settled (`Session`,
+`open_session`), and the output's first action (`metadata`). Writing and recording parts is
+`write/committer.py`'s.
 
 The chain of holders: `Job` (spec, plan, model source, config, tokenizer, task, output schema)
 -> `Session` (the job, its `Annotator` on the loaded model, the precision probe). Heavy imports
@@ -9,27 +10,39 @@ The chain of holders: `Job` (spec, plan, model source, config, tokenizer, task, 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
+import importlib.metadata
+import platform
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Container, Iterator
+from typing import TYPE_CHECKING, Any, Container
 
 import pyarrow as pa
 
 from batchnlp.model.source import ResolvedModel, check_max_length
-from batchnlp.read.plan import Plan, Shard, ShardKey, read_shards
+from batchnlp.read.plan import Plan, ShardKey, read_shards
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
 from batchnlp.tasks.base import Task
-from batchnlp.write.manifest import Manifest, library_versions
 from batchnlp.write.folder import Folder
+from batchnlp.write.state import now, relative_base
 from batchnlp.write.parts import check_collisions, output_schema
 
 if TYPE_CHECKING:
     from batchnlp.annotator import Annotator
 
 PROBE_ROWS = 32
+LIBRARIES = ("batchnlp", "torch", "transformers", "tokenizers", "pyarrow", "datasets", "huggingface_hub",
+             "safetensors", "numpy", "sentencepiece", "gguf", "accelerate")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries that decide the output (None: not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 @dataclass
@@ -91,14 +104,16 @@ class Session:
         """This run's device, precision and batch settings, for the manifest's run entry."""
         runtime, model = self.job.spec.runtime, self.annotator.model
         return {**self.annotator.placement.describe(), "precision_probe": self.probe,
+                "precision": self.annotator.placement.name,
                 "attention": getattr(model.config, "_attn_implementation", None),
                 "batch_tokens": runtime.batch_tokens, "max_batch_size": runtime.max_batch_size,
                 "num_workers": runtime.num_workers}
 
 
-def open_session(job: Job, done: Container[ShardKey] = ()) -> Session:
-    """Load the weights once onto the chosen device and precision; with `dtype: auto` on a bf16
-    CPU, keep bfloat16 only if the probe (on the first shard not `done`) agrees with float32."""
+def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = None) -> Session:
+    """Load the weights once onto the chosen device and precision. `pinned`: the precision the
+    output settled on at its first commit, used as is; else, with `dtype: auto` on a bf16 CPU,
+    keep bfloat16 only if the probe (on the first shard not `done`) agrees with float32."""
     from batchnlp.annotator import Annotator
     from batchnlp.model import device, load
 
@@ -107,7 +122,7 @@ def open_session(job: Job, done: Container[ShardKey] = ()) -> Session:
         import torch
 
         torch.set_num_threads(spec.runtime.threads)
-    placement = device.choose(spec.runtime)
+    placement = device.choose(spec.runtime, pinned)
     model = load.load_model(job.model, job.task.model_class, placement, spec.model.trust_remote_code,
                             spec.model.allow_missing_weights)
     with placement.context():
@@ -139,54 +154,24 @@ def precision_probe(annotator: Annotator, done: Container[ShardKey] = ()) -> dic
             "threshold": task.agreement_threshold, "kept": agreement >= task.agreement_threshold}
 
 
-def new_manifest(job: Job, out: Folder, job_fingerprint: dict[str, Any]) -> Manifest:
+def metadata(job: Job, job_fingerprint: dict[str, Any], out: Folder, probe: dict[str, Any] | None,
+             precision: str) -> dict[str, Any]:
+    """The output's first action: what the job is, and the decisions later runs keep (pinned)."""
     spec, config = job.spec, job.config
-    return Manifest.new(
-        out,
-        job={"file": spec.source_file, "paths_as_written": spec.paths_as_written, "resolved": spec.resolved(),
-             # The text as given, unless it holds storage_options (credentials stay out of the manifest).
-             **({"text": None, "text_withheld": "the job holds storage_options"} if spec.has_storage_options
-                else {"text": spec.source_text})},
-        fingerprint=job_fingerprint,
-        model={**job.model.identity, "class": job.task.model_class,
-               "architecture": (config.architectures or [config.model_type])[0], "max_length": job.max_length},
-        input={"kind": "dataset" if spec.input.dataset else "files", **job.plan.identity},
-        output={"schema": [f"{f.name}: {f.type}" for f in job.schema]},
-        libraries=library_versions(),
-    )
-
-
-def write_part(out: Folder, shard: Shard, table: pa.Table, stats: dict[str, Any]) -> dict[str, Any]:
-    """Write a shard's part atomically; return its statistics as the manifest records them. The
-    caller records it in the manifest only after this returns: the part is durable by then."""
-    size, digest = out.write_table(shard.part, table)
-    crash_point("part-written", shard.number)
-    return {**stats, "unit": shard.unit.key, "shard": shard.number, "input": shard.unit.name, "start": shard.start,
-            "bytes": size, "sha256": digest}
-
-
-@contextlib.contextmanager
-def recording(manifest: Manifest) -> Iterator[None]:
-    """Record how the run ended in the manifest: complete, interrupted (Ctrl-C) or failed (with
-    the error), and let the exception go on."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        manifest.finish("interrupted")
-        raise
-    except BaseException as e:
-        manifest.finish("failed", error=f"{type(e).__name__}: {e}")
-        raise
-    manifest.finish("complete")
-
-
-def crash_point(name: str, number: int) -> None:
-    """Fault injection for the tests: BATCHNLP_TEST_CRASH=part-written:2 SIGKILLs this process right
-    after the part of shard 2 (of any file) is renamed into place, before the manifest records it;
-    BATCHNLP_TEST_SIGNAL=shard-recorded:0 sends it SIGTERM, as a scheduler would."""
-    point = f"{name}:{number}"
-    if os.environ.get("BATCHNLP_TEST_CRASH") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-    wanted, _, signame = os.environ.get("BATCHNLP_TEST_SIGNAL", "").partition("@")
-    if wanted == point:  # "shard-recorded:0" sends SIGTERM, "shard-recorded:0@SIGINT" SIGINT
-        os.kill(os.getpid(), getattr(signal, signame or "SIGTERM"))
+    base = spec.base_dir or None
+    model = {**job.model.identity, "class": job.task.model_class,
+             "architecture": (config.architectures or [config.model_type])[0], "max_length": job.max_length}
+    return {"metadata": {
+        "created_at": now(),
+        "job": {"file": spec.source_file, "paths_as_written": spec.paths_as_written, "resolved": spec.resolved(),
+                "base": base, "base_from_output": relative_base(base, str(out)),
+                # The text as given, unless it holds storage_options (credentials stay out of the log).
+                **({"text": None, "text_withheld": "the job holds storage_options"} if spec.has_storage_options
+                   else {"text": spec.source_text})},
+        "fingerprint": job_fingerprint,
+        "model": model,
+        "input": {"kind": "dataset" if spec.input.dataset else "files", **job.plan.identity},
+        "libraries": library_versions(),
+        "pinned": {"precision": precision, "probe": probe, "model": model,
+                   "schema": [f"{f.name}: {f.type}" for f in job.schema]},
+    }}

@@ -116,6 +116,17 @@ class JobSpec:
     source_text: str = ""
     #: The relative paths of the job as written ({"input.path": "data/x.csv"}); the fields hold them resolved.
     paths_as_written: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The folder relative paths resolve against: the job file's, or the working directory's.
+    base_dir: str = ""
+
+    def portable(self) -> dict[str, Any]:
+        """`resolved()` with each path as written where it was relative to the job's folder: what
+        identifies the job wherever the project (job, inputs, output together) is moved."""
+        data = self.resolved()
+        for key, value in self.paths_as_written.items():
+            section, name = key.split(".")
+            data[section][name] = value
+        return data
 
     def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in, as plain data (for the manifest and fingerprints).
@@ -195,7 +206,8 @@ def parse(data: dict[str, Any], base_dir: str | Path | None = None) -> JobSpec:
     for required in ("input", "task", "model", "output"):
         if required not in data:
             raise SpecError(required, "required section is missing")
-    data, written = _resolve_paths(data, Path(base_dir) if base_dir is not None else Path.cwd())
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    data, written = _resolve_paths(data, base)
     spec = JobSpec(
         input=_parse_input(data["input"]),
         task=_parse_task(data["task"]),
@@ -203,6 +215,7 @@ def parse(data: dict[str, Any], base_dir: str | Path | None = None) -> JobSpec:
         runtime=_parse_runtime(data.get("runtime") or {}),
         output=_parse_output(data["output"]),
         paths_as_written=written,
+        base_dir=os.path.abspath(base),
     )
     task_class(spec.task.name).check_input(spec.task.params, spec.input)
     _check_output_placement(spec)

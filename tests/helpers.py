@@ -43,8 +43,15 @@ def write_job(directory: Path, *, input: dict, task: dict, model: dict, output: 
 
 
 def read_output(directory: Path):
-    """The whole annotated output, parts in order (the manifest and lock file are skipped)."""
+    """The whole annotated output, parts in order (the log and lock file are skipped)."""
     return ds.dataset(str(directory), format="parquet").to_table()
+
+
+def record(output) -> dict:
+    """The output's state through the public API (`batchnlp.inspect`): status, runs, parts, ..."""
+    import batchnlp
+
+    return batchnlp.inspect(output)
 
 
 def invoke(*args):

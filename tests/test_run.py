@@ -15,9 +15,8 @@ import torch
 from batchnlp.errors import OutputConflictError, SpecError
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
-from batchnlp.write.manifest import MANIFEST_NAME
 
-from helpers import TEXTS, read_output, write_job
+from helpers import TEXTS, read_output, write_job, record
 
 
 def classify_job(tmp_path, classifier_dir, reviews_csv, **overrides):
@@ -131,14 +130,14 @@ def test_null_empty_and_long_texts_follow_the_policy(tmp_path, classifier_dir):
     assert table.column("label")[3].is_valid  # long text: truncated to max_length, annotated
     expected, id2label = reference_scores(classifier_dir, [long_text], max_length=64)
     assert table.column("score")[3].as_py() == pytest.approx(float(expected.max()), abs=1e-5)
-    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    manifest = record(tmp_path / "out")
     assert manifest["totals"]["errors"] == 3
     assert manifest["totals"]["rows_at_max_length"] == 1
 
 
 def test_manifest_records_what_ran(tmp_path, classifier_dir, reviews_csv):
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv)), quiet=True)
-    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    manifest = record(tmp_path / "out")
     assert manifest["status"] == "complete"
     assert manifest["model"]["source"] == "path"
     assert set(manifest["model"]["weights_sha256"]) == {"model.safetensors"}
@@ -154,14 +153,14 @@ def test_manifest_records_what_ran(tmp_path, classifier_dir, reviews_csv):
     unit = manifest["units"][0]
     assert unit["rows"] == len(TEXTS) and unit["size"] == reviews_csv.stat().st_size
     assert unit["content_hash"] == "xxh3_128:" + xxhash.xxh3_128(reviews_csv.read_bytes()).hexdigest()
-    assert [(s["unit"], s["shard"], s["part"]) for s in manifest["shards"]] == [
+    assert [(s["unit"], s["shard"], s["part"]) for s in manifest["parts"]] == [
         (0, j, f"part-00000-0000{j}.parquet") for j in range(3)]
-    for shard in manifest["shards"]:
+    for shard in manifest["parts"]:
         assert shard["sha256"] == hashlib.sha256((tmp_path / "out" / shard["part"]).read_bytes()).hexdigest()
     run_entry = manifest["runs"][0]
     assert run_entry["cwd"] == os.getcwd() and run_entry["model_load_seconds"] >= 0
-    assert sum(s["rows"] for s in manifest["shards"]) == len(TEXTS)
-    for shard in manifest["shards"]:
+    assert sum(s["rows"] for s in manifest["parts"]) == len(TEXTS)
+    for shard in manifest["parts"]:
         assert 0 < shard["tokens"] <= shard["padded_tokens"]
     assert manifest["runs"][0]["device"] == "cpu" and manifest["runs"][0]["weights_dtype"] == "float32"
 
@@ -171,7 +170,7 @@ def test_bfloat16_on_cpu_agrees_with_float32(tmp_path, classifier_dir, reviews_c
     table = read_output(tmp_path / "out")
     expected, id2label = reference_scores(classifier_dir, TEXTS)
     np.testing.assert_allclose(table.column("score").to_numpy(), expected.max(-1), atol=2e-2)
-    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    manifest = record(tmp_path / "out")
     assert manifest["runs"][0]["autocast_dtype"] == "bfloat16"
 
 
@@ -194,19 +193,19 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, classifier_dir, reviews
     job = classify_job(tmp_path, classifier_dir, reviews_csv)
     killed = run_in_subprocess(job, crash)
     assert killed.returncode == -9  # really SIGKILLed, mid-run
-    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    manifest = record(tmp_path / "out")
     assert manifest["status"] == "running"
-    recorded = [s["shard"] for s in manifest["shards"]]
+    recorded = [s["shard"] for s in manifest["parts"]]
     assert recorded == ([0] if crash.startswith("part-written") else [0, 1])
 
     resumed = run_in_subprocess(job)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after {len(recorded)} committed parts" in resumed.stdout
     assert read_output(tmp_path / "out").equals(read_output(reference_dir / "out"))
-    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    manifest = record(tmp_path / "out")
     assert manifest["status"] == "complete" and len(manifest["runs"]) == 2
-    assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2]
-    assert {s["run"] for s in manifest["shards"] if s["shard"] in recorded} == {1}
+    assert [s["shard"] for s in manifest["parts"]] == [0, 1, 2]
+    assert {s["run"] for s in manifest["parts"] if s["shard"] in recorded} == {1}
 
 
 def test_complete_output_is_not_redone(tmp_path, classifier_dir, reviews_csv):
@@ -233,12 +232,12 @@ def test_changed_input_is_refused_unless_reprocessed(tmp_path, classifier_dir, r
 
     spec = load_spec(classify_job(tmp_path, classifier_dir, reviews_csv))
     run(spec, quiet=True)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     with open(reviews_csv, "a") as f:
         f.write("r99,one more row,5\n")
     with pytest.raises(OutputConflictError, match=f"{reviews_csv} changed since it was annotated.*--reprocess-changed"):
         run(spec, quiet=True)
-    assert before == {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}  # nothing touched
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}  # nothing touched
     result = run(spec, quiet=True, policy=Policy(reprocess_changed=True))
     assert result.rows_written == len(TEXTS) + 1 and result.changes["changed"] == [str(reviews_csv)]
     assert read_output(tmp_path / "out").column("id").to_pylist()[-1] == "r99"
@@ -277,7 +276,7 @@ def test_column_clash_needs_a_prefix(tmp_path, classifier_dir):
 def test_parts_from_an_unknown_job_are_not_overwritten(tmp_path, classifier_dir, reviews_csv):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "part-00000.parquet").write_bytes(b"someone else's")
-    with pytest.raises(OutputConflictError, match="no .manifest.json"):
+    with pytest.raises(OutputConflictError, match="no batchnlp log"):
         run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv)), quiet=True)
     assert (tmp_path / "out" / "part-00000.parquet").read_bytes() == b"someone else's"
 
@@ -299,7 +298,7 @@ def test_auto_dtype_keeps_bfloat16_when_the_probe_agrees(tmp_path, classifier_di
     if not native_bf16():
         pytest.skip("this CPU has no native bfloat16")
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
-    run_info = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    run_info = record(tmp_path / "out")["runs"][0]
     assert run_info["dtype"] == "bfloat16" and run_info["autocast_dtype"] == "bfloat16"
     assert run_info["precision_probe"]["kept"] and run_info["precision_probe"]["agreement"] >= 0.995
 
@@ -313,7 +312,7 @@ def test_auto_dtype_falls_back_to_float32_when_the_probe_disagrees(tmp_path, cla
         pytest.skip("this CPU has no native bfloat16")
     monkeypatch.setattr(Classification, "agreement_threshold", 1.01)  # nothing can agree that well
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
-    run_info = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    run_info = record(tmp_path / "out")["runs"][0]
     assert run_info["dtype"] == "float32" and not run_info["precision_probe"]["kept"]
     expected, id2label = reference_scores(classifier_dir, TEXTS)
     np.testing.assert_allclose(read_output(tmp_path / "out").column("score").to_numpy(), expected.max(-1),
@@ -322,7 +321,7 @@ def test_auto_dtype_falls_back_to_float32_when_the_probe_disagrees(tmp_path, cla
 
 def test_int8_dynamic_quantisation(tmp_path, classifier_dir, reviews_csv):
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "int8"})), quiet=True)
-    run_info = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    run_info = record(tmp_path / "out")["runs"][0]
     assert run_info["dtype"] == "int8"
     expected, id2label = reference_scores(classifier_dir, TEXTS)
     table = read_output(tmp_path / "out")
@@ -354,7 +353,7 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_safe_budget(tmp_path, clas
     assert split.column("id").to_pylist() == whole.column("id").to_pylist()  # no row lost or repeated
     assert split.column("label").to_pylist() == whole.column("label").to_pylist()
     np.testing.assert_allclose(split.column("score").to_numpy(), whole.column("score").to_numpy(), atol=1e-5)
-    run_info = json.loads((tmp_path / "b" / "out" / MANIFEST_NAME).read_text())["runs"][0]
+    run_info = record(tmp_path / "b" / "out")["runs"][0]
     assert run_info["oom_splits"] > 0 and run_info["batch_tokens_in_use"] <= 60 < run_info["batch_tokens"]
 
 

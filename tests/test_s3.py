@@ -14,7 +14,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from helpers import TEXTS, invoke, read_output, write_job
+from helpers import TEXTS, invoke, read_output, write_job, record
 
 pytestmark = pytest.mark.s3
 
@@ -52,7 +52,7 @@ def test_an_input_in_a_bucket_is_annotated_as_the_same_files_on_disk(tmp_path, s
     assert reference.num_rows == len(TEXTS)
     assert out.column("label").to_pylist() == reference.column("label").to_pylist()
     assert out.column("score").to_pylist() == reference.column("score").to_pylist()
-    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
+    manifest = record(tmp_path / "out")
     assert [u["name"] for u in manifest["units"]] == [f"s3://{bucket}/corpus/a.{fmt}", f"s3://{bucket}/corpus/b.{fmt}"]
     assert all(u["version"] for u in manifest["units"])  # the ETag, so a same-second rewrite is not missed
 
@@ -68,10 +68,10 @@ def test_an_output_in_a_bucket_runs_verifies_and_continues_night_after_night(tmp
     assert not s3.fs.find(f"{bucket}/annotated")  # validate's test write left nothing behind
     first = invoke("run", job, "-q")
     assert first.exit_code == 0 and f"{out}: wrote 6 rows in 2 parts" in first.output, first.output
-    assert objects(s3, out) == [".manifest.json", "part-00000-00000.parquet", "part-00000-00001.parquet"]
+    assert objects(s3, out) == ["part-00000-00000.parquet", "part-00000-00001.parquet"]  # the log lies below
     assert s3.read_output(out).column("id").to_pylist() == [f"r{i}" for i in range(6)]
     assert "ok — 2 parts, 6 rows verified, 1 input file(s) unchanged" in invoke("verify", out).output
-    assert "status:   complete" in invoke("inspect", out).output
+    assert "status:    complete" in invoke("inspect", out).output
     night1 = {p: s3.fs.info(f"{bucket}/annotated/{p}")["ETag"] for p in objects(s3, out) if p.startswith("part")}
 
     s3.put_texts(bucket, "inbox/b.parquet", "parquet", TEXTS[6:], prefix="s")
@@ -90,7 +90,7 @@ def test_an_output_in_a_bucket_runs_verifies_and_continues_night_after_night(tmp
 
     s3.fs.rm_file(f"{bucket}/annotated/part-00001-00000.parquet")
     broken = invoke("verify", out)
-    assert broken.exit_code == 2 and f"{out}/part-00001-00000.parquet: listed in the manifest but missing" in broken.output
+    assert broken.exit_code == 2 and f"{out}/part-00001-00000.parquet: listed in the output's log but missing" in broken.output
     redo = invoke("run", job, "-q")
     assert redo.exit_code == 0 and "wrote 4 rows in 1 parts" in redo.output, redo.output
     assert invoke("verify", out).exit_code == 0
@@ -113,10 +113,10 @@ def test_kill_9_mid_run_resumes_into_the_bucket_with_every_row_once(tmp_path, s3
     killed = subprocess.run(command, env={**os.environ, "BATCHNLP_TEST_CRASH": "part-written:2"},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
-    # The killed run's part 2 is in the bucket, but not in the manifest; its lease is still there.
+    # The killed run's part 2 is in the bucket, but not in the log; its lease is still there.
     assert "part-00000-00002.parquet" in objects(s3, out) and ".batchnlp.lease" in objects(s3, out)
-    manifest = json.loads(s3.fs.cat_file(f"{bucket}/out/.manifest.json"))
-    assert [s["shard"] for s in manifest["shards"]] == [0, 1]
+    manifest = record(out)
+    assert [s["shard"] for s in manifest["parts"]] == [0, 1]
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "resumed after 2 committed parts" in resumed.stdout, resumed.stderr
     ids = s3.read_output(out).column("id").to_pylist()
@@ -207,10 +207,10 @@ def test_storage_options_are_used_and_never_recorded(tmp_path, s3, classifier_di
                     output={"path": f"s3://{bucket}/out", "storage_options": options})
     result = invoke("run", job, "-q")
     assert result.exit_code == 0, result.output
-    manifest = s3.fs.cat_file(f"{bucket}/out/.manifest.json").decode()
-    (tmp_path / "manifest.json").write_text(manifest)
-    assert s3.endpoint not in manifest and '"secret"' not in manifest
-    assert json.loads(manifest)["job"]["text"] is None
+    log = "".join(s3.fs.cat_file(p).decode() for p in s3.fs.find(f"{bucket}/out/.batchnlp"))
+    assert "version" in log and s3.endpoint not in log and '"secret"' not in log
+    first = json.loads(s3.fs.cat_file(f"{bucket}/out/.batchnlp/log/00000000000000000000.json"))
+    assert first["actions"][0]["metadata"]["job"]["text"] is None
 
 
 def test_object_store_urls_are_checked_in_the_spec(tmp_path, classifier_dir, reviews_csv):

@@ -17,7 +17,7 @@ import torch
 from batchnlp.runner import run
 from batchnlp.spec import load_spec
 
-from helpers import read_output, write_job
+from helpers import read_output, write_job, record
 
 LONG = ("the story was slow but the ending was excellent and the music was great, i would recommend it to anyone "
         "who likes a good film with a long plot and great acting. the price of the ticket was cheap and the "
@@ -174,8 +174,8 @@ def test_long_text_is_windowed_and_nothing_is_lost(tmp_path, ner_dir):
                                                      return_offsets_mapping=True)["offset_mapping"]
     assert len(offsets) > 600
     assert [(t["start"], t["end"]) for t in tokens] == [tuple(o) for o in offsets]  # every token once, in order
-    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
-    assert manifest["shards"][0]["features"] == 6 and manifest["totals"]["rows_at_max_length"] == 0
+    manifest = record(tmp_path / "out")
+    assert manifest["parts"][0]["features"] == 6 and manifest["totals"]["rows_at_max_length"] == 0
 
 
 # -- question answering --------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_question_answering_finds_the_span_with_exact_offsets(tmp_path, qa_dir):
     assert all(0.9 < s <= 1.0 for s in scores)
     second = table.column("answers").to_pylist()[0]
     assert second[0]["answer"] == "Paris, France" and second[1]["score"] < second[0]["score"]
-    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
+    manifest = record(tmp_path / "out")
     assert manifest["totals"]["features"] > 6  # the long context really was split
 
 

@@ -15,48 +15,45 @@ from batchnlp.annotator import Annotator, Prepared
 from batchnlp.engines.context import RunContext
 from batchnlp.engines.progress import Progress
 from batchnlp.read.plan import Shard, read_shards
-from batchnlp.session import RunResult, crash_point, open_session, recording, write_part
+from batchnlp.session import RunResult, open_session
+from batchnlp.write.committer import Committer, write_part
 
 
 def run(ctx: RunContext) -> RunResult:
     began = time.perf_counter()
-    session = open_session(ctx.job, ctx.done)
-    ctx.start_run({"engine": "local", **session.run_info(),
-                   "model_load_seconds": round(time.perf_counter() - began, 3)})
-    return run_shards(ctx, session.annotator)
+    session = open_session(ctx.job, ctx.done, ctx.pinned)
+    committer = ctx.committer()
+    ctx.start_run(committer, {"engine": "local", **session.run_info(),
+                              "model_load_seconds": round(time.perf_counter() - began, 3)},
+                  session.probe, session.annotator.placement.name)
+    return run_shards(ctx, session.annotator, committer)
 
 
-def run_shards(ctx: RunContext, annotator: Annotator) -> RunResult:
-    """Annotate every shard of the plan not done yet into the output, recording each in the manifest."""
+def run_shards(ctx: RunContext, annotator: Annotator, committer: Committer) -> RunResult:
+    """Annotate every shard of the plan not done yet into the output, recording each in the log."""
     plan = ctx.job.plan
     progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
-    committer = _Committer(ctx, annotator, progress)
+    writer = _Writer(ctx, annotator, committer, progress)
     try:
-        with recording(ctx.manifest):
-            _pipeline(read_shards(plan, ctx.done), annotator, committer.commit, progress)
+        with committer.recording():
+            _pipeline(read_shards(plan, ctx.done), annotator, writer.write, progress)
     finally:
         progress.close()
-    return RunResult(str(ctx.out), "complete", committer.rows, committer.shards, plan.shard_count, len(ctx.done))
+    return RunResult(str(ctx.out), "complete", committer.rows, committer.parts, plan.shard_count, len(ctx.done))
 
 
-class _Committer:
-    """The writer stage: decode a shard, write its part, then record it (counts this run's work)."""
+class _Writer:
+    """The writer stage: decode a shard, write its part, then have the committer record it."""
 
-    def __init__(self, ctx: RunContext, annotator: Annotator, progress: Progress):
-        self.ctx, self.annotator, self.progress = ctx, annotator, progress
-        self.began = time.perf_counter()
-        self.rows = self.shards = 0
+    def __init__(self, ctx: RunContext, annotator: Annotator, committer: Committer, progress: Progress):
+        self.ctx, self.annotator, self.committer, self.progress = ctx, annotator, committer, progress
+        self.precision = {"device": str(annotator.placement.device), "dtype": annotator.placement.name}
 
-    def commit(self, shard: Shard, prepared: Prepared) -> None:
+    def write(self, shard: Shard, prepared: Prepared) -> None:
         table, stats = self.annotator.finish(prepared)
-        stats = write_part(self.ctx.out, shard, table, stats)
-        self.rows += shard.rows
-        self.shards += 1
-        self.ctx.manifest.record_shard(stats, run={"rows": self.rows,
-                                                   "seconds": round(time.perf_counter() - self.began, 3),
-                                                   "batch_tokens_in_use": self.annotator.batch_tokens,
-                                                   "oom_splits": self.annotator.oom_splits})
-        crash_point("shard-recorded", shard.number)
+        stats = write_part(self.ctx.out, shard, table, {**stats, **self.precision}, self.ctx.faults)
+        self.committer.record(stats, shard.number, batch_tokens_in_use=self.annotator.batch_tokens,
+                              oom_splits=self.annotator.oom_splits)
         self.progress.committed(shard.part, stats)
 
 

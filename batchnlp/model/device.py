@@ -12,6 +12,7 @@ DistilBERT-base shape over batches of 2k-4k tokens: bfloat16 1.7-2.3x float32, i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,16 @@ class Placement:
                 "torch_threads": torch.get_num_threads()}
 
 
-def choose(runtime: RuntimeSpec) -> Placement:
+def choose(runtime: RuntimeSpec, pinned: str | None = None) -> Placement:
+    """The placement for the job's runtime. `pinned`: the precision an output settled on at its
+    first commit; `dtype: auto` then takes it as if the job had named it (no second probe)."""
+    if pinned is not None and runtime.dtype == "auto":
+        try:
+            return choose(dataclasses.replace(runtime, dtype=pinned))
+        except SpecError as e:
+            raise SpecError("runtime.dtype", f"auto, and this output's precision was pinned to {pinned} by its "
+                                             f"first run, which this device cannot run ({e}); run it where "
+                                             f"{pinned} runs, or start another output") from None
     device = _device(runtime.device)
     if runtime.dtype == "int8":
         if device.type != "cpu":

@@ -2,16 +2,19 @@
 the runner, the engines and `verify` need, so none of them knows which it is.
 
 The commit protocol is the same on both: a part is written whole and only then appears under its
-final name, and only then is the manifest replaced to list it. On a local disk that is a
-temporary file, fsync and rename (and an fsync of the directory). An object store has no rename,
-but a single PUT (or a multipart upload's completion) is atomic: an object is there whole or not
-at all. So a part is written to a local temporary file first, its sha256 taken, then uploaded
-under its final key; the manifest is one PUT.
+final name, and only then does a commit of the output's log (`write/commits.py`) list it. On a
+local disk that is a temporary file, fsync and rename (and an fsync of the directory). An object
+store has no rename, but a single PUT (or a multipart upload's completion) is atomic: an object is
+there whole or not at all. So a part is written to a local temporary file first, its sha256
+taken, then uploaded under its final key. A commit is created only if absent: a hard link of a
+synced temporary file on a disk (which fails if the name exists), a PUT with `If-None-Match: *`
+in S3, so of two writers of one commit number exactly one wins.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,9 +86,13 @@ class Folder:
         return {p.rsplit("/", 1)[-1]: info.get("size") for p, info in listing.items()}
 
     def read_bytes(self, name: str) -> bytes | None:
+        """A file's bytes (None: it is not there); `name` may lie in a sub-folder (the log)."""
         if self.local:
             path = self.directory / name
-            return path.read_bytes() if path.is_file() else None
+            try:
+                return path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
         try:
             return self._call(self.fs.cat_file, self.key(name))
         except FileNotFoundError:
@@ -140,18 +147,54 @@ class Folder:
         return size, digest
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Replace a small file (the manifest) atomically."""
+        """Replace a small file (a checkpoint of the log) atomically."""
         if self.local:
             self._write_local(name, lambda tmp: tmp.write_bytes(data))
             return
         self._check_lease()
         self._call(self.fs.pipe_file, self.key(name), data)
 
+    def create_bytes(self, name: str, data: bytes) -> None:
+        """Write a small file only if no file has that name (a commit of the log): FileExistsError
+        if one has. Durable before it returns; never visible half-written."""
+        if self.local:
+            path = self.directory / name
+            tmp = path.with_name(f".{path.name}.tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)  # atomic, and fails if the name exists (rename would replace it)
+            finally:
+                tmp.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+            return
+        self._check_lease()
+        fs, key = self.fs, self.key(name)
+        if hasattr(fs, "call_s3"):
+            bucket, _, object_key = key.partition("/")
+            try:
+                self._call(fs.call_s3, "put_object", Bucket=bucket, Key=object_key, Body=data, IfNoneMatch="*")
+            except UserError as e:
+                if "pre-condition" in str(e).lower() or "precondition" in str(e).lower() or "412" in str(e):
+                    raise FileExistsError(self / name) from None
+                raise
+            return
+        try:  # other fsspec stores: their create mode where they have one, else check-then-write
+            self._call(fs.pipe_file, key, data, mode="create")
+        except UserError:
+            if self._call(fs.exists, key):
+                raise FileExistsError(self / name) from None
+            self._call(fs.pipe_file, key, data)
+
     def _write_local(self, name: str, write: Any) -> tuple[int, str]:
         """Write to a temporary name, flush to disk, then rename: a crash leaves either the old
         state or the whole file."""
         path = self.directory / name
-        tmp = path.with_name(f".{name}.tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             write(tmp)
             with open(tmp, "rb") as f:
@@ -161,7 +204,7 @@ class Folder:
             raise
         digest = sha256(tmp)
         os.replace(tmp, path)
-        fsync_dir(self.directory)
+        fsync_dir(path.parent)
         return path.stat().st_size, digest
 
     def remove(self, name: str) -> None:
@@ -173,10 +216,22 @@ class Folder:
         except FileNotFoundError:
             pass
 
-    def remove_temporary(self) -> None:
-        """Temporary files a killed local run left (an object store has none)."""
-        if self.local and self.directory.is_dir():
-            for path in self.directory.glob(".*.tmp"):
+    def remove_tree(self, sub: str) -> None:
+        """Delete a sub-folder and all it holds (the log, on --overwrite)."""
+        if self.local:
+            shutil.rmtree(self.directory / sub, ignore_errors=True)
+            return
+        try:
+            self._call(self.fs.rm, self.key(sub), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def remove_temporary(self, sub: str = "") -> None:
+        """Temporary files a killed local run left, here or in the sub-folder `sub` (an object
+        store has none)."""
+        folder = self.directory / sub if self.local else None
+        if folder is not None and folder.is_dir():
+            for path in folder.glob(".*.tmp"):
                 path.unlink(missing_ok=True)
 
     def remove_if_empty(self, ignore: set[str]) -> None:

@@ -1,0 +1,77 @@
+"""The one committer, for both engines: a part becomes part of the output when a commit of the
+log lists it, and that happens here only. As in Ray Data's `Datasink` (`write` in the workers,
+`on_write_complete` on the driver), the engines write parts wherever they annotate them
+(`write_part`) and hand each part's statistics to `Committer.record` in the process that owns
+the output's log, so a run's entries carry the same fields whichever engine ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from batchnlp.errors import RunFailed
+from batchnlp.faults import NONE, Faults
+from batchnlp.read.plan import Shard, part_name
+from batchnlp.write.commits import CommitLog
+from batchnlp.write.folder import Folder
+from batchnlp.write.state import now
+
+
+def write_part(out: Folder, shard: Shard, table: pa.Table, stats: dict[str, Any],
+               faults: Faults = NONE) -> dict[str, Any]:
+    """Write a shard's part atomically; return its statistics as a commit records them. The
+    caller records it only after this returns: the part is durable by then."""
+    size, digest = out.write_table(shard.part, table)
+    faults.point("part-written", shard.number)
+    return {**stats, "unit": shard.unit.key, "shard": shard.number, "input": shard.unit.name, "start": shard.start,
+            "bytes": size, "sha256": digest}
+
+
+class Committer:
+    def __init__(self, log: CommitLog, faults: Faults = NONE):
+        self.log, self.faults = log, faults
+        self.rows = self.parts = 0
+        self.began = time.perf_counter()
+
+    def start_run(self, info: dict[str, Any]) -> None:
+        """Commit where and how this run annotates (device, precision, probe, engine), with what the
+        runner staged before (the job's metadata on a new output, the plan, the run's start)."""
+        self.log.commit({"run_progress": info})
+        self.began = time.perf_counter()
+
+    def record(self, stats: dict[str, Any], point: int, **run: Any) -> None:
+        """Record a durable part (`stats` from `write_part`) and this run's progress; `point` names
+        it for fault injection (the shard's number)."""
+        pinned = self.log.state.pinned.precision
+        if pinned is not None and stats.get("dtype") not in (None, pinned):
+            raise RunFailed(f"{part_name((stats['unit'], stats['shard']))} was annotated in {stats['dtype']}, but this "
+                            f"output's precision is pinned to {pinned}; it is not recorded (parts never mix "
+                            "precisions)")
+        self.rows += stats["rows"]
+        self.parts += 1
+        run_number = self.log.state.runs[-1].number
+        self.log.commit({"add": {**stats, "run": run_number}}, {"run_progress": {"rows": self.rows, **run,
+                                                          "seconds": round(time.perf_counter() - self.began, 3)}})
+        self.faults.point("shard-recorded", point)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.log.commit({"run_finished": {"status": status, "at": now(), "error": error}})
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record how the run ended: complete (or partial, for a --limit that left rows),
+        interrupted (a signal) or failed (with the error); the exception goes on."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.finish("interrupted")
+            raise
+        except BaseException as e:
+            with contextlib.suppress(Exception):  # the log itself may be what failed
+                self.finish("failed", error=f"{type(e).__name__}: {e}")
+            raise
+        self.finish("complete")
