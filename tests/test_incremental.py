@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from batchnlp.annotator import Annotator
 
