@@ -9,6 +9,7 @@ What the engines share (loading the model, writing a part, recording the run's e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -47,25 +48,26 @@ class Policy:
 
 
 def fingerprint(spec: JobSpec, model_identity: dict[str, Any]) -> dict[str, Any]:
-    """What must not change for an output to be continued: the job (input columns and paths, task,
-    model and its weights, dtype, max_length, shard size, prefix). Device, batch budget and workers
-    may change between runs (they change speed, not which rows map to which part). Sampling draws
-    its random numbers batch by batch, so there the batch settings must stay too. The input's
-    files are compared one by one instead (new files are annotated, changed ones refused), and
-    --limit may grow. Paths are as written where relative to the job's folder, so a project
-    moved as a whole is the same job."""
+    """What must not change for an output to be continued, built from what each field of the spec
+    declares (`identity` in spec.py: a new field without a declaration fails here, never slips
+    out): the input's columns and paths, the task, the model and its weights, dtype, max_length,
+    shard size, prefix. Device, batch budget and workers may change between runs (speed, not which
+    rows map to which part); sampling draws its random numbers batch by batch, so there the batch
+    settings must stay too. The input's files are compared one by one instead (new files are
+    annotated, changed ones refused), and --limit may grow. Paths are as written where relative to
+    the job's folder, so a project moved as a whole is the same job."""
     portable = spec.portable()
-    runtime = {"dtype": spec.runtime.dtype, "max_length": spec.runtime.max_length}
-    if getattr(spec.task.params, "do_sample", False):
-        runtime.update(batch_tokens=spec.runtime.batch_tokens, max_batch_size=spec.runtime.max_batch_size)
-    return {
-        "spec": {
-            "input": portable["input"], "task": portable["task"], "model": portable["model"],
-            "runtime": runtime,
-            "output": {"rows_per_shard": spec.output.rows_per_shard, "prefix": spec.output.prefix},
-        },
-        "model": {k: v for k, v in model_identity.items() if k != "path"},
-    }
+    sampling = bool(getattr(spec.task.params, "do_sample", False))
+    sections: dict[str, Any] = {"task": portable["task"]}  # every task parameter changes the output
+    for name in ("input", "model", "runtime", "output"):
+        sections[name] = {}
+        for f in dataclasses.fields(getattr(spec, name)):
+            identity = f.metadata.get("identity")
+            if identity is None:
+                raise TypeError(f"{name}.{f.name} does not declare whether it changes the output (identity=...)")
+            if identity is True or (identity == "sampling" and sampling):
+                sections[name][f.name] = portable[name][f.name]
+    return {"spec": sections, "model": {k: v for k, v in model_identity.items() if k != "path"}}
 
 
 def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False,

@@ -13,9 +13,12 @@ from typing import Any, Literal
 from batchnlp.errors import SpecError
 
 
-def doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field carrying its documentation (shown by `batchnlp tasks` and the README)."""
-    return field(metadata={"doc": text}, **kwargs)
+def doc(text: str, identity: bool | str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field carrying its documentation (shown by `batchnlp tasks` and the README).
+    `identity`, for the job spec's fields: whether a change makes it another job (True: it
+    changes the output; False: only speed or where it runs; "sampling": only when sampling,
+    which draws its random numbers batch by batch). The fingerprint is built from it."""
+    return field(metadata={"doc": text, "identity": identity}, **kwargs)
 
 
 

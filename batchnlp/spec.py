@@ -29,37 +29,41 @@ _EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl":
 
 @dataclass(frozen=True)
 class InputSpec:
-    text_column: str = doc("Column holding the text to annotate.")
+    text_column: str = doc("Column holding the text to annotate.", identity=True)
     path: str | None = doc("A file, a directory or a glob (relative to the job file's folder), or the same in "
-                           "object storage (s3://bucket/corpus/*.parquet, gs://, az://, hf://).", default=None)
+                           "object storage (s3://bucket/corpus/*.parquet, gs://, az://, hf://).",
+                           default=None, identity=True)
     format: Literal["csv", "parquet", "jsonl"] | None = doc(
-        "csv | parquet | jsonl; taken from the file extension when omitted.", default=None)
-    text_pair_column: str | None = doc("Optional second text (sentence pairs, e.g. NLI).", default=None)
+        "csv | parquet | jsonl; taken from the file extension when omitted.", default=None, identity=True)
+    text_pair_column: str | None = doc("Optional second text (sentence pairs, e.g. NLI).", default=None, identity=True)
     id_column: str | None = doc("Optional column identifying each row (kept; uniqueness is not checked).",
-                                default=None)
-    encoding: str = doc("Character encoding of CSV files.", default="utf-8")
+                                default=None, identity=True)
+    encoding: str = doc("Character encoding of CSV files.", default="utf-8", identity=True)
     dataset: str | None = doc("A Hugging Face dataset: a `save_to_disk` directory (local or in a bucket) or a "
-                              "hub id.", default=None)
-    revision: str | None = doc("Hub dataset revision (required for a hub dataset id).", default=None)
-    split: str | None = doc("Dataset split (required for a hub dataset id).", default=None)
+                              "hub id.", default=None, identity=True)
+    revision: str | None = doc("Hub dataset revision (required for a hub dataset id).", default=None, identity=True)
+    split: str | None = doc("Dataset split (required for a hub dataset id).", default=None, identity=True)
     storage_options: dict[str, Any] | None = doc(
         "For an input in object storage: fsspec options (endpoint_url, key, secret, profile, ...). Never written "
-        "to the manifest; credentials are better left to the environment (AWS_PROFILE, ...).", default=None)
+        "to the output's log; credentials are better left to the environment (AWS_PROFILE, ...).",
+        default=None, identity=False)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    id: str | None = doc("Hugging Face hub model id; needs `revision`.", default=None)
+    id: str | None = doc("Hugging Face hub model id; needs `revision`.", default=None, identity=True)
     revision: str | None = doc("Hub tag, branch or commit; resolved to a commit SHA in the manifest.",
-                               default=None)
-    path: str | None = doc("A local model directory (save_pretrained layout).", default=None)
-    package: str | None = doc("An installed Python package that ships a model directory.", default=None)
-    subpath: str = doc("Directory of the model inside `package`.", default="")
-    trust_remote_code: bool = doc("Allow model code from the model repository to run.", default=False)
+                               default=None, identity=True)
+    path: str | None = doc("A local model directory (save_pretrained layout).", default=None, identity=True)
+    package: str | None = doc("An installed Python package that ships a model directory.", default=None, identity=True)
+    subpath: str = doc("Directory of the model inside `package`.", default="", identity=True)
+    trust_remote_code: bool = doc("Allow model code from the model repository to run.", default=False, identity=True)
     allow_missing_weights: bool = doc("Run even if the checkpoint lacks weights the task's model class needs "
-                                      "(they are then random): for speed benchmarks only.", default=False)
+                                      "(they are then random): for speed benchmarks only.",
+                                      default=False, identity=True)
     gguf_file: str | None = doc("A GGUF checkpoint inside the model directory, package or hub repo (needs the "
-                                "`gguf` extra); it is dequantised to the runtime dtype when loaded.", default=None)
+                                "`gguf` extra); it is dequantised to the runtime dtype when loaded.",
+                                default=None, identity=True)
 
     @property
     def source(self) -> str:
@@ -68,35 +72,38 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    device: str = doc("auto | cpu | cuda | cuda:N (auto: cuda when available).", default="auto")
+    device: str = doc("auto | cpu | cuda | cuda:N (auto: cuda when available).", default="auto", identity=False)
     dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = doc(
         "auto: float16 on CUDA; on a CPU with native bfloat16 (AVX512-BF16/AMX) bfloat16 autocast if a probe "
         "on the first rows agrees with float32, else float32. int8: dynamic int8 linear layers (CPU).",
-        default="auto")
+        default="auto", identity=True)
     max_length: int | None = doc("Truncate inputs to this many tokens (default: the model's limit).",
-                                 default=None)
-    batch_tokens: int = doc("Budget of padded tokens per batch (batch size x longest row).", default=16384)
-    max_batch_size: int = doc("Upper bound on rows per batch.", default=256)
+                                 default=None, identity=True)
+    batch_tokens: int = doc("Budget of padded tokens per batch (batch size x longest row).",
+        default=16384, identity="sampling")
+    max_batch_size: int = doc("Upper bound on rows per batch.", default=256, identity="sampling")
     num_workers: int = doc("DataLoader worker processes that pad batches (0: in the main process).",
-                           default=0)
+                           default=0, identity=False)
     engine: Literal["local", "ray"] = doc("local: this process; ray: a Ray cluster (the `ray` extra).",
-                                          default="local")
+                                          default="local", identity=False)
     ray_address: str | None = doc("engine ray: an existing cluster (ray://head:10001); none starts a local one.",
-                                  default=None)
+                                  default=None, identity=False)
     threads: int | None = doc("CPU threads for the model (default: torch's, one per physical core). Reading, "
-                              "tokenizing and writing run in two more threads beside them.", default=None)
+                              "tokenizing and writing run in two more threads beside them.",
+                              default=None, identity=False)
 
 
 @dataclass(frozen=True)
 class OutputSpec:
     path: str = doc("Output directory, or a prefix in object storage (s3://bucket/annotated/): Parquet parts "
-                    "plus .manifest.json.")
-    rows_per_shard: int = doc("Input rows per output part; the unit of progress and resume.", default=5000)
+                    "plus the hidden log .batchnlp/.", identity=False)
+    rows_per_shard: int = doc("Input rows per output part; the unit of progress and resume.",
+        default=5000, identity=True)
     prefix: str = doc("Prefix for the annotation column names (avoids clashes with input columns).",
-                      default="")
+                      default="", identity=True)
     storage_options: dict[str, Any] | None = doc(
         "For an output in object storage: fsspec options, as for input.storage_options (never recorded).",
-        default=None)
+        default=None, identity=False)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ part to the same `Committer` as the local engine once it is durable (Ray Data's 
 split: write in the workers, commit on the driver).
 Resume, "every row exactly once" and the refusal to mix jobs are therefore the local engine's
 per-shard commit protocol, unchanged. The precision is settled once per output, on the driver
-(its probe, at the output's first run), and every actor runs in it: parts never mix precisions. Ray Data's own readers and `write_parquet` are not used: they
-know no stable row ranges to resume from, and `write_parquet` appends, so a rerun would duplicate
-every row. Input and output must be visible to every node: a shared file system, or object
-storage (s3://, gs://, az://), which needs none; each actor opens its own client with the
-job's storage options and the environment's credentials.
+(its probe, at the output's first run), and every actor runs in it: parts never mix precisions.
+Ray Data's own readers and `write_parquet` are not used: they know no stable row ranges to resume
+from, and `write_parquet` appends, so a rerun would duplicate every row. Input and output must be
+visible to every node: a shared file system, or object storage (s3://, gs://, az://), which
+needs none; each actor opens its own client with the job's storage options and the
+environment's credentials.
 """
 
 from __future__ import annotations
