@@ -110,6 +110,7 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
                 address: str | None, policy: Policy, unit_order: Sequence[Unit],
                 progress_interval: float, faults: Faults, pin: str | None) -> RunResult:
     log = _existing(out, overwrite)
+    log.on_point = faults.point
     state, base = log.state, spec.base_dir or None
     if state.runs and state.runs[-1].status == "running":  # we hold the lock: that run is dead
         log.stage({"run_finished": {"status": "killed", "at": now(), "final": False}})
