@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchnlp.errors import BatchNLPError, UserError
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "inspect", "load_job", "run", "verify"]
 _API = {"JobSpec", "RunResult", "annotate", "inspect", "load_job", "run", "verify"}
 

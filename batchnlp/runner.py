@@ -32,7 +32,7 @@ from batchnlp.write import migrate
 from batchnlp.write.commits import LOG_DIR, CommitLog
 from batchnlp.write.folder import Folder
 from batchnlp.write.lock import LOCK_NAME
-from batchnlp.write.state import OutputState, now, record_of, unit_of
+from batchnlp.write.state import OutputState, now, portable_name, record_of, unit_of
 
 __all__ = ["Policy", "RunResult", "clear", "fingerprint", "plan_job", "run"]
 
@@ -134,6 +134,8 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     if state.job and (finished := _nothing_to_do(log, plan, stored)) is not None:
         return finished
     job = describe_job(spec, plan, resolved, quiet)
+    if state.job:
+        _refuse_other_columns(state, out, job)
     done = state.done_shards(plan, stored)
     ctx = RunContext(job, log, out, quiet, done, address or spec.runtime.ray_address, progress_interval, faults,
                      job_fingerprint, pin)
@@ -184,7 +186,6 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
             doomed += _remove_parts(log, keys[name])
         log.stage({"unit_removed": {"key": keys[name], "kept": policy.removed != "drop"}})
     plan.changes["dropped" if policy.removed == "drop" else "kept"] = removed
-    log.stage({"run_inputs": {k: v for k, v in plan.changes.items() if v and k != "removed"}})
     return doomed
 
 
@@ -221,6 +222,9 @@ def _record_plan(log: CommitLog, plan: Plan, limit: int | None, base: str | None
                if (old := state.units.get(u.key)) is None or record_of(u, base) != old.to_json()]
     if records:
         log.stage({"units": records})
+    changes = {k: [portable_name(n, base) for n in v] for k, v in plan.changes.items() if v and k != "removed"}
+    if changes:  # for the history: what this run found
+        log.stage({"run_inputs": changes})
     kept_rows = sum(u.rows or 0 for u in state.kept_removed())
     planned = {"rows": None if plan.total_rows is None else plan.total_rows + kept_rows,
                "shards": plan.shard_count, "limit": limit}
@@ -263,6 +267,19 @@ def _refuse_another_job(state: OutputState, out: Folder, job_fingerprint: dict[s
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise OutputConflictError(f"output.path: {out} was started by a different job ({shown}); pass "
                                   "--overwrite to start over, or choose another output.path")
+
+
+def _refuse_other_columns(state: OutputState, out: Folder, job: Any) -> None:
+    """The output's columns are pinned at its first commit: parts with other columns would not
+    read as one table (or would read wrongly)."""
+    now_columns = [f"{f.name}: {f.type}" for f in job.schema]
+    pinned = state.pinned.schema
+    if pinned and now_columns != pinned:
+        first = next((f"{a!r} -> {b!r}" for a, b in zip(pinned, now_columns) if a != b),
+                     f"{len(pinned)} -> {len(now_columns)} columns")
+        raise OutputConflictError(f"output.path: {out}: this run's columns differ from those pinned at the output's "
+                                  f"first run ({first}); the input's columns changed: restore them, or start "
+                                  "another output (--overwrite)")
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

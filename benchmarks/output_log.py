@@ -97,20 +97,29 @@ def synthetic_part(unit: int, shard: int, run: int = 1) -> dict:
             "dtype": "float32"}
 
 
-def commit_cost(sizes: list[int], before: str | None) -> None:
+def synthetic_log(folder: str, parts: int):
+    """A log whose state holds `parts` parts (as if committed earlier), not yet checkpointed."""
     from batchnlp.write.commits import CommitLog
     from batchnlp.write.folder import Folder
     from batchnlp.write.state import OutputState
 
+    state = OutputState()
+    state.apply({"run_started": {"started_at": "now", "engine": "local"}})
+    for i in range(parts):
+        state.apply({"add": synthetic_part(i // 1000, i % 1000)})
+    state.version = 0
+    return CommitLog(Folder(folder), state, checkpointed=None)
+
+
+def commit_cost(sizes: list[int], before: str | None) -> None:
+    from batchnlp.write.commits import interval
+
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            state = OutputState()
-            state.apply({"run_started": {"started_at": "now", "engine": "local"}})
-            for i in range(size):
-                state.apply({"add": synthetic_part(i // 1000, i % 1000)})
-            state.version = 0
-            log = CommitLog(Folder(tmp), state, checkpointed=0)
+            log = synthetic_log(tmp, size)
+            began = time.perf_counter()
             log.checkpoint()  # as a long-lived output has one
+            checkpoint_ms = (time.perf_counter() - began) * 1e3
             n, began = 200, time.perf_counter()
             for i in range(n):
                 log.commit({"add": synthetic_part(10_000, i)}, {"run_progress": {"rows": 5 * i, "seconds": i}})
@@ -119,7 +128,10 @@ def commit_cost(sizes: list[int], before: str | None) -> None:
             checkpoints = list((Path(tmp) / ".batchnlp" / "log").glob("*.checkpoint.json"))
             print(json.dumps({"side": "after", "parts_recorded": size, "ms_per_commit": round(seconds * 1e3, 3),
                               "bytes_per_commit": round(statistics.mean(sizes_written)),
-                              "checkpoint_bytes": max(p.stat().st_size for p in checkpoints)}), flush=True)
+                              "checkpoint_bytes": max(p.stat().st_size for p in checkpoints),
+                              "checkpoint_ms": round(checkpoint_ms, 1),
+                              "checkpoint_every": interval(size),
+                              "checkpoint_ms_per_commit": round(checkpoint_ms / interval(size), 3)}), flush=True)
         if before:
             old_commit_cost(before, size)
 
@@ -198,17 +210,8 @@ def many_files(files: int, rows_each: int, before: str | None) -> None:
 def run_start(parts: int) -> None:
     """Reading the state of an output of `parts` parts and deciding which planned shards are done
     (the two steps of a run's start that grow with the output), with the peak memory."""
-    from batchnlp.write.commits import CommitLog
-    from batchnlp.write.folder import Folder
-    from batchnlp.write.state import OutputState
-
     with tempfile.TemporaryDirectory() as tmp:
-        state = OutputState()
-        state.apply({"run_started": {"started_at": "now", "engine": "local"}})
-        for i in range(parts):
-            state.apply({"add": synthetic_part(i // 1000, i % 1000)})
-        state.version = 0
-        log = CommitLog(Folder(tmp), state, checkpointed=None)
+        log = synthetic_log(tmp, parts)
         log.checkpoint()
         for i in range(49):  # commits since the checkpoint, as a reader finds them at worst
             log.commit({"add": synthetic_part(10_000, i)})

@@ -49,6 +49,13 @@ def test_classification_equals_the_local_engine(tmp_path, classifier_dir, review
     manifest = record(tmp_path / "ray" / "out")
     run_info = manifest["runs"][0]
     assert run_info["engine"] == "ray" and run_info["ray_version"] == ray.__version__ and run_info["actors"] >= 1
+    # The same fields as a local run's entry (issue 16: a Ray entry had no device or dtype).
+    local_info = record(tmp_path / "local" / "out")["runs"][0]
+    for key in ("device", "dtype", "precision", "precision_probe", "batch_tokens", "max_batch_size", "rows",
+                "seconds", "status", "parts_added"):
+        assert key in run_info and key in local_info, key
+    assert (run_info["device"], run_info["dtype"]) == (local_info["device"], local_info["dtype"]) == ("cpu", "float32")
+    assert {(p["device"], p["dtype"]) for p in manifest["parts"]} == {("cpu", "float32")}
     assert manifest["status"] == "complete" and [s["shard"] for s in manifest["parts"]] == [0, 1, 2]
     assert all(len(s["sha256"]) == 64 for s in manifest["parts"])
 

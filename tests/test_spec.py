@@ -113,3 +113,23 @@ def test_example_jobs_are_valid():
     assert jobs
     for job in jobs:
         load_spec(job)
+
+
+def test_every_spec_field_declares_whether_it_changes_the_output(tmp_path):
+    """The fingerprint is built from these declarations: a new field must say whether a change
+    makes another job; one that does not is caught here, not by a user whose output mixes two jobs."""
+    import dataclasses
+
+    from batchnlp.runner import fingerprint
+    from batchnlp.spec import InputSpec, ModelSpec, OutputSpec, RuntimeSpec
+
+    for cls in (InputSpec, ModelSpec, RuntimeSpec, OutputSpec):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("identity") in (True, False, "sampling"), f"{cls.__name__}.{f.name}"
+    spec = parse({"input": {"path": "x.csv", "text_column": "text"}, "task": {"name": "embeddings"},
+                  "model": {"path": "m"}, "output": {"path": "out"}}, base_dir=tmp_path)
+    assert fingerprint(spec, {})["spec"]["runtime"] == {"dtype": "auto", "max_length": None}
+    assert fingerprint(spec, {})["spec"]["input"]["path"] == "x.csv"  # as written: a moved project matches
+    undeclared = dataclasses.make_dataclass("Runtime", [("extra", int, dataclasses.field(default=1))])
+    with pytest.raises(TypeError, match="runtime.extra does not declare whether it changes the output"):
+        fingerprint(dataclasses.replace(spec, runtime=undeclared()), {})

@@ -18,7 +18,7 @@ from batchnlp.faults import NONE, Faults
 from batchnlp.read.plan import Shard, part_name
 from batchnlp.write.commits import CommitLog
 from batchnlp.write.folder import Folder
-from batchnlp.write.state import now
+from batchnlp.write.state import now, portable_name
 
 
 def write_part(out: Folder, shard: Shard, table: pa.Table, stats: dict[str, Any],
@@ -54,7 +54,8 @@ class Committer:
         self.rows += stats["rows"]
         self.parts += 1
         run_number = self.log.state.runs[-1].number
-        self.log.commit({"add": {**stats, "run": run_number}}, {"run_progress": {"rows": self.rows, **run,
+        where = portable_name(stats["input"], self.log.state.job.get("base"))  # as the units are named
+        self.log.commit({"add": {**stats, "input": where, "run": run_number}}, {"run_progress": {"rows": self.rows, **run,
                                                           "seconds": round(time.perf_counter() - self.began, 3)}})
         self.faults.point("shard-recorded", point)
 
