@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 from batchnlp.errors import BatchNLPError, UserError
 
 __version__ = "0.3.0"
-__all__ = ["BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "inspect", "load_job", "run", "verify"]
-_API = {"JobSpec", "RunResult", "annotate", "inspect", "load_job", "run", "verify"}
+__all__ = ["BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "dataset", "inspect", "load_job", "run",
+           "verify"]
+_API = {"JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"}
 
 if TYPE_CHECKING:
-    from batchnlp.api import JobSpec, RunResult, annotate, inspect, load_job, run, verify  # noqa: F401
+    from batchnlp.api import JobSpec, RunResult, annotate, dataset, inspect, load_job, run, verify  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

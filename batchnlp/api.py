@@ -26,7 +26,7 @@ from batchnlp.errors import SpecError
 from batchnlp.runner import Policy, RunResult
 from batchnlp.spec import JobSpec, load_spec, parse
 
-__all__ = ["JobSpec", "RunResult", "annotate", "inspect", "load_job", "run", "verify"]
+__all__ = ["JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"]
 
 
 def load_job(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | None = None) -> JobSpec:
@@ -42,13 +42,14 @@ def load_job(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | N
 
 def run(job: JobSpec | str | Path | Mapping[str, Any], *, overwrite: bool = False, limit: int | None = None,
         engine: Literal["local", "ray"] | None = None, quiet: bool = True, reprocess_changed: bool = False,
-        removed: Literal["refuse", "drop", "keep"] = "refuse") -> RunResult:
-    """Run (or continue) a job, as `batchnlp run` does; `quiet` (default) draws no progress bar."""
+        removed: Literal["refuse", "drop", "keep"] = "refuse", retry_errors: bool = False) -> RunResult:
+    """Run (or continue) a job, as `batchnlp run` does; `quiet` (default) draws no progress bar.
+    The result's `status` is `complete`, or `partial` when a `limit` left input rows out."""
     from batchnlp.runner import run as run_job
 
     spec = job if isinstance(job, JobSpec) else load_job(job)
     return run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine,
-                   policy=Policy(reprocess_changed, removed))
+                   policy=Policy(reprocess_changed, removed, retry_errors))
 
 
 def inspect(output: str | Path) -> dict[str, Any]:
@@ -57,6 +58,27 @@ def inspect(output: str | Path) -> dict[str, Any]:
     from batchnlp.verification import load
 
     return load(str(output)).to_json()
+
+
+def dataset(output: str | Path) -> Any:
+    """The output as one `pyarrow.dataset.Dataset` with its current schema: every part by name,
+    and a column that a later file added (input.new_columns: add) null in the parts written before
+    it (a plain `pyarrow.dataset.dataset(OUTPUT)` takes the first part's columns and would drop
+    it). `.to_table()`, `.to_batches()`, or hand it to DuckDB or Polars."""
+    import pyarrow.dataset as ds
+
+    from batchnlp.read import columns
+    from batchnlp.verification import load
+    from batchnlp.write.folder import Folder
+
+    state = load(str(output))
+    folder = Folder(output)
+    schema = columns.deserialize(state.pinned.arrow_schema) if state.pinned.arrow_schema else None
+    if folder.local:
+        return ds.dataset([str(folder.directory / p.name) for p in state.part_list()], format="parquet",
+                          schema=schema)
+    return ds.dataset([folder.key(p.name) for p in state.part_list()], format="parquet", schema=schema,
+                      filesystem=folder.fs)
 
 
 def verify(output: str | Path, *, check_inputs: bool = True) -> list[str]:

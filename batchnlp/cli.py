@@ -97,11 +97,13 @@ def _setup_logging(quiet: bool, log_level: str | None, log_file: str | None, log
               help="Drop the rows of input files that were annotated and are gone.")
 @click.option("--keep-removed", "removed", flag_value="keep",
               help="Keep the rows of input files that were annotated and are gone.")
+@click.option("--retry-errors", is_flag=True,
+              help="Annotate again the rows whose annotation failed (error set); they replace the old rows.")
 @log_options
 @user_errors
 def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str | None, address: str | None,
-        reprocess_changed: bool, removed: str | None, log_level: str | None, log_file: str | None,
-        log_format: str, progress_interval: float) -> None:
+        reprocess_changed: bool, removed: str | None, retry_errors: bool, log_level: str | None,
+        log_file: str | None, log_format: str, progress_interval: float) -> None:
     """Run JOB (a YAML or TOML job spec): annotate what its output does not hold yet (new input
     files, the rest of an interrupted run), or say it is complete."""
     _setup_logging(quiet, log_level, log_file, log_format)
@@ -113,7 +115,8 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
     spec = load_spec(job)
     with interruptible(spec.output.path):
         result = run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
-                         policy=Policy(reprocess_changed, removed or "refuse"), progress_interval=progress_interval,
+                         policy=Policy(reprocess_changed, removed or "refuse", retry_errors),
+                         progress_interval=progress_interval,
                          faults=Faults.from_environment())
     _report(result)
 
@@ -122,11 +125,22 @@ def _report(result: Any) -> None:
     changes = result.changes or {}
     noted = "; ".join(f"{len(v)} {k} input file(s)" for k, v in changes.items() if v and k != "removed")
     noted = f" ({noted})" if noted else ""
-    if result.shards_written == 0:
-        click.echo(f"{result.output}: already complete ({result.resumed_from} parts); nothing to do{noted}")
+    written = result.shards_written
+    if result.retried is not None:
+        click.echo(f"{result.output}: retried {result.retried['rows']} rows with an error in "
+                   f"{len(result.retried['parts'])} parts: {result.retried['rows'] - result.retried['failing']} "
+                   f"annotated now, {result.retried['failing']} still fail")
+        written -= len(result.retried["parts"])
+        if written == 0:
+            return
+    if written == 0:
+        done = "already complete" if result.status == "complete" else "already partial (the --limit is reached)"
+        click.echo(f"{result.output}: {done} ({result.resumed_from} parts); nothing to do{noted}")
         return
     resumed = f", resumed after {result.resumed_from} committed parts" if result.resumed_from else ""
-    click.echo(f"{result.output}: wrote {result.rows_written} rows in {result.shards_written} parts{resumed}{noted}")
+    if result.status == "partial":
+        noted += "; partial: run without --limit (or with a larger one) to continue"
+    click.echo(f"{result.output}: wrote {result.rows_written} rows in {written} parts{resumed}{noted}")
 
 
 @contextlib.contextmanager
@@ -255,6 +269,8 @@ def inspect(output_dir: str, as_json: bool, history: bool) -> None:
     status = state.status
     if status == "running" and not directory.is_locked():
         status = "interrupted (rerun the job to resume)"
+    elif status == "partial":
+        status = f"partial ({state.partial_note()})"
     totals, planned, model = state.summary(), state.planned, state.model
     model_name = model.get("id") or model.get("package") or model.get("path")
     pinned = model.get("commit_sha") or model.get("version") or ""

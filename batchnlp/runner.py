@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from batchnlp.engines.context import RunContext
-from batchnlp.errors import OutputConflictError, UserError
+from batchnlp.errors import OutputConflictError, SpecError, UserError
 from batchnlp.log import event
 from batchnlp.model import source
+from batchnlp.read import columns
 from batchnlp.read.plan import Plan, make_plan
 from batchnlp.read.source import Unit
 from batchnlp.faults import NONE, Faults
@@ -45,6 +46,8 @@ class Policy:
     reprocess_changed: bool = False
     #: A file that was annotated and is gone: refuse, drop its parts, or keep them.
     removed: Literal["refuse", "drop", "keep"] = "refuse"
+    #: Annotate again the rows whose annotation failed (`error` set), in place in their parts.
+    retry_errors: bool = False
 
 
 def fingerprint(spec: JobSpec, model_identity: dict[str, Any]) -> dict[str, Any]:
@@ -131,14 +134,19 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
         log.commit()
         _delete(out, doomed)
     stored = out.sizes()
-    if state.job and (finished := _nothing_to_do(log, plan, stored)) is not None:
+    retry = [p for p in state.part_list() if p.stats.get("errors")] if policy.retry_errors else []
+    if retry and chosen_engine == "ray":
+        raise SpecError("--retry-errors", "rows are retried on the local engine; run with --engine local")
+    if state.job and not retry and (finished := _nothing_to_do(log, plan, stored)) is not None:
         return finished
-    job = describe_job(spec, plan, resolved, quiet)
-    if state.job:
-        _refuse_other_columns(state, out, job)
     done = state.done_shards(plan, stored)
+    plan.schema = _input_columns(spec, state, plan, done)
+    job = describe_job(spec, plan, resolved, quiet)
+    if state.job and state.pinned.input_schema != columns.serialize(plan.schema):  # a file added columns
+        log.stage({"pin": {"input_schema": columns.serialize(plan.schema), "arrow_schema": columns.serialize(job.schema),
+                           "schema": [f"{f.name}: {f.type}" for f in job.schema]}})
     ctx = RunContext(job, log, out, quiet, done, address or spec.runtime.ray_address, progress_interval, faults,
-                     job_fingerprint, pin)
+                     job_fingerprint, pin, retry)
     if chosen_engine == "ray":
         from batchnlp.engines import ray as chosen
     else:
@@ -173,9 +181,10 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
         raise OutputConflictError(f"input.path: {_names(changed)} changed since {_it(changed)} annotated (other "
                                   "content); pass --reprocess-changed to annotate it again, or restore it")
     if removed and policy.removed == "refuse":
-        raise OutputConflictError(f"input.path: {_names(removed)} {'was' if len(removed) == 1 else 'were'} annotated "
-                                  "but no longer exist; pass --drop-removed to drop their rows from the output, "
-                                  "or --keep-removed to keep them")
+        one = len(removed) == 1
+        raise OutputConflictError(f"input.path: {_names(removed)} {'was' if one else 'were'} annotated but no longer "
+                                  f"{'exists' if one else 'exist'}; pass --drop-removed to drop {'its' if one else 'their'} "
+                                  "rows from the output, or --keep-removed to keep them")
     keys = {unit_of(u, base).name: u.key for u in state.unit_list()}
     doomed = []
     for name in changed:
@@ -211,8 +220,9 @@ def _nothing_to_do(log: CommitLog, plan: Plan, stored: dict[str, int]) -> RunRes
                         "annotated again", level=30, part=part)
     if keys is None or not set(keys) <= done:
         return None
-    log.commit({"run_finished": {"status": "complete", "at": now()}})
-    return RunResult(str(log.folder), "complete", 0, 0, len(keys), len(done), plan.changes)
+    status = "partial" if plan.partial else "complete"
+    log.commit({"run_finished": {"status": status, "at": now()}})
+    return RunResult(str(log.folder), status, 0, 0, len(keys), len(done), plan.changes)
 
 
 def _record_plan(log: CommitLog, plan: Plan, limit: int | None, base: str | None) -> None:
@@ -227,7 +237,8 @@ def _record_plan(log: CommitLog, plan: Plan, limit: int | None, base: str | None
         log.stage({"run_inputs": changes})
     kept_rows = sum(u.rows or 0 for u in state.kept_removed())
     planned = {"rows": None if plan.total_rows is None else plan.total_rows + kept_rows,
-               "shards": plan.shard_count, "limit": limit}
+               "shards": plan.shard_count, "limit": limit,
+               "input_rows": None if plan.input_rows is None else plan.input_rows + kept_rows}
     if planned != state.planned:
         log.stage({"planned": planned})
 
@@ -269,25 +280,36 @@ def _refuse_another_job(state: OutputState, out: Folder, job_fingerprint: dict[s
                                   "--overwrite to start over, or choose another output.path")
 
 
-def _refuse_other_columns(state: OutputState, out: Folder, job: Any) -> None:
-    """The output's columns are pinned at its first commit: parts with other columns would not
-    read as one table (or would read wrongly)."""
-    now_columns = [f"{f.name}: {f.type}" for f in job.schema]
-    pinned = state.pinned.schema
-    if pinned and now_columns != pinned:
-        first = next((f"{a!r} -> {b!r}" for a, b in zip(pinned, now_columns) if a != b),
-                     f"{len(pinned)} -> {len(now_columns)} columns")
-        raise OutputConflictError(f"output.path: {out}: this run's columns differ from those pinned at the output's "
-                                  f"first run ({first}); the input's columns changed: restore them, or start "
-                                  "another output (--overwrite)")
+def _input_columns(spec: JobSpec, state: OutputState, plan: Plan, done: set) -> Any:
+    """The output's input columns for this run: those it holds (pinned), extended by the files
+    this run reads, by name, as input.columns / new_columns / type_changes say."""
+    pinned = columns.deserialize(state.pinned.input_schema) if state.pinned.input_schema else None
+    if pinned is None and state.job:  # an output of batchnlp 0.2: its columns were its first file's
+        pinned = plan.schema
+    to_read = [u for u in plan.units if plan.shards_in(u) is None
+               or any((u.key, j) not in done for j in range(plan.shards_in(u)))]
+    return columns.merge(spec.input, pinned, [(u.name, plan.source.unit_schema(u)) for u in to_read])
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What changed between the job that started an output and the one asked for now."""
+    """What changed between the job that started an output and the one asked for now. A setting
+    that a later batchnlp added is no change while it keeps its default."""
     before = dict(_flatten(old))
     after = dict(_flatten(json.loads(json.dumps(new, default=str))))
+    added = _defaults()
     return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key)]
+            if before.get(key) != after.get(key)
+            and not (key not in before and key in added and after.get(key) == added[key])]
+
+
+def _defaults() -> dict[str, Any]:
+    """The fingerprint key of each spec setting with a default, and that default."""
+    from batchnlp import spec as specs
+
+    sections = {"input": specs.InputSpec, "model": specs.ModelSpec, "runtime": specs.RuntimeSpec,
+                "output": specs.OutputSpec}
+    return {f"spec.{name}.{f.name}": f.default for name, cls in sections.items() for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING}
 
 
 def _flatten(value: Any, prefix: str = ""):

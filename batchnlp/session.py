@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Container
 import pyarrow as pa
 
 from batchnlp.model.source import ResolvedModel, check_max_length
+from batchnlp.read import columns
 from batchnlp.read.plan import Plan, ShardKey, read_shards
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import task_class
@@ -55,6 +56,8 @@ class RunResult:
     resumed_from: int  # shards already committed when this run started
     #: What the run found changed in the input and what it did about it (names by kind).
     changes: dict[str, list[str]] | None = None
+    #: --retry-errors: rows annotated again, and how many of them still fail.
+    retried: dict[str, Any] | None = None
 
 
 @dataclass
@@ -173,5 +176,7 @@ def metadata(job: Job, job_fingerprint: dict[str, Any], out: Folder, probe: dict
         "input": {"kind": "dataset" if spec.input.dataset else "files", **job.plan.identity},
         "libraries": library_versions(),
         "pinned": {"precision": precision, "probe": probe, "model": model,
-                   "schema": [f"{f.name}: {f.type}" for f in job.schema]},
+                   "schema": [f"{f.name}: {f.type}" for f in job.schema],
+                   "input_schema": columns.serialize(job.plan.schema),
+                   "arrow_schema": columns.serialize(job.schema)},
     }}

@@ -47,6 +47,16 @@ class InputSpec:
         "For an input in object storage: fsspec options (endpoint_url, key, secret, profile, ...). Never written "
         "to the output's log; credentials are better left to the environment (AWS_PROFILE, ...).",
         default=None, identity=False)
+    columns: list[str] | None = doc(
+        "The input columns to keep, in this order (the text, pair and id columns are always kept); default: "
+        "every column seen in any file, in first-seen order.", default=None, identity=True)
+    new_columns: Literal["add", "ignore", "refuse"] = doc(
+        "A column first seen in a later file: add it (nullable; earlier rows hold null), ignore it, or refuse "
+        "the file.", default="add", identity=True)
+    type_changes: Literal["cast", "refuse"] = doc(
+        "A column whose type in a file differs from the output's: cast it where no information is lost (int32 "
+        "-> int64, numbers -> string; anything else is refused naming the file, column and types), or refuse.",
+        default="cast", identity=True)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from batchnlp.errors import ModelUnavailableError, OutputConflictError, SpecError
 from batchnlp.model import source
-from batchnlp.read import files
+from batchnlp.read import columns, files
 from batchnlp.read.plan import check_columns
 from batchnlp.spec import JobSpec
 from batchnlp.storage import is_url
@@ -40,12 +40,13 @@ def _check_input(spec: JobSpec) -> tuple[list[str], str]:
     task_columns = task_class(spec.task.name).extra_columns(spec.task.params)
     if spec.input.path:
         paths = files.discover(spec.input)
-        names: list[str] = []
-        for path in paths:
+        schemas = []
+        for path in paths:  # every file's schema (Parquet metadata, a CSV's header and first block)
             schema = files.schema(spec.input, path)
             check_columns(spec.input, schema, str(path), task_columns)
-            names = names or schema.names
-        return names, f"{len(paths)} {spec.input.format or 'input'} file(s)"
+            schemas.append((str(path), schema))
+        merged = columns.merge(spec.input, _output_columns(spec), schemas)
+        return merged.names, f"{len(paths)} {spec.input.format or 'input'} file(s)"
     if is_url(spec.input.dataset):
         return [], f"dataset {spec.input.dataset} (columns checked when run)"
     directory = Path(spec.input.dataset)
@@ -64,6 +65,16 @@ def _check_input(spec: JobSpec) -> tuple[list[str], str]:
             raise SpecError("input.text_column", f'column "{column}" not found in {directory}; columns are: '
                                                  f'{", ".join(names)}')
     return names, f"dataset {spec.input.dataset}"
+
+
+def _output_columns(spec: JobSpec):
+    """The input columns an existing output holds (its log's pinned schema), or None."""
+    from batchnlp.write.commits import CommitLog
+
+    log = CommitLog.read(Folder(spec.output.path, spec.output.storage_options))
+    if log is None or not log.state.pinned.input_schema:
+        return None
+    return columns.deserialize(log.state.pinned.input_schema)
 
 
 def _check_model_files(spec: JobSpec, directory: Path) -> None:

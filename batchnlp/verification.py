@@ -68,7 +68,9 @@ def verify(output: str | Path, check_inputs: bool = True) -> Verdict:
                                     "would read it too)")
     if check_inputs:
         _check_inputs(state, str(output), verdict)
-    if state.status != "complete":
+    if state.status == "partial":
+        verdict.problems.append(f"{output}: status partial, not complete ({state.partial_note()})")
+    elif state.status != "complete":
         verdict.problems.append(f"{output}: status {state.status}, not complete (rerun the job to finish it)")
     return verdict
 

@@ -61,9 +61,12 @@ def job_file(directory: Path, model: Path, inputs: str, rows_per_shard: int, fmt
 
 
 def batchnlp(args: list[str], pythonpath: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """`python -m batchnlp ARGS`, from a neutral folder: `-m` puts the working directory first on
+    the path, which would import this checkout's batchnlp over PYTHONPATH's."""
     env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "batchnlp", *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "batchnlp", *args], env=env, capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())
     if done.returncode != 0:
         raise SystemExit(f"batchnlp {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - began, done
@@ -174,7 +177,8 @@ def many_parts(rows: int, rows_per_shard: int, before: str | None) -> None:
             directory.mkdir()
             job = job_file(directory, model, str(tmp / "in.parquet"), rows_per_shard)
             seconds, _ = batchnlp(["run", str(job), "-q"], path)
-            print(json.dumps({"side": side, "rows": rows, "rows_per_shard": rows_per_shard,
+            kept = ".manifest.json" if (directory / "out" / ".manifest.json").exists() else ".batchnlp/log"
+            print(json.dumps({"side": side, "record": kept, "rows": rows, "rows_per_shard": rows_per_shard,
                               "wall_seconds": round(seconds, 1), **intervals(directory / "out")}), flush=True)
 
 
@@ -254,13 +258,15 @@ def limit_rss(megabytes: int, before: str | None) -> None:
             directory = tmp / side
             directory.mkdir()
             job = job_file(directory, model, str(tmp / "big.parquet"), 1000)
-            code = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'batchnlp', 'run', "
-                    f"{str(job)!r}, '-q', '--limit', '5000'], check=True); "
-                    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)")
+            code = ("import batchnlp, resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'batchnlp', "
+                    f"'run', {str(job)!r}, '-q', '--limit', '5000'], check=True); "
+                    "print(batchnlp.__file__); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)")
             env = {**os.environ, **({"PYTHONPATH": path} if path else {})}
-            peak = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-            print(json.dumps({"side": side, "file_mb": round(file_mb), "rows": len(rows), "limit": 5000,
-                              "peak_rss_mib": int(peak.stdout.strip().splitlines()[-1])}), flush=True)
+            peak = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                                  cwd=tempfile.gettempdir())
+            code_used, rss = peak.stdout.strip().splitlines()[-2:]
+            print(json.dumps({"side": side, "batchnlp": code_used, "file_mb": round(file_mb), "rows": len(rows),
+                              "limit": 5000, "peak_rss_mib": int(rss)}), flush=True)
 
 
 def main() -> None:

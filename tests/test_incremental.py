@@ -143,7 +143,7 @@ def test_removed_files_are_refused_then_kept_or_dropped(nightly, tmp_path):
     assert invoke("run", nightly, "-q").exit_code == 0
     (inbox / "c.csv").unlink()
     result = invoke("run", nightly, "-q")
-    assert result.exit_code == 2 and "c.csv was annotated but no longer exist" in result.output
+    assert result.exit_code == 2 and "c.csv was annotated but no longer exists" in result.output
     assert invoke("run", nightly, "-q", "--keep-removed").exit_code == 0
     assert read_output(out).num_rows == 7
     assert invoke("run", nightly, "-q").exit_code == 0  # kept once: not asked again

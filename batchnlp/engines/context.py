@@ -14,7 +14,7 @@ from batchnlp.session import Job, metadata
 from batchnlp.write.commits import CommitLog
 from batchnlp.write.committer import Committer
 from batchnlp.write.folder import Folder
-from batchnlp.write.state import OutputState
+from batchnlp.write.state import OutputState, Part
 
 
 @dataclass
@@ -34,6 +34,8 @@ class RunContext:
     fingerprint: dict[str, Any] | None = None
     #: A new output's precision decided elsewhere (a rerun takes the original's).
     pin: str | None = None
+    #: Parts whose rows with an error are annotated again (--retry-errors).
+    retry: list[Part] = field(default_factory=list)
 
     @property
     def state(self) -> OutputState:
@@ -45,7 +47,7 @@ class RunContext:
         return self.state.pinned.precision if self.state.job else self.pin
 
     def committer(self) -> Committer:
-        return Committer(self.log, self.faults)
+        return Committer(self.log, self.faults, self.job.plan.partial)
 
     def start_run(self, committer: Committer, info: dict[str, Any], probe: dict[str, Any] | None,
                   precision: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from batchnlp.annotator import Annotator, Prepared
 from batchnlp.engines.context import RunContext
 from batchnlp.engines.progress import Progress
+from batchnlp.engines.retry import retry_errors
 from batchnlp.read.plan import Shard, read_shards
 from batchnlp.session import RunResult, open_session
 from batchnlp.write.committer import Committer, write_part
@@ -34,12 +35,16 @@ def run_shards(ctx: RunContext, annotator: Annotator, committer: Committer) -> R
     plan = ctx.job.plan
     progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
     writer = _Writer(ctx, annotator, committer, progress)
+    retried = None
     try:
         with committer.recording():
             _pipeline(read_shards(plan, ctx.done), annotator, writer.write, progress)
+            if ctx.retry:
+                retried = retry_errors(ctx, annotator, committer)
     finally:
         progress.close()
-    return RunResult(str(ctx.out), "complete", committer.rows, committer.parts, plan.shard_count, len(ctx.done))
+    return RunResult(str(ctx.out), "partial" if plan.partial else "complete", committer.rows, committer.parts,
+                     plan.shard_count, len(ctx.done), retried=retried)
 
 
 class _Writer:

@@ -77,6 +77,9 @@ class DatasetSource:
             raise InputError(f"input.dataset: {self.spec.dataset!r} declares no features; cannot check its columns")
         return features.arrow_schema
 
+    def unit_schema(self, unit: Unit) -> pa.Schema:
+        return self.schema()
+
     def identity(self) -> dict[str, Any]:
         return {"revision": self.spec.revision, "split": self.spec.split} if self.streamed else {}
 

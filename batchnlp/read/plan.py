@@ -63,8 +63,12 @@ class Plan:
     #: How the input differs from the units an earlier run annotated: names under new, touched
     #: (same content, other modification time), changed (other content) and removed.
     changes: dict[str, list[str]] = field(default_factory=dict)
-    #: The units as read, before a --limit cut them (what the manifest records).
+    #: The units as read, before a --limit cut them (what the output's record keeps).
     read_units: list[Unit] = field(default_factory=list)
+    #: A --limit left input rows out (a file cut, or files not even read).
+    partial: bool = False
+    #: Rows of the whole input, where every file was read (None: a --limit stopped before some).
+    input_rows: int | None = None
 
     @property
     def total_rows(self) -> int | None:
@@ -117,8 +121,10 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
     changes: dict[str, list[str]] = {"new": [], "touched": [], "changed": [], "removed": []}
     units, rows, next_key = [], 0, max((u.key + 1 for u in previous), default=0)
     entries = source.inventory()
+    unread = False
     for entry in entries:
         if limit is not None and rows >= limit:
+            unread = True
             break  # no need to read files past the limit
         unit = known.get(entry.name)
         if unit is None:
@@ -134,6 +140,11 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
     plan = Plan(spec, rows_per_shard, units, source.schema(), source, limit, source.identity(), changes, units)
     if limit is not None:
         plan.units = _cut(plan.units, limit)
+    if not unread and all(u.rows is not None for u in units):
+        plan.input_rows = sum(u.rows for u in units)
+    # Partial unless every input row is provably in: a limit that cut a file, left files unread,
+    # or met a streamed dataset of unknown length.
+    plan.partial = limit is not None and (plan.input_rows is None or plan.input_rows > limit)
     if plan.total_rows == 0 and not previous:
         raise InputError(f"input.path: {spec.path or spec.dataset} has no rows (only a header?)")
     return plan

@@ -63,6 +63,9 @@ class InputSource(Protocol):
     def schema(self) -> pa.Schema:
         """The columns of the input (of its first file, for files)."""
 
+    def unit_schema(self, unit: Unit) -> pa.Schema:
+        """The columns of one unit (a file's own: its metadata or header)."""
+
     def identity(self) -> dict[str, Any]:
         """What identifies the input beyond its units (format, dataset revision)."""
 

@@ -32,8 +32,9 @@ def write_part(out: Folder, shard: Shard, table: pa.Table, stats: dict[str, Any]
 
 
 class Committer:
-    def __init__(self, log: CommitLog, faults: Faults = NONE):
+    def __init__(self, log: CommitLog, faults: Faults = NONE, partial: bool = False):
         self.log, self.faults = log, faults
+        self.partial = partial  # a --limit left input rows out: the run ends `partial`, not `complete`
         self.rows = self.parts = 0
         self.began = time.perf_counter()
 
@@ -43,15 +44,16 @@ class Committer:
         self.log.commit({"run_progress": info})
         self.began = time.perf_counter()
 
-    def record(self, stats: dict[str, Any], point: int, **run: Any) -> None:
+    def record(self, stats: dict[str, Any], point: int, annotated: int | None = None, **run: Any) -> None:
         """Record a durable part (`stats` from `write_part`) and this run's progress; `point` names
-        it for fault injection (the shard's number)."""
+        it for fault injection (the shard's number); `annotated`: the rows this run annotated in it
+        (default all: fewer for a part rewritten by --retry-errors)."""
         pinned = self.log.state.pinned.precision
         if pinned is not None and stats.get("dtype") not in (None, pinned):
             raise RunFailed(f"{part_name((stats['unit'], stats['shard']))} was annotated in {stats['dtype']}, but this "
                             f"output's precision is pinned to {pinned}; it is not recorded (parts never mix "
                             "precisions)")
-        self.rows += stats["rows"]
+        self.rows += stats["rows"] if annotated is None else annotated
         self.parts += 1
         run_number = self.log.state.runs[-1].number
         where = portable_name(stats["input"], self.log.state.job.get("base"))  # as the units are named
@@ -75,4 +77,4 @@ class Committer:
             with contextlib.suppress(Exception):  # the log itself may be what failed
                 self.finish("failed", error=f"{type(e).__name__}: {e}")
             raise
-        self.finish("complete")
+        self.finish("partial" if self.partial else "complete")

@@ -98,6 +98,13 @@ class Folder:
         except FileNotFoundError:
             return None
 
+    def read_table(self, name: str) -> pa.Table:
+        """A part read back whole (--retry-errors rewrites it)."""
+        if self.local:
+            return pq.read_table(self.directory / name)
+        with self._call(self.fs.open, self.key(name), "rb") as f:
+            return pq.read_table(f)
+
     def sha256(self, name: str) -> str | None:
         """The sha256 of a file's bytes as stored (None: it is not there)."""
         if self.local:

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
+from batchnlp.read import columns
 
 ERROR_FIELD = pa.field("error", pa.string())
 
@@ -43,6 +44,8 @@ def annotation_array(field: pa.Field, values: list[Any]) -> pa.Array:
 
 
 def build_table(rows: pa.Table, schema: pa.Schema, annotations: list[pa.Array], errors: list[str | None]) -> pa.Table:
-    """Input columns followed by the annotation columns; `schema` (declared before the run) is enforced."""
-    arrays = [*rows.columns, *annotations, pa.array(errors, type=pa.string())]
+    """The input columns, taken by name (never by position: files may order them differently),
+    then the annotation columns; `schema` (declared before the run) is enforced."""
+    inputs = list(schema)[:len(schema) - len(annotations) - 1]
+    arrays = [*columns.select(rows, inputs), *annotations, pa.array(errors, type=pa.string())]
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -131,6 +131,10 @@ class Pinned:
     probe: dict[str, Any] | None = None
     model: dict[str, Any] = field(default_factory=dict)
     schema: list[str] = field(default_factory=list)
+    #: The output's input columns and its whole schema (Arrow IPC, base64): they grow as later
+    #: files add columns (input.new_columns: add), and parts written before lack those.
+    input_schema: str | None = None
+    arrow_schema: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -287,8 +291,11 @@ class OutputState:
         out["padding_efficiency"] = round(self.totals["tokens"] / padded, 4) if padded else None
         return out
 
-    def is_partial(self) -> bool:
-        return bool(self.planned.get("limit"))
+    def partial_note(self) -> str:
+        """What a partial output lacks, in words ("150 of 301 input rows; run without --limit ...")."""
+        total = self.planned.get("input_rows")
+        return (f"{self.totals['rows']} of {total if total is not None else 'more'} input rows; run without "
+                "--limit (or with a larger one) to continue")
 
     # -- the documented shape -----------------------------------------------------------------
 
