@@ -298,7 +298,7 @@ def _parquet_from(spec: InputSpec, path: str, start: int) -> tuple[Iterator[pa.R
     import pyarrow.parquet as pq
 
     def batches() -> Iterator[pa.RecordBatch]:
-        with open_binary(spec, path) as f:
+        with open_binary(spec, str(path)) as f:
             reader = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
             sizes = [reader.metadata.row_group(i).num_rows for i in range(reader.num_row_groups)]
             first, before = 0, 0

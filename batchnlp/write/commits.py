@@ -61,23 +61,20 @@ class CommitLog:
     before it starts leaves nothing behind)."""
 
     def __init__(self, folder: Folder, state: OutputState, checkpointed: int | None = None,
-                 on_point: Callable[[str, int], None] | None = None):
+                 on_point: Callable[[str, int], None] | None = None, older: int | None = None):
         self.folder = folder
         self.state = state
         self.pending: list[dict[str, Any]] = []
         self.checkpointed = checkpointed  # the version of the last checkpoint (None: none yet)
+        self.older = older  # the checkpoint before it, deleted once a newer one is pointed to
         self.on_point = on_point or (lambda name, number: None)  # fault injection (tests)
 
     # -- reading ------------------------------------------------------------------------------
 
     @classmethod
-    def exists(cls, folder: Folder) -> bool:
-        return folder.read_bytes(commit_name(0)) is not None or folder.read_bytes(POINTER) is not None
-
-    @classmethod
     def read(cls, folder: Folder) -> "CommitLog | None":
         """The state: the last checkpoint, then every commit after it (None: no log here)."""
-        state, checkpointed = cls._checkpoint(folder)
+        state, checkpointed, older = cls._checkpoint(folder)
         version = state.version
         while (data := folder.read_bytes(commit_name(version + 1))) is not None:
             commit = cls._parse(folder, commit_name(version + 1), data)
@@ -86,19 +83,21 @@ class CommitLog:
             version = state.version = commit["version"]
         if version < 0:
             return None
-        return cls(folder, state, checkpointed)
+        return cls(folder, state, checkpointed, older=older)
 
     @classmethod
-    def _checkpoint(cls, folder: Folder) -> tuple[OutputState, int | None]:
+    def _checkpoint(cls, folder: Folder) -> tuple[OutputState, int | None, int | None]:
+        """(the state of the last checkpoint, its version, the version of the one before it). The
+        pointer reads "400 300": the last checkpoint and the one kept before it."""
         pointer = folder.read_bytes(POINTER)
         if pointer is None:
-            return OutputState(), None
-        version = int(pointer.decode().strip())
+            return OutputState(), None, None
+        version, *before = (int(token) for token in pointer.decode().split())
         data = folder.read_bytes(checkpoint_name(version))
         if data is None:  # deleted by hand: replay the whole log instead
-            return OutputState(), None
+            return OutputState(), None, None
         state = OutputState.from_json(cls._parse(folder, checkpoint_name(version), data))
-        return state, version
+        return state, version, (before[0] if before else None)
 
     @staticmethod
     def _parse(folder: Folder, name: str, data: bytes) -> dict[str, Any]:
@@ -149,22 +148,16 @@ class CommitLog:
         return version
 
     def checkpoint(self) -> None:
-        """Write the whole state under the current version, then point to it."""
+        """Write the whole state under the current version, then point to it; the checkpoint two
+        back goes (the one before keeps a reader that read the old pointer going)."""
         version = self.state.version
         self.folder.write_bytes(checkpoint_name(version), _dumps(self.state.to_json()))
         self.on_point("checkpoint-written", version)
-        self.folder.write_bytes(POINTER, str(version).encode())
-        previous, self.checkpointed = self.checkpointed, version
-        if previous is not None:
-            older = self._before(previous)
-            if older is not None:
-                self.folder.remove(checkpoint_name(older))
-        self._last_two = (previous, version)
-
-    def _before(self, version: int) -> int | None:
-        """The checkpoint before `version`, if this process wrote it (only those are deleted)."""
-        last_two = getattr(self, "_last_two", None)
-        return last_two[0] if last_two and last_two[1] == version else None
+        previous = self.checkpointed
+        self.folder.write_bytes(POINTER, f"{version} {previous if previous is not None else ''}".strip().encode())
+        if self.older is not None:
+            self.folder.remove(checkpoint_name(self.older))
+        self.older, self.checkpointed = previous, version
 
 
 def interval(parts: int) -> int:

@@ -16,7 +16,6 @@ import dataclasses
 import datetime as dt
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from batchnlp.read.plan import Plan, ShardKey, part_name
@@ -365,7 +364,3 @@ def relative_base(base: str | None, output: str) -> str | None:
     if base is None or is_url(output):
         return None
     return os.path.relpath(base, os.path.abspath(output))
-
-
-def path_of(base: str | None) -> Path | None:
-    return None if base is None else Path(base)
