@@ -1,4 +1,5 @@
-"""The `batchnlp` command. Exit status: 0 success, 2 a user error (one line on stderr), 1 a bug.
+"""The `batchnlp` command. Exit status: 0 success, 2 a user error (one line on stderr), 75 the
+output is busy (another live run holds it: try later), 130/143 stopped by a signal, 1 a bug.
 
 torch and transformers are imported inside `run` only, so `--help`, `validate`, `inspect` and
 `tasks` answer at once.
@@ -16,7 +17,10 @@ from typing import Any, Callable, Iterator
 import click
 
 from batchnlp import __version__
-from batchnlp.errors import RunFailed, UserError
+from batchnlp.errors import OutputBusyError, RunFailed, UserError
+
+#: Exit status when another live run holds the output: EX_TEMPFAIL, "try again later".
+BUSY = 75
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,13 +28,18 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from batchnlp.log import final_error
+
         try:
             return fn(*args, **kwargs)
+        except OutputBusyError as e:
+            final_error(str(e), BUSY)
+            sys.exit(BUSY)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            final_error(str(e), 2)
             sys.exit(2)
         except RunFailed as e:
-            click.echo(f"error: {e}", err=True)
+            final_error(str(e), 1)
             sys.exit(1)
 
     return wrapper
@@ -160,8 +169,10 @@ def interruptible(output: str | Path) -> Iterator[None]:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
-        click.echo(f"error: interrupted by {signal.Signals(signum).name}; the committed parts are kept in {output}; "
-                   "run the same command again to resume", err=True)
+        from batchnlp.log import final_error
+
+        final_error(f"interrupted by {signal.Signals(signum).name}; the committed parts are kept in {output}; run the "
+                    "same command again to resume", 128 + signum)
         sys.exit(128 + signum)
     finally:
         for sig, handler in previous.items():

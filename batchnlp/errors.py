@@ -30,6 +30,11 @@ class OutputConflictError(UserError):
     """The output directory holds another job's output, or is locked by a running job."""
 
 
+class OutputBusyError(OutputConflictError):
+    """Another live run holds the output (its lock or lease): try again later. The CLI exits 75
+    (EX_TEMPFAIL), so a scheduler can tell "busy" from "broken" (2)."""
+
+
 class RunFailed(BatchNLPError):
     """The run failed in a worker (a Ray actor): not the user's to fix, but reported in one line
     naming the original exception (exit status 1), the committed parts kept."""

@@ -21,8 +21,25 @@ LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "ray", "ray.da
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+#: The format `configure` set ("text" or "json").
+FORMAT = {"value": "text"}
+
+
 def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
     LOGGER.log(level, message, extra={"event": name, "fields": fields})
+
+
+def final_error(message: str, exit_code: int) -> None:
+    """The command's one-line error, on stderr as `error: ...` — as a JSON object instead with
+    --log-format json, so such a log stays JSON to its last line — and in the log file too."""
+    record = LOGGER.makeRecord(LOGGER.name, logging.ERROR, "", 0, message, None, None,
+                               extra={"event": "error", "fields": {"exit_code": exit_code}})
+    for handler in LOGGER.handlers:
+        if isinstance(handler, StderrHandler) and FORMAT["value"] != "json":
+            continue
+        handler.handle(record)
+    if FORMAT["value"] != "json" or not any(isinstance(h, StderrHandler) for h in LOGGER.handlers):
+        print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 class TextFormatter(logging.Formatter):
@@ -59,6 +76,7 @@ def _time(record: logging.LogRecord) -> str:
 
 def configure(level: str = "INFO", file: str | None = None, fmt: str = "text", quiet: bool = False) -> None:
     """Set up batchnlp's logging for one command (called once by the CLI)."""
+    FORMAT["value"] = fmt
     formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handlers: list[logging.Handler] = [StderrHandler()]
     if file:

@@ -106,3 +106,34 @@ def test_example_hub_jobs_validate_and_stop_with_one_line_offline(monkeypatch):
             assert result.exit_code == 2, (job, result.output)
             assert result.output.count("\n") == 1 and " is not in the local cache and the hub cannot be reached" \
                 in result.output, (job, result.output)
+
+
+def test_a_busy_output_exits_75_and_a_broken_job_2(tmp_path, classifier_dir, reviews_csv):
+    """A scheduler tells "another run holds this output, try later" (75, EX_TEMPFAIL) from "this
+    job is wrong" (2)."""
+    from batchnlp.write.lock import OutputLock
+
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    (tmp_path / "out").mkdir()
+    with OutputLock(tmp_path / "out"):
+        busy = invoke("run", job, "-q")
+    assert busy.exit_code == 75 and busy.output.count("\n") == 1 and "is in use by a running job" in busy.output
+    broken = write_job(tmp_path, input={"path": str(tmp_path / "none.csv"), "text_column": "text"},
+                       task={"name": "text-classification"}, model={"path": str(classifier_dir)}, name="broken.yaml")
+    assert invoke("run", broken, "-q").exit_code == 2
+
+
+def test_a_failing_run_leaves_its_error_in_the_json_log_file(tmp_path, classifier_dir):
+    """The README's cron recipe on a failing job: the error is in the log file, as JSON, with its
+    exit code, and stderr (JSON too) stays JSON to its last line."""
+    job = write_job(tmp_path, input={"path": str(tmp_path / "missing.csv"), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    log = tmp_path / "run.log"
+    done = subprocess.run([sys.executable, "-m", "batchnlp", "run", str(job), "-q", "--log-format", "json",
+                           "--log-file", str(log)], capture_output=True, text=True)
+    assert done.returncode == 2
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["level"], last["event"], last["exit_code"]) == ("ERROR", "error", 2)
+    assert "missing.csv does not exist" in last["message"]
+    assert [json.loads(line)["message"] for line in done.stderr.splitlines()] == [last["message"]]

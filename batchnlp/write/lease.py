@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from batchnlp.errors import OutputConflictError
+from batchnlp.errors import OutputBusyError, OutputConflictError
 from batchnlp.log import event
 
 if TYPE_CHECKING:
@@ -59,12 +59,12 @@ class Lease:
         except FileExistsError:
             current, etag = self._read()
             if current is not None and not stale(current):
-                raise OutputConflictError(busy(self.folder, current)) from None
+                raise OutputBusyError(busy(self.folder, current)) from None
             try:
                 self.etag = self._put(if_match=etag) if current is not None else self._put(if_none_match=True)
             except FileExistsError:
                 holder, _ = self._read()
-                raise OutputConflictError(busy(self.folder, holder or {})) from None
+                raise OutputBusyError(busy(self.folder, holder or {})) from None
             if current is not None:
                 event("lease", f"{self.folder}: took over the lease of pid {current.get('pid')} on "
                                f"{current.get('host')} (expired or dead)", level=30)

@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from batchnlp.errors import OutputConflictError
+from batchnlp.errors import OutputBusyError
 
 LOCK_NAME = ".batchnlp.lock"
 _HELD: set[int] = set()  # descriptors of the locks this process holds
@@ -42,7 +42,7 @@ class OutputLock:
             holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
             self.fd = None
-            raise OutputConflictError(f"output.path: {self.path.parent} is in use by a running job (pid "
+            raise OutputBusyError(f"output.path: {self.path.parent} is in use by a running job (pid "
                                       f"{holder}); wait for it to finish or choose another output.path") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
