@@ -14,7 +14,7 @@ import errno
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -22,7 +22,7 @@ from batchnlp.engines.context import RunContext
 from batchnlp.errors import OutputConflictError, SpecError, UserError
 from batchnlp.log import event
 from batchnlp.model import source
-from batchnlp.read import columns
+from batchnlp.read import columns, ids
 from batchnlp.read.plan import Plan, make_plan
 from batchnlp.read.source import Unit
 from batchnlp.faults import NONE, Faults
@@ -128,6 +128,11 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
         _refuse_another_job(state, out, job_fingerprint)
     log.stage({"run_started": {"started_at": now(), "engine": chosen_engine, "pid": os.getpid(),
                                "host": socket.gethostname()}})
+    if spec.input.incremental == "ids":
+        _increments(spec, log, out, plan, policy)
+        for unit in plan.units:  # a resumed night reads the rows its selection fixed
+            if unit.selection and not unit.superseded and unit.key not in plan.selections:
+                plan.selections[unit.key] = ids.read_selection(out.read_table(unit.selection))
     doomed = _apply_policy(log, plan, policy, base) if state.job else []
     _record_plan(log, plan, limit, base)
     if doomed:  # no commit may list them by the time they go; their names are written again soon
@@ -185,17 +190,75 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
         raise OutputConflictError(f"input.path: {_names(removed)} {'was' if one else 'were'} annotated but no longer "
                                   f"{'exists' if one else 'exist'}; pass --drop-removed to drop {'its' if one else 'their'} "
                                   "rows from the output, or --keep-removed to keep them")
-    keys = {unit_of(u, base).name: u.key for u in state.unit_list()}
+    keys = {unit_of(u, base).name: u.key for u in state.unit_list() if not u.superseded}
     doomed = []
     for name in changed:
         doomed += _remove_parts(log, keys[name])
+        for earlier in [u.key for u in state.unit_list() if u.superseded and unit_of(u, base).name == name]:
+            doomed += _remove_parts(log, earlier)  # input.incremental: ids — its earlier versions too
+            log.stage({"unit_removed": {"key": earlier, "kept": False}})
+            plan.units[:] = [u for u in plan.units if u.key != earlier]
+            plan.read_units[:] = [u for u in plan.read_units if u.key != earlier]
         event("input", f"{name} changed: its rows are annotated again", level=30, file=name)
     for name in removed:
-        if policy.removed == "drop":
-            doomed += _remove_parts(log, keys[name])
-        log.stage({"unit_removed": {"key": keys[name], "kept": policy.removed != "drop"}})
+        for key in [u.key for u in state.unit_list() if unit_of(u, base).name == name]:  # (ids: every version)
+            if policy.removed == "drop":
+                doomed += _remove_parts(log, key)
+            log.stage({"unit_removed": {"key": key, "kept": policy.removed != "drop"}})
     plan.changes["dropped" if policy.removed == "drop" else "kept"] = removed
     return doomed
+
+
+def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, policy: Policy) -> None:
+    """input.incremental: ids — a new or changed file's rows whose id the output holds (same
+    text) are skipped: the rows to annotate become a unit of their own, with its selection; a
+    changed file's earlier unit is kept, superseded. A duplicate id, or a changed text (unless
+    --reprocess-changed, which annotates the whole file again), is refused in one line."""
+    state = log.state
+    held = _held_indexes(out, state)
+    next_key = max([u.key + 1 for u in plan.units] + [k + 1 for k in state.units], default=0)
+    for name in [*plan.changes["new"], *plan.changes["changed"]]:
+        unit = next(u for u in plan.units if u.name == name and not u.superseded)
+        delta = ids.classify(spec.input, plan.source, unit, held)
+        changed = name in plan.changes["changed"]
+        if delta.changed_count and changed and policy.reprocess_changed and delta.duplicate is None:
+            continue  # the whole file again, as with input.incremental: files
+        ids.refuse(name, delta, spec.input)
+        if not changed and len(delta.new_rows) == delta.rows:
+            continue  # a new file, every id new: annotated whole
+        key = next_key if changed else unit.key
+        next_key += changed
+        selected = replace(unit, rows=len(delta.new_rows), key=key, selection=ids.selection_name(key))
+        out.write_table(selected.selection, ids.selection_table(delta.new_rows))  # durable before any commit
+        plan.selections[key] = delta.new_rows
+        earlier = []
+        if changed:
+            if unit.key not in state.complete_units():
+                raise OutputConflictError(f"input.path: {name} changed while its earlier rows were not all "
+                                          "annotated; restore it and run again to finish them, or pass "
+                                          "--reprocess-changed to annotate the whole file again")
+            earlier = [replace(unit_of(state.units[unit.key], spec.base_dir or None), superseded=True)]
+            plan.changes["changed"].remove(name)
+            plan.changes.setdefault("grown", []).append(name)
+            event("input", f"{name} changed: {len(delta.new_rows)} of its {delta.rows} rows have ids the output "
+                           "does not hold; they are annotated", file=name, rows=len(delta.new_rows))
+        for units in {id(each): each for each in (plan.units, plan.read_units)}.values():  # (often one list)
+            at = next(i for i, u in enumerate(units) if u.key == unit.key and not u.superseded)
+            units[at:at + 1] = [*earlier, selected]
+        plan.units.sort(key=lambda u: u.key)
+
+
+def _held_indexes(out: Folder, state: OutputState) -> Any:
+    """The id indexes of the output's current parts: their paths on a disk, a pyarrow dataset in a
+    bucket (None: no parts)."""
+    import pyarrow.dataset as ds
+
+    names = [ids.index_name(p.name) for p in state.part_list()]
+    if not names:
+        return None
+    if out.local:
+        return [str(out.directory / n) for n in names]
+    return ds.dataset([out.key(n) for n in names], format="parquet", filesystem=out.fs)
 
 
 def _remove_parts(log: CommitLog, unit: int) -> list[str]:
@@ -207,6 +270,7 @@ def _remove_parts(log: CommitLog, unit: int) -> list[str]:
 def _delete(out: Folder, parts: list[str]) -> None:
     for part in parts:
         out.remove(part)
+        out.remove(ids.index_name(part))  # its id index (input.incremental: ids), if any
 
 
 def _nothing_to_do(log: CommitLog, plan: Plan, stored: dict[str, int]) -> RunResult | None:

@@ -53,6 +53,11 @@ class InputSpec:
     new_columns: Literal["add", "ignore", "refuse"] = doc(
         "A column first seen in a later file: add it (nullable; earlier rows hold null), ignore it, or refuse "
         "the file.", default="add", identity=True)
+    incremental: Literal["files", "ids"] = doc(
+        "files: a file is new, unchanged or changed as a whole (a changed one is refused or annotated again "
+        "whole). ids: a new or changed file's rows whose id_column value the output already holds (with the "
+        "same text) are skipped, new ids annotated into new parts; needs a unique id_column.", default="files",
+        identity=True)
     type_changes: Literal["cast", "refuse"] = doc(
         "A column whose type in a file differs from the output's: cast it where no information is lost (int32 "
         "-> int64, numbers -> string; anything else is refused naming the file, column and types), or refuse.",
@@ -302,6 +307,10 @@ def _parse_input(data: Any) -> InputSpec:
     spec = build(InputSpec, data, "input")
     if bool(spec.path) == bool(spec.dataset):
         raise SpecError("input", "give exactly one of input.path (files) or input.dataset (Hugging Face dataset)")
+    if spec.incremental == "ids" and not spec.id_column:
+        raise SpecError("input.incremental", "ids needs input.id_column: the column that identifies each row")
+    if spec.incremental == "ids" and spec.dataset:
+        raise SpecError("input.incremental", "ids works on input files (input.path), not on a dataset")
     if spec.dataset:
         local = Path(spec.dataset).exists() or is_url(spec.dataset)
         if not local and not (spec.revision and spec.split):

@@ -85,6 +85,8 @@ def _check_inputs(state: OutputState, output: str, verdict: Verdict) -> None:
         if record.removed:
             verdict.notes.append(f"{name}: removed from the input; its parts were kept (--keep-removed)")
             continue
+        if record.superseded:  # input.incremental: ids — the file has grown since; its newest unit is checked
+            continue
         current = _content_hash(name)
         if current is None:
             verdict.problems.append(f"{name}: input file missing (rerun with --drop-removed or --keep-removed)")
@@ -119,6 +121,10 @@ def recorded_job(state: OutputState, original: str, output: str | Path) -> tuple
 def kept_units(state: OutputState, original: str) -> list[Unit]:
     """The units a rerun numbers as the original did (those removed with their parts kept are not
     read again: their files are gone)."""
+    if any(u.superseded or u.selection for u in state.unit_list()):
+        raise OutputConflictError(f"{original}: annotated row by row (input.incremental: ids) from files that grew "
+                                  "since: their earlier versions, which its first parts came from, are gone, so "
+                                  "rerun cannot make those parts again; verify checks it instead")
     base = base_of_output(state, original)
     return [unit_of(u, base) for u in state.unit_list() if not u.removed]
 

@@ -7,6 +7,8 @@
     python benchmarks/output_log.py files --files 10000
     python benchmarks/output_log.py start --parts 100000
     python benchmarks/output_log.py limit-rss --mb 325
+    python benchmarks/output_log.py growing --rows 20000              (issue 17: night 2 of a growing export)
+    python benchmarks/output_log.py ids-lookup --ids 10000000         (issue 17: the seen-id lookup at 10M ids)
 
 `--before REV` also runs the same job with batchnlp at REV (a git worktree), in the same script
 run, so the two are compared on the same machine at the same time. A tiny classifier (the tests'
@@ -233,7 +235,8 @@ listed = time.perf_counter() - began - read
 missing = log.state.missing_parts(stored)
 print(json.dumps({{"parts": len(log.state.parts), "read_state_s": round(read, 2), "list_parts_s": round(listed, 2),
                   "compare_s": round(time.perf_counter() - began - read - listed, 2),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}}))
+                  "peak_rss_mib": [int(l.split()[1]) // 1024 for l in open("/proc/self/status")
+                                   if l.startswith("VmHWM")][0]}}))
 """
         print(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
 
@@ -258,9 +261,16 @@ def limit_rss(megabytes: int, before: str | None) -> None:
             directory = tmp / side
             directory.mkdir()
             job = job_file(directory, model, str(tmp / "big.parquet"), 1000)
-            code = ("import batchnlp, resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'batchnlp', "
-                    f"'run', {str(job)!r}, '-q', '--limit', '5000'], check=True); "
-                    "print(batchnlp.__file__); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)")
+            # The peak from /proc (VmHWM, polled): ru_maxrss survives exec, so a child started by this
+            # process (which built a large table) would report this process's size.
+            code = ("import batchnlp, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-m', 'batchnlp', "
+                    f"'run', {str(job)!r}, '-q', '--limit', '5000']); peak = 0\n"
+                    "while p.poll() is None:\n"
+                    "    try: peak = max(peak, [int(l.split()[1]) for l in open(f'/proc/{p.pid}/status') "
+                    "if l.startswith('VmHWM')][0])\n"
+                    "    except (OSError, IndexError): pass\n"
+                    "    time.sleep(0.05)\n"
+                    "print(batchnlp.__file__); print(peak // 1024)")
             env = {**os.environ, **({"PYTHONPATH": path} if path else {})}
             peak = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
                                   cwd=tempfile.gettempdir())
@@ -269,9 +279,91 @@ def limit_rss(megabytes: int, before: str | None) -> None:
                               "limit": 5000, "peak_rss_mib": int(rss)}), flush=True)
 
 
+# -- issue 17: a growing export, and the seen-id lookup at scale --------------------------------
+
+def growing(rows: int) -> None:
+    """Night 1: an export of `rows` rows; night 2: the same rows plus as many new ones. Files mode
+    must annotate the whole file again (--reprocess-changed); ids mode only the new rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = tiny_classifier(tmp / "model")
+        corpus = texts(2 * rows)
+        for mode in ("files", "ids"):
+            directory = tmp / mode
+            (directory / "inbox").mkdir(parents=True)
+            job = job_file(directory, model, str(directory / "inbox"), 1000)
+            job.write_text(job.read_text().replace("format: parquet", f"format: parquet\n  incremental: {mode}"))
+            export = directory / "inbox" / "export.parquet"
+            pq.write_table(pa.table({"id": [f"e{i}" for i in range(rows)], "text": corpus[:rows]}), export)
+            night1 = batchnlp(["run", str(job), "-q"])[0]
+            pq.write_table(pa.table({"id": [f"e{i}" for i in range(2 * rows)], "text": corpus}), export)
+            night2, done = batchnlp(["run", str(job), "-q", *(["--reprocess-changed"] if mode == "files" else [])])
+            print(json.dumps({"mode": mode, "night1_rows": rows, "night2_rows": 2 * rows,
+                              "night1_s": round(night1, 1), "night2_s": round(night2, 1),
+                              "night2_said": done.stdout.strip().split(": ", 1)[-1]}), flush=True)
+
+
+def ids_lookup(held: int, new_share: float) -> None:
+    """The seen-id lookup of a night 2 against an output holding `held` ids (synthetic: their id
+    indexes, 10,000 ids a part), the export rewritten with `new_share` more rows; then the new rows
+    annotated from a file of their own, for the wall time beside it."""
+    import numpy as np
+
+    from batchnlp.read import ids
+
+    new = int(held * new_share)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = pa.array(texts(20_000), pa.large_string())  # 10M texts pass 2 GiB: 64-bit offsets
+        began = time.perf_counter()
+        every = pa.table({"id": pa.array([f"id{i}" for i in range(held + new)]),
+                          "text": base.take(pa.array(np.arange(held + new) % len(base)))})
+        pq.write_table(every, tmp / "export.parquet", row_group_size=1 << 17)
+        index_dir = tmp / "out" / ".batchnlp" / "ids"
+        index_dir.mkdir(parents=True)
+        spec = _ids_spec(tmp / "export.parquet")
+        for start in range(0, held, 10_000):
+            pq.write_table(ids.index_table(spec, every.slice(start, min(10_000, held - start))),
+                           index_dir / f"part-00000-{start // 10_000:05d}.parquet")
+        pq.write_table(every.slice(held), tmp / "new_only.parquet")
+        del every
+        print(json.dumps({"built_s": round(time.perf_counter() - began, 1)}), flush=True)
+        code = f"""
+import json, resource, sys, time
+sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+import pyarrow.dataset as ds
+from output_log import _ids_spec
+from batchnlp.read import ids
+from batchnlp.read.files import FileSource
+from batchnlp.read.source import Unit
+spec = _ids_spec({str(tmp / "export.parquet")!r})
+held = sorted(str(p) for p in __import__("pathlib").Path({str(index_dir)!r}).glob("*.parquet"))
+began = time.perf_counter()
+delta = ids.classify(spec, FileSource(spec), Unit({str(tmp / "export.parquet")!r}, None), held)
+print(json.dumps({{"held_ids": {held}, "file_rows": delta.rows, "new_rows": len(delta.new_rows),
+                  "lookup_s": round(time.perf_counter() - began, 1),
+                  "peak_rss_mib": [int(l.split()[1]) // 1024 for l in open("/proc/self/status")
+                                   if l.startswith("VmHWM")][0]}}))
+"""
+        print(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=tempfile.gettempdir()).stdout.strip(), flush=True)
+        model = tiny_classifier(tmp / "model")
+        job = job_file(tmp, model, str(tmp / "new_only.parquet"), 10_000)
+        print(json.dumps({"annotate_new_rows_from_their_own_file_s": round(batchnlp(["run", str(job), "-q"])[0], 1),
+                          "rows": new}), flush=True)
+
+
+def _ids_spec(path: Path):
+    from batchnlp.spec import InputSpec
+
+    return InputSpec(text_column="text", path=str(path), format="parquet", id_column="id", incremental="ids")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["commit", "run", "files", "start", "limit-rss"])
+    parser.add_argument("what", choices=["commit", "run", "files", "start", "limit-rss", "growing", "ids-lookup"])
+    parser.add_argument("--ids", type=int, default=10_000_000)
+    parser.add_argument("--new-share", type=float, default=0.01)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--rows-per-shard", type=int, default=5)
@@ -289,6 +381,10 @@ def main() -> None:
         many_files(args.files, args.rows_each, args.before)
     elif args.what == "start":
         run_start(args.parts)
+    elif args.what == "growing":
+        growing(args.rows)
+    elif args.what == "ids-lookup":
+        ids_lookup(args.ids, args.new_share)
     else:
         limit_rss(args.mb, args.before)
 

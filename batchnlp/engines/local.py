@@ -56,7 +56,8 @@ class _Writer:
 
     def write(self, shard: Shard, prepared: Prepared) -> None:
         table, stats = self.annotator.finish(prepared)
-        stats = write_part(self.ctx.out, shard, table, {**stats, **self.precision}, self.ctx.faults)
+        stats = write_part(self.ctx.out, shard, table, {**stats, **self.precision}, self.ctx.faults,
+                           self.ctx.job.spec.input)
         self.committer.record(stats, shard.number, batch_tokens_in_use=self.annotator.batch_tokens,
                               oom_splits=self.annotator.oom_splits)
         self.progress.committed(shard.part, stats)

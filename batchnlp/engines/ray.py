@@ -55,7 +55,8 @@ class ShardWorker:
             self.faults.check_shard(int(unit), int(number))
             shard, rows = read_shard(self.session.job.plan, (int(unit), int(number)))
             table, shard_stats = self.session.annotator(rows, shard.seed_offset)
-            shard_stats = write_part(self.out, shard, table, {**shard_stats, **self.precision}, self.faults)
+            shard_stats = write_part(self.out, shard, table, {**shard_stats, **self.precision}, self.faults,
+                                     self.session.job.spec.input)
             for key, value in shard_stats.items():
                 stats.setdefault(key, []).append(value)
         return stats

@@ -50,6 +50,7 @@ def _retry_part(ctx: RunContext, annotator: Annotator, committer: Committer, par
     figures = {**part.stats, "errors": still, "error_rate": round(still / rewritten.num_rows, 4),
                "retried": len(failed), "device": str(annotator.placement.device), "dtype": annotator.placement.name}
     shard = Shard(unit, part.shard, part.start, rewritten.num_rows)
-    written = write_part(ctx.out, shard, rewritten, {**figures, "rows": rewritten.num_rows}, ctx.faults)
+    written = write_part(ctx.out, shard, rewritten, {**figures, "rows": rewritten.num_rows}, ctx.faults,
+                         ctx.job.spec.input)
     committer.record(written, part.shard, annotated=len(failed))
     return len(failed), annotated.num_rows - annotated.column(error_column).null_count

@@ -23,7 +23,7 @@ import pyarrow.json as pajson
 from batchnlp import checksums
 from batchnlp.errors import InputError, UserError
 from batchnlp.log import event
-from batchnlp.read.source import Entry, Unit
+from batchnlp.read.source import Entry, Unit, skipped
 from batchnlp.spec import InputSpec
 from batchnlp.storage import bucket_exists, describe_error, filesystem, fresh_listing, is_store_error, is_url, open_file
 
@@ -279,12 +279,7 @@ def iter_batches(spec: InputSpec, path: str, start: int = 0) -> Iterator[pa.Reco
         else:
             # use_threads=False keeps the batch order equal to the file order, which resume relies on.
             batches = dataset.to_batches(batch_size=BATCH_ROWS, use_threads=False, batch_readahead=2)
-        for batch in batches:
-            if skip >= batch.num_rows:
-                skip -= batch.num_rows
-                continue
-            yield batch.slice(skip) if skip else batch
-            skip = 0
+        yield from skipped(batches, skip)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
         raise InputError(describe(path, e)) from None
 

@@ -11,13 +11,13 @@ shard of rows is held in memory.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Container, Iterator, Sequence
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError, SpecError
-from batchnlp.read.source import Entry, InputSource, Unit
+from batchnlp.read.source import Entry, InputSource, Unit, skipped
 from batchnlp.spec import InputSpec
 
 #: Shard j of unit k samples with seed + k * SEED_STRIDE + j: stable whatever other files arrive.
@@ -69,6 +69,8 @@ class Plan:
     partial: bool = False
     #: Rows of the whole input, where every file was read (None: a --limit stopped before some).
     input_rows: int | None = None
+    #: input.incremental: ids — the row numbers of each unit that has a selection, by unit key.
+    selections: dict[int, Any] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int | None:
@@ -117,7 +119,7 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
     being read (unless its name is in `recheck`). Other entries are hashed, checked and counted
     (CSV/JSONL parsed whole, so a bad row fails here, before anything is written)."""
     source = open_source(spec)
-    known = {u.name: u for u in previous}
+    known = {u.name: u for u in previous if not u.superseded}  # a file's latest unit
     changes: dict[str, list[str]] = {"new": [], "touched": [], "changed": [], "removed": []}
     units, rows, next_key = [], 0, max((u.key + 1 for u in previous), default=0)
     entries = source.inventory()
@@ -135,7 +137,8 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
         units.append(unit)
         rows += unit.rows or 0
     listed = {e.name for e in entries}
-    changes["removed"] = [u.name for u in previous if u.name not in listed]
+    changes["removed"] = list(dict.fromkeys(u.name for u in previous if u.name not in listed))
+    units += [u for u in previous if u.superseded and u.name in listed]  # all done: counted, never read
     units.sort(key=lambda u: u.key)
     plan = Plan(spec, rows_per_shard, units, source.schema(), source, limit, source.identity(), changes, units)
     if limit is not None:
@@ -164,7 +167,7 @@ def _rehashed(source: InputSource, spec: InputSpec, entry: Entry, unit: Unit, ta
     if content == unit.content_hash:
         if (entry.size, entry.mtime_ns, entry.version) != (unit.size, unit.mtime_ns, unit.version):
             changes["touched"].append(entry.name)
-        return Unit.of(entry, unit.rows, content, unit.key)
+        return replace(unit, size=entry.size, mtime_ns=entry.mtime_ns, version=entry.version)
     changes["changed"].append(entry.name)
     return _counted(source, spec, entry, content, unit.key, task_columns)
 
@@ -225,7 +228,13 @@ def read_shard(plan: Plan, key: ShardKey) -> tuple[Shard, pa.Table]:
 def _chunks(plan: Plan, unit: Unit, start: int) -> Iterator[tuple[int, pa.Table]]:
     """Cut a unit's stream of record batches, from row `start` (a shard boundary) on, into tables of
     rows_per_shard rows (the last may be short)."""
-    batches = plan.source.iter_batches(unit, start)
+    if unit.selection is not None:  # input.incremental: ids — the selected rows only
+        from batchnlp.read.ids import selected_batches
+
+        whole = plan.source.iter_batches(replace(unit, rows=None, selection=None), 0)
+        batches = skipped(selected_batches(whole, plan.selections[unit.key]), start)
+    else:
+        batches = plan.source.iter_batches(unit, start)
     size, pending, have = plan.rows_per_shard, [], 0
     limit = unit.rows
     for batch in batches:

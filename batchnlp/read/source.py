@@ -41,6 +41,11 @@ class Unit:
     content_hash: str | None = None
     key: int = 0
     version: str | None = None
+    #: input.incremental: ids — the file's rows this unit holds (a selection in the output's
+    #: folder, by row number); None: all of them.
+    selection: str | None = None
+    #: An earlier version of a file that grew (ids): its parts stay, it is never read again.
+    superseded: bool = False
 
     @classmethod
     def of(cls, entry: Entry, rows: int | None, content_hash: str | None, key: int) -> "Unit":
@@ -71,3 +76,13 @@ class InputSource(Protocol):
 
     def iter_batches(self, unit: Unit, start: int) -> Iterator[pa.RecordBatch]:
         """The unit's rows from row `start` on, in order."""
+
+
+def skipped(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """`batches` without their first `rows` rows."""
+    for batch in batches:
+        if rows >= batch.num_rows:
+            rows -= batch.num_rows
+            continue
+        yield batch.slice(rows) if rows else batch
+        rows = 0

@@ -16,15 +16,21 @@ import pyarrow as pa
 from batchnlp.errors import RunFailed
 from batchnlp.faults import NONE, Faults
 from batchnlp.read.plan import Shard, part_name
+from batchnlp.spec import InputSpec
 from batchnlp.write.commits import CommitLog
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import now, portable_name
 
 
 def write_part(out: Folder, shard: Shard, table: pa.Table, stats: dict[str, Any],
-               faults: Faults = NONE) -> dict[str, Any]:
+               faults: Faults = NONE, source: InputSpec | None = None) -> dict[str, Any]:
     """Write a shard's part atomically; return its statistics as a commit records them. The
-    caller records it only after this returns: the part is durable by then."""
+    caller records it only after this returns: the part is durable by then. With
+    input.incremental: ids (`source`), the part's id index is written first."""
+    if source is not None and source.incremental == "ids":
+        from batchnlp.read import ids
+
+        out.write_table(ids.index_name(shard.part), ids.index_table(source, table))
     size, digest = out.write_table(shard.part, table)
     faults.point("part-written", shard.number)
     return {**stats, "unit": shard.unit.key, "shard": shard.number, "input": shard.unit.name, "start": shard.start,

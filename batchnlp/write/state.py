@@ -82,6 +82,8 @@ class UnitRecord:
     content_hash: str | None
     version: str | None = None
     removed: bool = False  # its file is gone and its parts were kept (--keep-removed)
+    selection: str | None = None  # input.incremental: ids — which of the file's rows it holds
+    superseded: bool = False  # an earlier version of a file that grew (ids): parts kept, never read again
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -342,12 +344,12 @@ def resolved_name(name: str, base: str | None) -> str:
 
 def unit_of(record: UnitRecord, base: str | None) -> Unit:
     return Unit(resolved_name(record.name, base), record.rows, record.size, record.mtime_ns, record.content_hash,
-                record.key, record.version)
+                record.key, record.version, record.selection, record.superseded)
 
 
 def record_of(unit: Unit, base: str | None, removed: bool = False) -> dict[str, Any]:
     return UnitRecord(unit.key, portable_name(unit.name, base), unit.rows, unit.size, unit.mtime_ns,
-                      unit.content_hash, unit.version, removed).to_json()
+                      unit.content_hash, unit.version, removed, unit.selection, unit.superseded).to_json()
 
 
 def base_of_output(state: OutputState, output: str) -> str | None:
