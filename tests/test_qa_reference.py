@@ -40,3 +40,24 @@ def test_answers_equal_the_4x_pipeline(tmp_path, name):
                [(a["answer"], a["start"], a["end"]) for a in expected], (name, i)
         assert [a["score"] for a in ours] == pytest.approx([a["score"] for a in expected], abs=1e-5), (name, i)
         assert all(contexts[i][a["start"]:a["end"]] == a["answer"] for a in ours if a["answer"])
+
+
+LONG = json.loads((DATA / "qa_pipeline_4x_long.json").read_text())
+
+
+@pytest.mark.parametrize("window", [512, 384])
+def test_a_512_window_at_the_models_own_limit_equals_the_4x_pipeline(tmp_path, window):
+    """runtime.max_length 512 on a model of 512 positions (its own limit), contexts of 1,300+ tokens
+    (three to five windows each), against the pipeline's max_seq_len=512 (and 384), recorded with
+    transformers 4.57 (tests/data/make_qa_reference.py)."""
+    shutil.copy(DATA / "qa_rows_long.csv", tmp_path / "rows.csv")
+    job = write_job(tmp_path, input={"path": str(tmp_path / "rows.csv"), "text_column": "question",
+                                     "text_pair_column": "context", "id_column": "id"},
+                    task={"name": "question-answering"}, model={"path": str(DATA / "qa_model_512")},
+                    output={"path": str(tmp_path / "out"), "rows_per_shard": 10}, runtime={"max_length": window})
+    run(load_spec(job), quiet=True)
+    got = read_output(tmp_path / "out").to_pylist()
+    expected = [answers[0] for answers in LONG[f"window{window}"]["answers"]]
+    assert [(r["answer"], r["start"], r["end"]) for r in got] == [(e["answer"], e["start"], e["end"]) for e in expected]
+    assert [r["score"] for r in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+

@@ -228,11 +228,13 @@ def marian(directory: Path) -> Path:
     return save(model, directory)
 
 
-def random_qa(directory: Path) -> Path:
+def random_qa(directory: Path, positions: int = 128) -> Path:
     """A random BERT QA model with spread-out logits (no near ties), committed under tests/data/qa_model
-    so that transformers 4.x's pipeline could be recorded on the very same weights."""
+    (and, with 512 positions, tests/data/qa_model_512) so that transformers 4.x's pipeline could be
+    recorded on the very same weights."""
     from transformers import BertForQuestionAnswering
 
-    tokenizer = wordpiece_tokenizer(directory, model_max_length=128)
+    tokenizer = wordpiece_tokenizer(directory, model_max_length=positions)
     torch.manual_seed(7)
-    return save(BertForQuestionAnswering(tiny_bert(tokenizer, initializer_range=0.5)), directory)
+    return save(BertForQuestionAnswering(tiny_bert(tokenizer, initializer_range=0.5,
+                                                   max_position_embeddings=positions)), directory)

@@ -34,6 +34,17 @@ def main():
             answers.append(result if isinstance(result, list) else [result])
         out[name] = {"settings": settings, "answers": answers}
     (HERE / "qa_pipeline_4x.json").write_text(json.dumps(out, indent=1))
+    # A window at the model's own limit: qa_model_512 (tiny_models.random_qa(..., positions=512)) on
+    # qa_rows_long.csv (each context repeated past 1,300 tokens), max_seq_len 512 and 384.
+    long_qa = pipeline("question-answering", model=str(HERE / "qa_model_512"), device="cpu")
+    with open(HERE / "qa_rows_long.csv", newline="") as f:
+        long_rows = list(csv.DictReader(f))
+    long_out = {"transformers": transformers.__version__}
+    for window in (512, 384):
+        answers = [long_qa(question=r["question"], context=r["context"], max_seq_len=window) for r in long_rows]
+        long_out[f"window{window}"] = {"settings": {"max_seq_len": window},
+                                       "answers": [a if isinstance(a, list) else [a] for a in answers]}
+    (HERE / "qa_pipeline_4x_long.json").write_text(json.dumps(long_out, indent=1))
 
 
 if __name__ == "__main__":
