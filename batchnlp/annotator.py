@@ -182,7 +182,7 @@ class Annotator:
 
 
 def latency(seconds: list[float]) -> dict[str, float | None]:
-    """p50 and p95 of the batches' latencies (nearest rank), for the manifest and the logs."""
+    """p50 and p95 of the batches' latencies (nearest rank), for the output's record and the logs."""
     if not seconds:
         return {"batch_seconds_p50": None, "batch_seconds_p95": None}
     ordered = sorted(seconds)

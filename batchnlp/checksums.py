@@ -1,5 +1,5 @@
 """Checksums of files: sha256 for what batchnlp writes and the model weights it loads (the
-manifest records them; `verify` and `rerun` compare them), xxh3-128 for input files (fast enough to
+output's record keeps them; `verify` and `rerun` compare them), xxh3-128 for input files (fast enough to
 tell an edited file from a merely touched one on every run). Each reads a local path or an open
 binary file (an object in a bucket) block by block."""
 

@@ -148,7 +148,8 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     plan.schema = _input_columns(spec, state, plan, done)
     job = describe_job(spec, plan, resolved, quiet)
     if state.job and state.pinned.input_schema != columns.serialize(plan.schema):  # a file added columns
-        log.stage({"pin": {"input_schema": columns.serialize(plan.schema), "arrow_schema": columns.serialize(job.schema),
+        log.stage({"pin": {"input_schema": columns.serialize(plan.schema),
+                           "arrow_schema": columns.serialize(job.schema),
                            "schema": [f"{f.name}: {f.type}" for f in job.schema]}})
     ctx = RunContext(job, log, out, quiet, done, address or spec.runtime.ray_address, progress_interval, faults,
                      job_fingerprint, pin, retry)
@@ -188,8 +189,8 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
     if removed and policy.removed == "refuse":
         one = len(removed) == 1
         raise OutputConflictError(f"input.path: {_names(removed)} {'was' if one else 'were'} annotated but no longer "
-                                  f"{'exists' if one else 'exist'}; pass --drop-removed to drop {'its' if one else 'their'} "
-                                  "rows from the output, or --keep-removed to keep them")
+                                  f"{'exists' if one else 'exist'}; pass --drop-removed to drop "
+                                  f"{'its' if one else 'their'} rows from the output, or --keep-removed to keep them")
     keys = {unit_of(u, base).name: u.key for u in state.unit_list() if not u.superseded}
     doomed = []
     for name in changed:

@@ -104,7 +104,7 @@ class Session:
     probe: dict[str, Any] | None
 
     def run_info(self) -> dict[str, Any]:
-        """This run's device, precision and batch settings, for the manifest's run entry."""
+        """This run's device, precision and batch settings, for its entry in the output's record."""
         runtime, model = self.job.spec.runtime, self.annotator.model
         return {**self.annotator.placement.describe(), "precision_probe": self.probe,
                 "precision": self.annotator.placement.name,

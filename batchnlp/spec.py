@@ -67,7 +67,7 @@ class InputSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     id: str | None = doc("Hugging Face hub model id; needs `revision`.", default=None, identity=True)
-    revision: str | None = doc("Hub tag, branch or commit; resolved to a commit SHA in the manifest.",
+    revision: str | None = doc("Hub tag, branch or commit; resolved to a commit SHA in the output's record.",
                                default=None, identity=True)
     path: str | None = doc("A local model directory (save_pretrained layout).", default=None, identity=True)
     package: str | None = doc("An installed Python package that ships a model directory.", default=None, identity=True)
@@ -151,7 +151,7 @@ class JobSpec:
         return data
 
     def resolved(self) -> dict[str, Any]:
-        """The spec with every default filled in, as plain data (for the manifest and fingerprints).
+        """The spec with every default filled in, as plain data (for the output's record and fingerprints).
         Storage options are left out: they hold credentials, and may change between runs."""
         return {
             "input": _without_storage_options(self.input),

@@ -2,7 +2,7 @@
 (s3://, gs://, az://, hf://) reached through fsspec, the client library that pandas, datasets
 and pyarrow users already configure. Credentials and endpoints come the usual way (the
 environment, e.g. AWS_PROFILE / AWS_ENDPOINT_URL, or fsspec's config), or from a job's
-`storage_options`, which are handed to fsspec and never written to the manifest.
+`storage_options`, which are handed to fsspec and never written to the output's record.
 
 `file://` URLs are plain local paths (the spec strips the scheme)."""
 

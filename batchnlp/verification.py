@@ -1,4 +1,4 @@
-"""`batchnlp verify` and `batchnlp rerun`: prove an output is what its manifest says, and that
+"""`batchnlp verify` and `batchnlp rerun`: prove an output is what its record says, and that
 re-executing the recorded job gives the same bytes.
 
 verify: every part the output's log lists exists with its sha256; no unlisted part sits beside

@@ -1,2 +1,2 @@
 """The engines that run a job's shards: `local` (this process) and `ray` (a Ray cluster). Both get
-a `RunContext` from the runner and use the same session, part writer and manifest recording."""
+a `RunContext` from the runner and use the same session, part writer and committer."""

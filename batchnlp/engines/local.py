@@ -86,7 +86,7 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
                 writing.result()
         finally:
             if writing is not None and not writing.done():
-                writing.exception()  # let a commit in flight finish before the manifest is closed
+                writing.exception()  # let a commit in flight finish before the run's end is recorded
 
 
 def _infer(annotator: Annotator, shard: Shard, prepared: Prepared, progress: Progress) -> None:

@@ -93,7 +93,8 @@ def run(ctx: RunContext) -> RunResult:
         raise _clear(e) from None
     finally:
         progress.close()
-    return RunResult(str(ctx.out), "partial" if plan.partial else "complete", committer.rows, committer.parts, plan.shard_count, len(ctx.done))
+    return RunResult(str(ctx.out), "partial" if plan.partial else "complete", committer.rows, committer.parts,
+                     plan.shard_count, len(ctx.done))
 
 
 def settle_precision(ctx: RunContext, on_gpus: bool) -> tuple[str, dict[str, Any] | None]:

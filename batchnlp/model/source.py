@@ -1,6 +1,6 @@
 """Where the model comes from: a hub id at a pinned revision, a local directory, or an installed
 package that ships a model directory. Each resolves to a local directory plus an identity for the
-manifest (commit SHA, or package version and a hash of the weights). No torch here."""
+output's record (commit SHA, or package version and a hash of the weights). No torch here."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def _package_dir(spec: ModelSpec) -> tuple[Path, str]:
 
 def weights_hash(directory: Path, gguf_file: str | None = None) -> dict[str, str]:
     """sha256 of each weight file (only the named one for GGUF, where a directory may hold several
-    quantisations), so a manifest pins exactly which weights ran."""
+    quantisations), so the output's record pins exactly which weights ran."""
     out = {}
     paths = [directory / gguf_file] if gguf_file else sorted(directory.rglob("*"))
     for path in paths:

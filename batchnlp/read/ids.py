@@ -136,7 +136,8 @@ def refuse(name: str, delta: Delta, spec: InputSpec) -> None:
                          f"{spec.id_column} must be unique with input.incremental: ids); fix the file")
     if delta.changed_count:
         shown = ", ".join(repr(i) for i in delta.changed)
-        more = f" and {delta.changed_count - len(delta.changed)} more" if delta.changed_count > len(delta.changed) else ""
+        rest = delta.changed_count - len(delta.changed)
+        more = f" and {rest} more" if rest > 0 else ""
         raise InputError(f"{name}: the text of id {shown}{more} changed since it was annotated; pass "
                          "--reprocess-changed to annotate the whole file again, or restore the texts")
 

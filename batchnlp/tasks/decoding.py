@@ -28,7 +28,7 @@ class DecodingParams:
     length_penalty: float | None = doc("Beam search: > 1 favours longer outputs.", default=None)
     no_repeat_ngram_size: int | None = doc("Never repeat an n-gram of this size.", default=None)
     seed: int = doc("Seed for sampling; each shard uses its own seed from it, so a rerun or a resumed run samples "
-                    "the same (given the same batch settings, which the manifest pins).", default=0)
+                    "the same (given the same batch settings, which the output's fingerprint pins).", default=0)
     blocked: list[str] | None = doc("Guardrail: regular expressions (case-insensitive) that generated text must "
                                     "not match; a matching row is flagged (column `flag`) and redacted or dropped.",
                                     default=None)

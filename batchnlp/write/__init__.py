@@ -1,1 +1,1 @@
-"""Output: Parquet parts, the manifest, the lock."""
+"""Output: Parquet parts, the commit log and the state it adds up to, the committer, the lock."""

@@ -63,8 +63,8 @@ class Committer:
         self.parts += 1
         run_number = self.log.state.runs[-1].number
         where = portable_name(stats["input"], self.log.state.job.get("base"))  # as the units are named
-        self.log.commit({"add": {**stats, "input": where, "run": run_number}}, {"run_progress": {"rows": self.rows, **run,
-                                                          "seconds": round(time.perf_counter() - self.began, 3)}})
+        progress = {"rows": self.rows, **run, "seconds": round(time.perf_counter() - self.began, 3)}
+        self.log.commit({"add": {**stats, "input": where, "run": run_number}}, {"run_progress": progress})
         self.faults.point("shard-recorded", point)
 
     def finish(self, status: str, error: str | None = None) -> None:
