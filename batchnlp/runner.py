@@ -103,6 +103,9 @@ def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
                                                                      or where in out.parents):
         return OutputConflictError(f"output.path: {out} cannot be written ({error.strerror}: {where}); fix its "
                                    "permissions or choose another output.path")
+    if isinstance(error, FileNotFoundError) and where is not None and (where == out or out in where.parents):
+        return OutputConflictError(f"output.path: {out} vanished while this run wrote it ({where}); the run is not "
+                                   "complete: run the job again to annotate what is missing")
     if error.errno == errno.ENOSPC or "No space left on device" in str(error):
         return UserError(f"output.path: {out}: no space left on the device; the committed parts are kept: free "
                          "space, then run the job again to resume")

@@ -277,3 +277,40 @@ def test_a_migrated_commit_log_reads_the_same_through_inspect_json(project, monk
                             "migrated_from"}
     assert printed["format"] == 3 and [u["name"] for u in printed["units"]] == ["../inbox/a.csv"]
     assert pa.Table.from_pylist(printed["parts"]).num_rows == 2
+
+
+def test_an_output_removed_under_a_run_is_never_complete(project, monkeypatch):
+    """The output folder deleted while a run writes: one line, exit 2, never `complete` (0.2 exited
+    0 saying it wrote every part while most were gone)."""
+    import batchnlp.engines.local as local
+
+    write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine", "love it", "awful"])
+    real = local.write_part
+    calls = []
+
+    def write_part(out, shard, *args, **kwargs):
+        calls.append(shard.number)
+        if len(calls) == 2:
+            shutil.rmtree(project / "annotated")
+        return real(out, shard, *args, **kwargs)
+
+    monkeypatch.setattr(local, "write_part", write_part)
+    result = invoke("run", project / "jobs" / "nightly.yaml", "-q")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "vanished while this run wrote it" in result.output and "not complete" in result.output
+    monkeypatch.undo()
+    assert invoke("run", project / "jobs" / "nightly.yaml", "-q").exit_code == 0
+    assert read_output(project / "annotated").num_rows == 5
+
+
+def test_a_part_removed_before_the_run_ends_keeps_it_from_complete(tmp_path):
+    """The check before `complete`: a part this run recorded and no longer in the folder."""
+    log = started_log(Folder(tmp_path))
+    committer = Committer(log)
+    (tmp_path / "part-00000-00000.parquet").write_bytes(b"x" * 100)
+    committer.record(part(0, 0), 0)
+    (tmp_path / "part-00000-00000.parquet").unlink()
+    with pytest.raises(OutputConflictError, match="part-00000-00000.parquet and 0 more parts are gone"):
+        with committer.recording():
+            pass
+    assert CommitLog.read(Folder(tmp_path)).state.status == "failed"

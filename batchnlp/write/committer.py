@@ -13,11 +13,11 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from batchnlp.errors import RunFailed
+from batchnlp.errors import OutputConflictError, RunFailed
 from batchnlp.faults import NONE, Faults
 from batchnlp.read.plan import Shard, part_name
 from batchnlp.spec import InputSpec
-from batchnlp.write.commits import CommitLog
+from batchnlp.write.commits import CommitLog, commit_name
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import now, portable_name
 
@@ -42,6 +42,7 @@ class Committer:
         self.log, self.faults = log, faults
         self.partial = partial  # a --limit left input rows out: the run ends `partial`, not `complete`
         self.rows = self.parts = 0
+        self.written: dict[str, int] = {}  # this run's parts: name -> size
         self.began = time.perf_counter()
 
     def start_run(self, info: dict[str, Any]) -> None:
@@ -61,6 +62,7 @@ class Committer:
                             "precisions)")
         self.rows += stats["rows"] if annotated is None else annotated
         self.parts += 1
+        self.written[part_name((stats["unit"], stats["shard"]))] = stats["bytes"]
         run_number = self.log.state.runs[-1].number
         where = portable_name(stats["input"], self.log.state.job.get("base"))  # as the units are named
         progress = {"rows": self.rows, **run, "seconds": round(time.perf_counter() - self.began, 3)}
@@ -76,6 +78,7 @@ class Committer:
         interrupted (a signal) or failed (with the error); the exception goes on."""
         try:
             yield
+            self.check_output()
         except KeyboardInterrupt:
             self.finish("interrupted")
             raise
@@ -84,3 +87,15 @@ class Committer:
                 self.finish("failed", error=f"{type(e).__name__}: {e}")
             raise
         self.finish("partial" if self.partial else "complete")
+
+    def check_output(self) -> None:
+        """Before a run calls itself complete: its parts and its last commit are where the output
+        is (one listing). An output folder removed or replaced under the run is caught here."""
+        stored = self.log.folder.sizes()
+        lost = [name for name, size in self.written.items() if stored.get(name) != size]
+        version = self.log.state.version
+        if lost or (version >= 0 and self.log.folder.read_bytes(commit_name(version)) is None):
+            what = f"{lost[0]} and {len(lost) - 1} more parts are" if lost else "its log is"
+            raise OutputConflictError(f"output.path: {self.log.folder}: {what} gone: the output was removed or "
+                                      "replaced while this run wrote it; the run is not complete: run the job "
+                                      "again to annotate what is missing")

@@ -13,6 +13,7 @@ in S3, so of two writers of one commit number exactly one wins.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -167,7 +168,7 @@ class Folder:
         if self.local:
             path = self.directory / name
             tmp = path.with_name(f".{path.name}.tmp")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._subfolder(path)
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -196,12 +197,19 @@ class Folder:
                 raise FileExistsError(self / name) from None
             self._call(fs.pipe_file, key, data)
 
+    def _subfolder(self, path: Path) -> None:
+        """Make the sub-folder a file goes in (the log's), never the output folder itself: one that
+        vanished under a run must stop it, not be made again empty."""
+        if not self.directory.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the output folder is gone", str(self.directory))
+        path.parent.mkdir(parents=True, exist_ok=True)
+
     def _write_local(self, name: str, write: Any) -> tuple[int, str]:
         """Write to a temporary name, flush to disk, then rename: a crash leaves either the old
         state or the whole file."""
         path = self.directory / name
         tmp = path.with_name(f".{path.name}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._subfolder(path)
         try:
             write(tmp)
             with open(tmp, "rb") as f:
