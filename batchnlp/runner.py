@@ -14,10 +14,12 @@ import errno
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from batchnlp import __version__
 from batchnlp.engines.context import RunContext
 from batchnlp.errors import OutputConflictError, SpecError, UserError
 from batchnlp.log import event
@@ -81,11 +83,20 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
     use without a probe on a new output (both: a rerun of a recorded output)."""
     out = Folder(spec.output.path, spec.output.storage_options)
     created = False
+    began = time.perf_counter()
+    event("started", f"run {spec.source_file or 'a job'} into {out} (engine {engine or spec.runtime.engine}, "
+                     f"batchnlp {__version__})", job=spec.source_file, output=str(out),
+          engine=engine or spec.runtime.engine, version=__version__)
     try:
         created = out.create()
         with out.lock():
-            return _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
-                               progress_interval, faults, pin)
+            result = _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
+                                 progress_interval, faults, pin)
+        seconds = round(time.perf_counter() - began, 1)
+        event("finished", f"{result.status}: {result.rows_written} rows in {result.shards_written} parts, "
+                          f"{seconds} s", status=result.status, rows=result.rows_written,
+              parts=result.shards_written, seconds=seconds, exit_code=0)
+        return result
     except OSError as e:
         raise _output_error(out, e) from None
     finally:
@@ -142,6 +153,9 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
         log.commit()
         _delete(out, doomed)
     stored = out.sizes()
+    event("planned", "planned: " + (", ".join(f"{len(v)} {k}" for k, v in plan.changes.items() if v) or "no change")
+          + f" input file(s); {plan.total_rows} rows in {plan.shard_count} parts", rows=plan.total_rows,
+          parts=plan.shard_count, **{k: len(v) for k, v in plan.changes.items()})
     retry = [p for p in state.part_list() if p.stats.get("errors")] if policy.retry_errors else []
     if retry and chosen_engine == "ray":
         raise SpecError("--retry-errors", "rows are retried on the local engine; run with --engine local")

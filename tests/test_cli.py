@@ -137,3 +137,22 @@ def test_a_failing_run_leaves_its_error_in_the_json_log_file(tmp_path, classifie
     assert (last["level"], last["event"], last["exit_code"]) == ("ERROR", "error", 2)
     assert "missing.csv does not exist" in last["message"]
     assert [json.loads(line)["message"] for line in done.stderr.splitlines()] == [last["message"]]
+
+
+def test_an_unattended_run_logs_its_lifecycle_as_json(tmp_path, classifier_dir, reviews_csv):
+    """started, planned (files, rows, parts), model loaded (seconds, precision), each part, finished
+    (status, rows, seconds, exit code): enough for a night nobody watched."""
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    log = tmp_path / "run.log"
+    done = subprocess.run([sys.executable, "-m", "batchnlp", "run", str(job), "--log-format", "json",
+                           "--log-file", str(log)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    names = [e["event"] for e in events if e["event"] in ("started", "planned", "model", "shard", "finished")]
+    assert names == ["started", "planned", "model", "shard", "shard", "shard", "finished"]
+    by_name = {e["event"]: e for e in events}
+    assert by_name["planned"]["rows"] == len(TEXTS) and by_name["planned"]["parts"] == 3 and by_name["planned"]["new"] == 1
+    assert by_name["model"]["precision"] == "float32" and by_name["model"]["device"] == "cpu"
+    assert (by_name["finished"]["status"], by_name["finished"]["rows"], by_name["finished"]["exit_code"]) == (
+        "complete", len(TEXTS), 0)

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from batchnlp.annotator import Annotator, Prepared
 from batchnlp.engines.context import RunContext
-from batchnlp.engines.progress import Progress
+from batchnlp.engines.progress import Progress, heartbeat
+from batchnlp.log import event
 from batchnlp.engines.retry import retry_errors
 from batchnlp.read.plan import Shard, read_shards
 from batchnlp.session import RunResult, open_session
@@ -22,7 +23,12 @@ from batchnlp.write.committer import Committer, write_part
 
 def run(ctx: RunContext) -> RunResult:
     began = time.perf_counter()
-    session = open_session(ctx.job, ctx.done, ctx.pinned)
+    with heartbeat("loading the model", ctx.progress_interval, ctx.quiet):
+        session = open_session(ctx.job, ctx.done, ctx.pinned)
+    placement = session.annotator.placement
+    event("model", f"model loaded in {time.perf_counter() - began:.1f} s: {placement.device} {placement.name}",
+          seconds=round(time.perf_counter() - began, 2), device=str(placement.device), precision=placement.name,
+          probe=session.probe)
     committer = ctx.committer()
     ctx.start_run(committer, {"engine": "local", **session.run_info(),
                               "model_load_seconds": round(time.perf_counter() - began, 3)},
