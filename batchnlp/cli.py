@@ -89,7 +89,8 @@ def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _setup_logging(quiet: bool, log_level: str | None, log_file: str | None, log_format: str) -> None:
     from batchnlp.log import configure
 
-    configure((log_level or ("WARNING" if quiet else "INFO")).upper(), log_file, log_format, quiet)
+    configure((log_level or ("WARNING" if quiet else "INFO")).upper(), log_file, log_format, quiet,
+              file_level=(log_level or "INFO").upper())
 
 
 @main.command()

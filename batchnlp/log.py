@@ -25,8 +25,10 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMAT = {"value": "text"}
 
 
-def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
-    LOGGER.log(level, message, extra={"event": name, "fields": fields})
+def event(name: str, message: str, level: int = logging.INFO, file_only: bool = False, **fields: Any) -> None:
+    """A structured log line. `file_only`: for the log file (and JSON logs), not the terminal, where
+    the run's life (started, planned, finished) would only repeat what the command prints."""
+    LOGGER.log(level, message, extra={"event": name, "fields": fields, "file_only": file_only})
 
 
 def final_error(message: str, exit_code: int) -> None:
@@ -56,10 +58,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record is logged (click's test runner swaps it)."""
+    """Writes to whatever sys.stderr is when a record is logged (click's test runner swaps it);
+    lifecycle events (`file_only`) are for the log file."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+        self.addFilter(lambda record: not getattr(record, "file_only", False))
 
     @property
     def stream(self) -> Any:
@@ -74,16 +78,23 @@ def _time(record: logging.LogRecord) -> str:
     return dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def configure(level: str = "INFO", file: str | None = None, fmt: str = "text", quiet: bool = False) -> None:
-    """Set up batchnlp's logging for one command (called once by the CLI)."""
+def configure(level: str = "INFO", file: str | None = None, fmt: str = "text", quiet: bool = False,
+              file_level: str | None = None) -> None:
+    """Set up batchnlp's logging for one command (called once by the CLI). `file_level`: the log
+    file's own level (-q quiets the terminal, not the file: a nightly run's file keeps INFO)."""
     FORMAT["value"] = fmt
     formatter = JsonFormatter() if fmt == "json" else TextFormatter()
-    handlers: list[logging.Handler] = [StderrHandler()]
+    stderr = StderrHandler()
+    stderr.setLevel(level)
+    handlers: list[logging.Handler] = [stderr]
     if file:
-        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+        to_file = logging.FileHandler(file, encoding="utf-8")
+        to_file.setLevel(file_level or level)
+        handlers.append(to_file)
     for handler in handlers:
         handler.setFormatter(formatter)
-    for name, logger_level in [("batchnlp", level), *[(n, "WARNING") for n in LIBRARY_LOGGERS]]:
+    lowest = min(h.level for h in handlers)
+    for name, logger_level in [("batchnlp", lowest), *[(n, "WARNING") for n in LIBRARY_LOGGERS]]:
         logger = logging.getLogger(name)
         logger.handlers = list(handlers)
         logger.setLevel(logger_level)

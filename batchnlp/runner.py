@@ -86,7 +86,7 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
     began = time.perf_counter()
     event("started", f"run {spec.source_file or 'a job'} into {out} (engine {engine or spec.runtime.engine}, "
                      f"batchnlp {__version__})", job=spec.source_file, output=str(out),
-          engine=engine or spec.runtime.engine, version=__version__)
+          engine=engine or spec.runtime.engine, version=__version__, file_only=True)
     try:
         created = out.create()
         with out.lock():
@@ -95,7 +95,7 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
         seconds = round(time.perf_counter() - began, 1)
         event("finished", f"{result.status}: {result.rows_written} rows in {result.shards_written} parts, "
                           f"{seconds} s", status=result.status, rows=result.rows_written,
-              parts=result.shards_written, seconds=seconds, exit_code=0)
+              parts=result.shards_written, seconds=seconds, exit_code=0, file_only=True)
         return result
     except OSError as e:
         raise _output_error(out, e) from None
@@ -155,7 +155,7 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     stored = out.sizes()
     event("planned", "planned: " + (", ".join(f"{len(v)} {k}" for k, v in plan.changes.items() if v) or "no change")
           + f" input file(s); {plan.total_rows} rows in {plan.shard_count} parts", rows=plan.total_rows,
-          parts=plan.shard_count, **{k: len(v) for k, v in plan.changes.items()})
+          parts=plan.shard_count, file_only=True, **{k: len(v) for k, v in plan.changes.items()})
     retry = [p for p in state.part_list() if p.stats.get("errors")] if policy.retry_errors else []
     if retry and chosen_engine == "ray":
         raise SpecError("--retry-errors", "rows are retried on the local engine; run with --engine local")

@@ -39,6 +39,7 @@ def started_log(folder: Folder) -> CommitLog:
 
 def commit_sizes(tmp_path: Path, parts_before: int) -> int:
     """The bytes of the commit that adds one part to an output already holding `parts_before`."""
+    (tmp_path / f"out-{parts_before}").mkdir()
     log = started_log(Folder(tmp_path / f"out-{parts_before}"))
     log.commit()
     for i in range(parts_before):

@@ -28,7 +28,7 @@ def run(ctx: RunContext) -> RunResult:
     placement = session.annotator.placement
     event("model", f"model loaded in {time.perf_counter() - began:.1f} s: {placement.device} {placement.name}",
           seconds=round(time.perf_counter() - began, 2), device=str(placement.device), precision=placement.name,
-          probe=session.probe)
+          probe=session.probe, file_only=True)
     committer = ctx.committer()
     ctx.start_run(committer, {"engine": "local", **session.run_info(),
                               "model_load_seconds": round(time.perf_counter() - began, 3)},

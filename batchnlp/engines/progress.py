@@ -74,8 +74,8 @@ def heartbeat(what: str, interval: float, quiet: bool) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(interval):
-            event("heartbeat", f"still {what} ({time.monotonic() - began:.0f} s)", level=20 if not quiet else 10,
-                  seconds=round(time.monotonic() - began, 1), doing=what)
+            event("heartbeat", f"still {what} ({time.monotonic() - began:.0f} s)",
+                  seconds=round(time.monotonic() - began, 1), doing=what, file_only=bars_allowed(quiet))
 
     thread = threading.Thread(target=beat, name="batchnlp-heartbeat", daemon=True)
     thread.start()
