@@ -143,7 +143,7 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     log.stage({"run_started": {"started_at": now(), "engine": chosen_engine, "pid": os.getpid(),
                                "host": socket.gethostname()}})
     if spec.input.incremental == "ids":
-        _increments(spec, log, out, plan, policy)
+        _increments(spec, log, out, plan, policy, complete)
         for unit in plan.units:  # a resumed night reads the rows its selection fixed
             if unit.selection and not unit.superseded and unit.key not in plan.selections:
                 plan.selections[unit.key] = ids.read_selection(out.read_table(unit.selection))
@@ -159,9 +159,9 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     retry = [p for p in state.part_list() if p.stats.get("errors")] if policy.retry_errors else []
     if retry and chosen_engine == "ray":
         raise SpecError("--retry-errors", "rows are retried on the local engine; run with --engine local")
-    if state.job and not retry and (finished := _nothing_to_do(log, plan, stored)) is not None:
-        return finished
     done = state.done_shards(plan, stored)
+    if state.job and not retry and (finished := _nothing_to_do(log, plan, stored, done)) is not None:
+        return finished
     plan.schema = _input_columns(spec, state, plan, done)
     job = describe_job(spec, plan, resolved, quiet)
     if state.job and state.pinned.input_schema != columns.serialize(plan.schema):  # a file added columns
@@ -197,7 +197,8 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
     """Refuse, or handle as asked, the files that changed or went away since they were annotated;
     return the parts to delete once a commit no longer lists them (before any is written again)."""
     state = log.state
-    kept = {unit_of(u, base).name for u in state.kept_removed()}
+    named = {u.key: unit_of(u, base).name for u in state.unit_list()}  # each unit's file, as listed now
+    kept = {named[u.key] for u in state.kept_removed()}
     changed = plan.changes["changed"]
     removed = [name for name in plan.changes["removed"] if name not in kept or policy.removed == "drop"]
     if changed and not policy.reprocess_changed:
@@ -208,18 +209,18 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
         raise OutputConflictError(f"input.path: {_names(removed)} {'was' if one else 'were'} annotated but no longer "
                                   f"{'exists' if one else 'exist'}; pass --drop-removed to drop "
                                   f"{'its' if one else 'their'} rows from the output, or --keep-removed to keep them")
-    keys = {unit_of(u, base).name: u.key for u in state.unit_list() if not u.superseded}
+    keys = {named[u.key]: u.key for u in state.unit_list() if not u.superseded}
     doomed = []
     for name in changed:
         doomed += _remove_parts(log, keys[name])
-        for earlier in [u.key for u in state.unit_list() if u.superseded and unit_of(u, base).name == name]:
+        for earlier in [u.key for u in state.unit_list() if u.superseded and named[u.key] == name]:
             doomed += _remove_parts(log, earlier)  # input.incremental: ids — its earlier versions too
             log.stage({"unit_removed": {"key": earlier, "kept": False}})
             plan.units[:] = [u for u in plan.units if u.key != earlier]
             plan.read_units[:] = [u for u in plan.read_units if u.key != earlier]
         event("input", f"{name} changed: its rows are annotated again", level=30, file=name)
     for name in removed:
-        for key in [u.key for u in state.unit_list() if unit_of(u, base).name == name]:  # (ids: every version)
+        for key in [key for key, file in named.items() if file == name]:  # (ids: every version)
             if policy.removed == "drop":
                 doomed += _remove_parts(log, key)
             log.stage({"unit_removed": {"key": key, "kept": policy.removed != "drop"}})
@@ -227,7 +228,7 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
     return doomed
 
 
-def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, policy: Policy) -> None:
+def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, policy: Policy, complete: set[int]) -> None:
     """input.incremental: ids — a new or changed file's rows whose id the output holds (same
     text) are skipped: the rows to annotate become a unit of their own, with its selection; a
     changed file's earlier unit is kept, superseded. A duplicate id, or a changed text (unless
@@ -251,7 +252,7 @@ def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, policy: 
         plan.selections[key] = delta.new_rows
         earlier = []
         if changed:
-            if unit.key not in state.complete_units():
+            if unit.key not in complete:
                 raise OutputConflictError(f"input.path: {name} changed while its earlier rows were not all "
                                           "annotated; restore it and run again to finish them, or pass "
                                           "--reprocess-changed to annotate the whole file again")
@@ -291,12 +292,11 @@ def _delete(out: Folder, parts: list[str]) -> None:
         out.remove(ids.index_name(part))  # its id index (input.incremental: ids), if any
 
 
-def _nothing_to_do(log: CommitLog, plan: Plan, stored: dict[str, int]) -> RunResult | None:
-    """The result when every planned shard is already done (no model is loaded then), else None:
+def _nothing_to_do(log: CommitLog, plan: Plan, stored: dict[str, int], done: set) -> RunResult | None:
+    """The result when every planned shard is already `done` (no model is loaded then), else None:
     this night's run is committed as complete with nothing added."""
     state = log.state
     keys = plan.shard_keys()
-    done = state.done_shards(plan, stored)
     for part in state.missing_parts(stored):
         event("verify", f"{part} is listed in the output's log but missing or altered on disk; its rows are "
                         "annotated again", level=30, part=part)

@@ -206,9 +206,6 @@ class OutputState:
         if body.get("final", True):
             self.status, self.finished_at = body["status"], body["at"]
 
-    def _on_status(self, body: dict[str, Any]) -> None:
-        self.status, self.finished_at = body["status"], body.get("at", self.finished_at)
-
     def _on_units(self, body: list[dict[str, Any]]) -> None:
         for data in body:
             unit = UnitRecord.from_json(data)
