@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterator
 import click
 
 from batchnlp import __version__
-from batchnlp.errors import OutputBusyError, RunFailed, UserError
+from batchnlp.errors import BUSY, USER_ERROR, RunFailed, UserError, exit_code, is_disk_full
 
-#: Exit status when another live run holds the output: EX_TEMPFAIL, "try again later".
-BUSY = 75
+__all__ = ["BUSY", "main"]
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a UserError into one line and exit status 2; let bugs raise (click exits 1)."""
+    """Turn a UserError (or a full disk) into one line and exit status 2, a busy output into 75;
+    let bugs raise (click exits 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,15 +32,17 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
-        except OutputBusyError as e:
-            final_error(str(e), BUSY)
-            sys.exit(BUSY)
-        except UserError as e:
-            final_error(str(e), 2)
-            sys.exit(2)
-        except RunFailed as e:
-            final_error(str(e), 1)
-            sys.exit(1)
+        except (UserError, RunFailed) as e:
+            final_error(str(e), exit_code(e))
+            sys.exit(exit_code(e))
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            final_error(f"no space left on the device{where}; nothing half-written is kept and the committed parts "
+                        "are: free space (the output's disk, TMPDIR, the model cache HF_HOME), then run the job "
+                        "again to resume", USER_ERROR)
+            sys.exit(USER_ERROR)
 
     return wrapper
 
@@ -127,7 +129,7 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
         result = run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
                          policy=Policy(reprocess_changed, removed or "refuse", retry_errors),
                          progress_interval=progress_interval,
-                         faults=Faults.from_environment())
+                         faults=Faults.from_environment(), exit_at_once=True)
     _report(result)
 
 
@@ -236,7 +238,7 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
     with interruptible(target):
         run_job(spec, limit=original.planned.get("limit"), quiet=quiet, unit_order=kept_units(original, original_dir),
                 progress_interval=progress_interval, faults=Faults.from_environment(),
-                pin=original.pinned.precision)
+                pin=original.pinned.precision, exit_at_once=True)
     same, problems = compare_parts(original, load(target))
     for problem in problems:
         click.echo(f"error: {problem}", err=True)

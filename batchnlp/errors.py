@@ -1,6 +1,9 @@
 """One exception tree. The CLI turns a `UserError` into one line and exit status 2;
 anything else is a bug in batchnlp and exits 1 with a traceback."""
 
+import errno
+import signal
+
 
 class BatchNLPError(Exception):
     """Base of every error batchnlp raises on purpose."""
@@ -35,6 +38,30 @@ class OutputBusyError(OutputConflictError):
     (EX_TEMPFAIL), so a scheduler can tell "busy" from "broken" (2)."""
 
 
+class StoreUnavailable(UserError):
+    """An object store kept failing (unreachable, timing out, 5xx) for runtime.retry_seconds; the
+    message names what was asked and the last error."""
+
+
 class RunFailed(BatchNLPError):
     """The run failed in a worker (a Ray actor): not the user's to fix, but reported in one line
     naming the original exception (exit status 1), the committed parts kept."""
+
+
+#: Exit statuses: a user error (one line), another live run holds the output (EX_TEMPFAIL: try later).
+USER_ERROR, BUSY = 2, 75
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and (error.errno == errno.ENOSPC or "No space left on device" in str(error))
+
+
+def exit_code(error: BaseException) -> int:
+    """The status the CLI exits with for an error that ended a command."""
+    if isinstance(error, KeyboardInterrupt):
+        return 128 + getattr(error, "signum", signal.SIGINT)
+    if isinstance(error, OutputBusyError):
+        return BUSY
+    if isinstance(error, UserError) or is_disk_full(error):
+        return USER_ERROR
+    return 1

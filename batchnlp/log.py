@@ -21,8 +21,9 @@ LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "ray", "ray.da
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-#: The format `configure` set ("text" or "json").
+#: The format `configure` set ("text" or "json"); whether the command's final error was printed.
 FORMAT = {"value": "text"}
+FINAL = {"printed": False}
 
 
 def event(name: str, message: str, level: int = logging.INFO, file_only: bool = False, **fields: Any) -> None:
@@ -34,6 +35,7 @@ def event(name: str, message: str, level: int = logging.INFO, file_only: bool = 
 def final_error(message: str, exit_code: int) -> None:
     """The command's one-line error, on stderr as `error: ...` — as a JSON object instead with
     --log-format json, so such a log stays JSON to its last line — and in the log file too."""
+    FINAL["printed"] = True
     record = LOGGER.makeRecord(LOGGER.name, logging.ERROR, "", 0, message, None, None,
                                extra={"event": "error", "fields": {"exit_code": exit_code}})
     for handler in LOGGER.handlers:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -19,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from batchnlp import __version__
+from batchnlp import __version__, watchdog
 from batchnlp.engines.context import RunContext
-from batchnlp.errors import OutputConflictError, SpecError, UserError
-from batchnlp.log import event
+from batchnlp.errors import OutputConflictError, SpecError, UserError, exit_code
+from batchnlp.log import bars_allowed, event
 from batchnlp.model import source
 from batchnlp.read import columns, ids
 from batchnlp.read.plan import Plan, make_plan
@@ -30,6 +31,7 @@ from batchnlp.read.source import Unit
 from batchnlp.faults import NONE, Faults
 from batchnlp.session import RunResult, describe_job
 from batchnlp.spec import JobSpec
+from batchnlp.storage import configure_retries
 from batchnlp.tasks import task_class
 from batchnlp.write import migrate
 from batchnlp.write.commits import LOG_DIR, CommitLog
@@ -78,30 +80,55 @@ def fingerprint(spec: JobSpec, model_identity: dict[str, Any]) -> dict[str, Any]
 def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet: bool = False,
         engine: str | None = None, address: str | None = None, policy: Policy = Policy(),
         unit_order: Sequence[Unit] = (), progress_interval: float = 30.0, faults: Faults = NONE,
-        pin: str | None = None) -> RunResult:
+        pin: str | None = None, exit_at_once: bool = False) -> RunResult:
     """Run (or continue) a job. `unit_order`: units to number as given, `pin`: the precision to
-    use without a probe on a new output (both: a rerun of a recorded output)."""
+    use without a probe on a new output (both: a rerun of a recorded output). `exit_at_once`:
+    a stall that does not stop the run cleanly ends the process (the CLI)."""
+    if (engine or spec.runtime.engine) == "ray":
+        from batchnlp.engines.ray_cluster import check_cluster_paths
+
+        check_cluster_paths(spec, address or spec.runtime.ray_address)
     out = Folder(spec.output.path, spec.output.storage_options)
+    configure_retries(spec.runtime.retry_seconds)
     created = False
     began = time.perf_counter()
     event("started", f"run {spec.source_file or 'a job'} into {out} (engine {engine or spec.runtime.engine}, "
                      f"batchnlp {__version__})", job=spec.source_file, output=str(out),
           engine=engine or spec.runtime.engine, version=__version__, file_only=True)
-    try:
-        created = out.create()
-        with out.lock():
-            result = _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
-                                 progress_interval, faults, pin)
-        seconds = round(time.perf_counter() - began, 1)
-        event("finished", f"{result.status}: {result.rows_written} rows in {result.shards_written} parts, "
-                          f"{seconds} s", status=result.status, rows=result.rows_written,
-              parts=result.shards_written, seconds=seconds, exit_code=0, file_only=True)
-        return result
-    except OSError as e:
-        raise _output_error(out, e) from None
-    finally:
-        if created:
-            out.remove_if_empty({LOCK_NAME})  # a run that failed before writing leaves no trace
+    seen: dict[str, CommitLog] = {}  # the output's log, once opened: what the run committed
+    with watchdog.watching(spec.runtime.stall_seconds, progress_interval, bars_allowed(quiet), exit_at_once):
+        try:
+            created = out.create()
+            with out.lock():
+                result = _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
+                                     progress_interval, faults, pin, seen)
+            seconds = round(time.perf_counter() - began, 1)
+            event("finished", f"{result.status}: {result.rows_written} rows in {result.shards_written} parts, "
+                              f"{seconds} s", status=result.status, rows=result.rows_written,
+                  parts=result.shards_written, seconds=seconds, exit_code=0, file_only=True)
+            return result
+        except BaseException as e:
+            error = _output_error(out, e) if isinstance(e, OSError) else e
+            _log_end(error, began, seen.get("log"))
+            if error is e:
+                raise
+            raise error from None
+        finally:
+            if created:
+                out.remove_if_empty({LOCK_NAME})  # a run that failed before writing leaves no trace
+
+
+def _log_end(error: BaseException, began: float, log: CommitLog | None) -> None:
+    """The run's end for the log file: interrupted or failed, with its rows, seconds, exit code."""
+    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    rows = 0
+    with contextlib.suppress(Exception):  # what the log says this run committed, if it got so far
+        rows = log.state.runs[-1].rows if log is not None and log.state.runs else 0
+    seconds = round(time.perf_counter() - began, 1)
+    text = f"{type(error).__name__}" + (f": {error}" if str(error) else "")
+    event(status, f"{status} after {seconds} s, {rows} rows committed by this run: {text}",
+          level=logging.WARNING if status == "interrupted" else logging.ERROR, status=status, rows=rows,
+          seconds=seconds, exit_code=exit_code(error), error=text, file_only=True)
 
 
 def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
@@ -125,8 +152,9 @@ def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
 
 def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, quiet: bool, engine: str | None,
                 address: str | None, policy: Policy, unit_order: Sequence[Unit],
-                progress_interval: float, faults: Faults, pin: str | None) -> RunResult:
+                progress_interval: float, faults: Faults, pin: str | None, seen: dict[str, CommitLog]) -> RunResult:
     log = _existing(out, overwrite)
+    seen["log"] = log
     log.on_point = faults.point
     state, base = log.state, spec.base_dir or None
     if state.runs and state.runs[-1].status == "running":  # we hold the lock: that run is dead
@@ -134,7 +162,8 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     previous = [unit_of(u, base) for u in state.unit_list()] if state.job else list(unit_order)
     complete = state.complete_units()
     recheck = {u.name for u in previous if u.key not in complete} if state.job else set()
-    plan = plan_job(spec, limit, previous, recheck)
+    with watchdog.doing(f"listing and counting the input at {spec.input.path or spec.input.dataset}"):
+        plan = plan_job(spec, limit, previous, recheck)
     resolved = source.resolve(spec.model)
     job_fingerprint = fingerprint(spec, resolved.identity)
     chosen_engine = engine or spec.runtime.engine

@@ -101,11 +101,25 @@ class RuntimeSpec:
                            default=0, identity=False)
     engine: Literal["local", "ray"] = doc("local: this process; ray: a Ray cluster (the `ray` extra).",
                                           default="local", identity=False)
-    ray_address: str | None = doc("engine ray: an existing cluster (ray://head:10001); none starts a local one.",
+    ray_address: str | None = doc(
+        "engine ray: an existing cluster's GCS address (head-host:6379, or auto); none starts a local one. "
+        "ray:// (Ray Client) addresses are refused.",
                                   default=None, identity=False)
     threads: int | None = doc("CPU threads for the model (default: torch's, one per physical core). Reading, "
                               "tokenizing and writing run in two more threads beside them.",
                               default=None, identity=False)
+    shared_storage: bool = doc(
+        "engine ray with an existing cluster (--address): the local input and output paths are on storage "
+        "every node mounts at the same path (NFS, a shared disk). Without it such paths are refused: a part "
+        "written on another node's own disk would be lost.", default=False, identity=False)
+    stall_seconds: float = doc(
+        "End the run as failed (exit 2, one line saying what it waited for) when it makes no progress for "
+        "this long: no batch, commit or object-store answer; a model load or a long batch counts while the "
+        "process computes. The committed parts are kept; the next run resumes.", default=300.0, identity=False)
+    retry_seconds: float = doc(
+        "How long an object store may stay unreachable (refused or reset connections, timeouts, 5xx, "
+        "throttling) before the run gives up (exit 2): the calls are retried with exponential backoff and "
+        "jitter meanwhile, each retry a log line.", default=300.0, identity=False)
 
 
 @dataclass(frozen=True)
@@ -382,7 +396,17 @@ def _parse_runtime(data: Any) -> RuntimeSpec:
         raise SpecError("runtime.num_workers", "must be 0 or more")
     if spec.threads is not None and spec.threads < 1:
         raise SpecError("runtime.threads", "must be 1 or more")
+    for key in ("stall_seconds", "retry_seconds"):
+        if getattr(spec, key) <= 0:
+            raise SpecError(f"runtime.{key}", "must be more than 0 seconds")
+    if spec.ray_address and spec.ray_address.startswith("ray://"):
+        raise SpecError("runtime.ray_address", RAY_CLIENT)
     return spec
+
+
+#: Why ray:// addresses are refused: the streaming executor of Ray Data cannot run under Ray Client.
+RAY_CLIENT = ("ray:// (Ray Client) cannot run Ray Data's streaming executor that the ray engine uses; run "
+              "batchnlp on a node of the cluster and give the GCS address instead (head-host:6379, or auto)")
 
 
 def _parse_output(data: Any) -> OutputSpec:

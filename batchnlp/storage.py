@@ -4,14 +4,32 @@ and pyarrow users already configure. Credentials and endpoints come the usual wa
 environment, e.g. AWS_PROFILE / AWS_ENDPOINT_URL, or fsspec's config), or from a job's
 `storage_options`, which are handed to fsspec and never written to the output's record.
 
-`file://` URLs are plain local paths (the spec strips the scheme)."""
+`file://` URLs are plain local paths (the spec strips the scheme).
+
+An outage is ridden out, not fatal: every S3 request has a connect and a read timeout (10 s and
+30 s unless `storage_options.config_kwargs` says otherwise), and a request that fails for a
+transient reason (refused, reset or timed-out connections, 5xx, throttling) is retried with
+exponential backoff and full jitter until the store has been failing for `runtime.retry_seconds`;
+each retry is a log line. One chokepoint does it: s3fs sends every request (listings, reads,
+uploads, the log's conditional commits, the lease) through `_call_s3`, which `RetryingS3` wraps.
+A retried conditional write can find its own first attempt applied (the answer was lost): the log
+and the lease read the object back and recognise their own bytes. Other stores (gs://, az://)
+keep their clients' own retries.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import random
 import re
+import threading
+import time
 from typing import Any
 
-from batchnlp.errors import SpecError, UserError
+from batchnlp import watchdog
+from batchnlp.errors import SpecError, StoreUnavailable, UserError
+from batchnlp.log import event
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 #: The object stores batchnlp is built and documented for, with the fsspec package each needs.
@@ -50,6 +68,9 @@ def filesystem(url: str, options: dict[str, Any] | None = None) -> tuple[Any, st
     import fsspec.core
 
     try:
+        if scheme(url) in ("s3", "s3a"):
+            cls = retrying_s3()
+            return cls(**s3_options(options)), cls._strip_protocol(url)
         fs, path = fsspec.core.url_to_fs(url, **(options or {}))
     except ImportError:
         package = STORES.get(scheme(url) or "", "an fsspec implementation")
@@ -80,6 +101,8 @@ def is_store_error(error: BaseException) -> bool:
 def describe_error(url: str, error: Exception) -> str:
     """One line for a failed object-store call: a missing bucket, refused credentials, no
     endpoint — the text of the store's own message kept after it."""
+    if isinstance(error, StoreUnavailable):
+        return str(error)
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     lowered = text.lower()
     if "bucket" in lowered and ("not exist" in lowered or "nosuchbucket" in lowered):
@@ -123,3 +146,149 @@ def bucket_exists(fs: Any, path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+# -- riding out an outage ----------------------------------------------------------------------
+
+#: How long a store may keep failing before a run gives up (runtime.retry_seconds sets it).
+RETRY = {"seconds": 300.0}
+#: The longest wait between two tries, and the first one's scale.
+BACKOFF_CAP_S, BACKOFF_BASE_S = 30.0, 0.5
+#: Timeouts of every S3 request unless the job's config_kwargs set them: connecting, then each read.
+TIMEOUTS = {"connect_timeout": 10, "read_timeout": 30}
+#: S3 error codes that mean "later" (besides any 5xx status and 429).
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
+                   "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests",
+                   "BandwidthLimitExceeded", "500", "502", "503", "504"}
+#: Client exceptions (botocore, aiohttp, fsspec) that are a connection's trouble, not an answer.
+TRANSIENT_TYPES = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                   "HTTPClientError", "ProxyConnectionError", "ResponseParserError", "IncompleteRead",
+                   "FSTimeoutError", "ClientPayloadError", "ServerDisconnectedError", "ClientConnectorError",
+                   "ClientOSError", "ServerTimeoutError"}
+TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EHOSTUNREACH,
+                    errno.ENETUNREACH, errno.ECONNABORTED}
+
+
+def configure_retries(seconds: float) -> None:
+    """This process's retry budget (a run sets it from runtime.retry_seconds; so does each Ray actor)."""
+    RETRY["seconds"] = float(seconds)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed request may succeed if tried again later (the store or the network is
+    down, slow or busy), as opposed to an answer (missing, refused, invalid)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StoreUnavailable):
+            return False
+        if isinstance(current, (FileNotFoundError, PermissionError, FileExistsError)):
+            return False
+        if isinstance(current, (ConnectionError, TimeoutError, asyncio.TimeoutError)) \
+                or type(current).__name__ in TRANSIENT_TYPES:
+            return True
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = str(response.get("Error", {}).get("Code", ""))
+            return status >= 500 or status == 429 or code in TRANSIENT_CODES
+        if isinstance(current, OSError) and current.errno in TRANSIENT_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class Outage:
+    """One store client's run of failed requests: since when, how many retries. Any answer ends it."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.retries = 0
+        self._lock = threading.Lock()
+
+    def answered(self) -> None:
+        if self.since is not None:
+            with self._lock:
+                if self.since is not None:
+                    event("retried", f"the store answers again after {time.monotonic() - self.since:.0f} s and "
+                                     f"{self.retries} retries", seconds=round(time.monotonic() - self.since, 1),
+                          retries=self.retries)
+                self.since, self.retries = None, 0
+
+    def failed(self, what: str, error: BaseException) -> float | None:
+        """The wait before trying `what` again; StoreUnavailable once the budget is spent; None
+        with no budget at all (`validate`: the store's error as it is)."""
+        if RETRY["seconds"] <= 0:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            self.since = self.since if self.since is not None else now
+            spent, budget = now - self.since, RETRY["seconds"]
+            reason = one_line(error)
+            if spent >= budget:
+                raise StoreUnavailable(
+                    f"{what}: the store kept failing for {spent:.0f} s ({self.retries} retries; last: "
+                    f"{reason}); gave up after runtime.retry_seconds ({budget:g} s); the committed parts are "
+                    "kept: run the job again to resume once the store answers")
+            self.retries += 1
+            # Full jitter: runs that failed together do not come back together.
+            wait = min(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** self.retries)), budget - spent)
+        event("retried", f"{what}: {reason}; retrying in {wait:.1f} s (retry {self.retries}, {spent:.0f} of "
+                         f"{budget:g} s)", level=30, what=what, error=reason, wait_s=round(wait, 2),
+              retry=self.retries, spent_s=round(spent, 1), budget_s=budget)
+        return wait
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def s3_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's options with batchnlp's defaults under them: timeouts, and no retries of the
+    client's own beyond a quick second try (the outage is ridden out by `RetryingS3`, logged)."""
+    options = dict(options or {})
+    config = {**TIMEOUTS, "retries": {"total_max_attempts": 1}, **(options.get("config_kwargs") or {})}
+    return {**options, "config_kwargs": config}
+
+
+_RETRYING_S3: list[type] = []
+
+
+def retrying_s3() -> type:
+    """s3fs's filesystem, each request of which rides out an outage (built on first use: s3fs is
+    an extra)."""
+    if _RETRYING_S3:
+        return _RETRYING_S3[0]
+    import s3fs
+    from fsspec.asyn import sync_wrapper
+
+    class RetryingS3(s3fs.S3FileSystem):
+        retries = 2  # s3fs's own quick retries of a request (a body read cut short, above all)
+
+        async def _call_s3(self, method: str, *akwarglist: Any, **kwargs: Any) -> Any:
+            outage = self.__dict__.setdefault("_batchnlp_outage", Outage())  # shared by this client's calls
+            while True:
+                try:
+                    answer = await super()._call_s3(method, *akwarglist, **kwargs)
+                except Exception as e:
+                    watchdog.tick()  # an answer, if a failing one: the budget bounds the retries
+                    if not is_transient(e):
+                        if not isinstance(e, StoreUnavailable):
+                            outage.answered()
+                        raise
+                    where = f"s3://{kwargs.get('Bucket', '')}/{kwargs.get('Key') or kwargs.get('Prefix') or ''}"
+                    wait = outage.failed(f"{where} ({method})", e)
+                    if wait is None:
+                        raise
+                    await asyncio.sleep(wait)
+                    continue
+                outage.answered()
+                watchdog.tick()
+                return answer
+
+        call_s3 = sync_wrapper(_call_s3)  # s3fs's own binds its `_call_s3`, not this one
+
+    _RETRYING_S3.append(RetryingS3)
+    return RetryingS3

@@ -15,7 +15,7 @@ from batchnlp.model import source
 from batchnlp.read import columns, files
 from batchnlp.read.plan import check_columns
 from batchnlp.spec import JobSpec
-from batchnlp.storage import is_url
+from batchnlp.storage import configure_retries, is_url
 from batchnlp.tasks import task_class
 from batchnlp.write.folder import Folder
 from batchnlp.write.parts import check_collisions
@@ -27,6 +27,11 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.mode
 
 def validate(spec: JobSpec) -> str:
     """A one-line summary of what the job will read; raises the first problem found."""
+    configure_retries(0)  # validate answers at once: a store that fails is said, not ridden out
+    if spec.runtime.engine == "ray":
+        from batchnlp.engines.ray_cluster import check_cluster_paths
+
+        check_cluster_paths(spec, spec.runtime.ray_address)
     input_columns, where = _check_input(spec)
     directory = source.check(spec.model)
     if directory is not None and not spec.model.gguf_file:

@@ -91,6 +91,8 @@ def test_a_part_in_another_precision_than_the_pinned_one_is_not_recorded(tmp_pat
     log = started_log(Folder(tmp_path))
     log.stage({"pin": {"precision": "float32"}})
     committer = Committer(log)
+    for shard in (0, 1):  # the parts are on disk: only the precision is wrong
+        (tmp_path / f"part-00000-0000{shard}.parquet").write_bytes(b"x" * 100)
     committer.record(part(0, 0), 0)
     with pytest.raises(RunFailed, match="annotated in bfloat16, but this output's precision is pinned to float32"):
         committer.record(part(0, 1, "bfloat16"), 1)

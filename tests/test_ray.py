@@ -73,6 +73,9 @@ def test_a_failed_ray_run_resumes_with_every_row_once(tmp_path, classifier_dir, 
         run(load_spec(job), quiet=True, engine="ray", faults=Faults(fail_shard="0-3"))
     manifest = record(tmp_path / "out")
     assert manifest["status"] == "failed" and 3 not in [s["shard"] for s in manifest["parts"]]
+    error = manifest["runs"][-1]["error"]  # the record gets the one clean line the terminal gets
+    assert error.startswith("RunFailed: the Ray job failed and was stopped: RuntimeError: injected failure")
+    assert "\n" not in error and "\x1b" not in error
     result = run(load_spec(job), quiet=True, engine="ray")
     assert result.resumed_from == len(manifest["parts"])
     table = read_output(tmp_path / "out")

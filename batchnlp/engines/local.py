@@ -13,9 +13,10 @@ from typing import Any, Callable
 
 from batchnlp.annotator import Annotator, Prepared
 from batchnlp.engines.context import RunContext
-from batchnlp.engines.progress import Progress, heartbeat
-from batchnlp.log import event
+from batchnlp import watchdog
+from batchnlp.engines.progress import Progress
 from batchnlp.engines.retry import retry_errors
+from batchnlp.log import event
 from batchnlp.read.plan import Shard, read_shards
 from batchnlp.session import RunResult, open_session
 from batchnlp.write.committer import Committer, write_part
@@ -23,7 +24,7 @@ from batchnlp.write.committer import Committer, write_part
 
 def run(ctx: RunContext) -> RunResult:
     began = time.perf_counter()
-    with heartbeat("loading the model", ctx.progress_interval, ctx.quiet):
+    with watchdog.doing("loading the model"):
         session = open_session(ctx.job, ctx.done, ctx.pinned)
     placement = session.annotator.placement
     event("model", f"model loaded in {time.perf_counter() - began:.1f} s: {placement.device} {placement.name}",
@@ -66,6 +67,7 @@ class _Writer:
                            self.ctx.job.spec.input)
         self.committer.record(stats, shard.number, batch_tokens_in_use=self.annotator.batch_tokens,
                               oom_splits=self.annotator.oom_splits)
+        watchdog.committed()
         self.progress.committed(shard.part, stats)
 
 
@@ -78,21 +80,30 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
         return None if item is None else (item[0], annotator.prepare(item[1]))
 
     writing: Future | None = None
-    with ThreadPoolExecutor(1, "batchnlp-read") as reader, ThreadPoolExecutor(1, "batchnlp-write") as writer:
-        reading = reader.submit(read_next)
-        try:
-            while (item := reading.result()) is not None:
-                reading = reader.submit(read_next)  # prefetch the next shard while this one runs
-                shard, prepared = item
-                _infer(annotator, shard, prepared, progress)
-                if writing is not None:
-                    writing.result()  # one write in flight at most; raises the writer's error here
-                writing = writer.submit(commit, shard, prepared)
+    reader, writer = ThreadPoolExecutor(1, "batchnlp-read"), ThreadPoolExecutor(1, "batchnlp-write")
+    reading = reader.submit(read_next)
+    try:
+        while (item := reading.result()) is not None:
+            reading = reader.submit(read_next)  # prefetch the next shard while this one runs
+            shard, prepared = item
+            _infer(annotator, shard, prepared, progress)
             if writing is not None:
-                writing.result()
-        finally:
-            if writing is not None and not writing.done():
-                writing.exception()  # let a commit in flight finish before the run's end is recorded
+                with watchdog.doing(f"writing {shard.part}"):
+                    writing.result()  # one write in flight at most; raises the writer's error here
+            writing = writer.submit(commit, shard, prepared)
+        if writing is not None:
+            writing.result()
+    except watchdog.Stalled:
+        raise  # what is stuck may be the write: not waited for
+    except BaseException:
+        if writing is not None and not writing.done():
+            writing.exception()  # let a commit in flight finish before the run's end is recorded
+        raise
+    finally:
+        # Not waited for: a read ahead is thrown away, and a thread stuck in a call must not keep
+        # the run from recording its end (the watchdog ends such a process).
+        reader.shutdown(wait=False, cancel_futures=True)
+        writer.shutdown(wait=False)
 
 
 def _infer(annotator: Annotator, shard: Shard, prepared: Prepared, progress: Progress) -> None:
@@ -104,6 +115,8 @@ def _infer(annotator: Annotator, shard: Shard, prepared: Prepared, progress: Pro
         nonlocal advanced
         advanced += features * per_feature
         progress.advance(features * per_feature)
+        watchdog.tick()
 
-    annotator.infer(prepared, shard.seed_offset, on_batch)
+    with watchdog.doing(f"annotating {shard.part}"):
+        annotator.infer(prepared, shard.seed_offset, on_batch)
     progress.advance(shard.rows - advanced)  # rounding, and rows with no features (errors)

@@ -4,10 +4,8 @@ figures (rows, rows/s, tokens/s, errors, ETA)."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from batchnlp.log import bars_allowed, event
 
@@ -63,24 +61,3 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-@contextlib.contextmanager
-def heartbeat(what: str, interval: float, quiet: bool) -> Iterator[None]:
-    """While something long runs that commits nothing (a model load), a log line every `interval`
-    seconds says it still does: an unattended run is never silent for long."""
-    stop = threading.Event()
-    began = time.monotonic()
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            event("heartbeat", f"still {what} ({time.monotonic() - began:.0f} s)",
-                  seconds=round(time.monotonic() - began, 1), doing=what, file_only=bars_allowed(quiet))
-
-    thread = threading.Thread(target=beat, name="batchnlp-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()

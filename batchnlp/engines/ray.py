@@ -23,15 +23,18 @@ import re
 import time
 from typing import Any
 
+from batchnlp import watchdog
 from batchnlp.engines import ray_cluster
 from batchnlp.engines.context import RunContext
 from batchnlp.engines.progress import Progress
 from batchnlp.errors import BatchNLPError, RunFailed, SpecError, UserError
 from batchnlp.faults import Faults
+from batchnlp.model import source
 from batchnlp.model.source import ResolvedModel
 from batchnlp.read.plan import Plan, ShardKey, part_name, read_shard
 from batchnlp.session import RunResult, describe_job, open_session
 from batchnlp.spec import JobSpec
+from batchnlp.storage import configure_retries
 from batchnlp.write.committer import write_part
 from batchnlp.write.folder import Folder
 
@@ -41,13 +44,21 @@ class ShardWorker:
 
     def __init__(self, spec: JobSpec, plan: Plan, resolved: ResolvedModel, out: Folder, threads: int,
                  faults: Faults, pinned: str | None):
+        import socket
+
         import torch
 
         torch.set_num_threads(threads)
+        configure_retries(spec.runtime.retry_seconds)
         self.out, self.faults = out, faults
-        self.session = open_session(describe_job(spec, plan, resolved, quiet=True), pinned=pinned)
+        self.session = open_session(describe_job(spec, plan, on_this_node(spec, resolved), quiet=True),
+                                    pinned=pinned)
         placement = self.session.annotator.placement
-        self.precision = {"device": str(placement.device), "dtype": placement.name}
+        import ray
+
+        # Which machine wrote each part: the host for people, the Ray node (several may share a host).
+        self.precision = {"device": str(placement.device), "dtype": placement.name, "host": socket.gethostname(),
+                          "node": ray.get_runtime_context().get_node_id()[:12]}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         stats: dict[str, list[Any]] = {}
@@ -60,6 +71,18 @@ class ShardWorker:
             for key, value in shard_stats.items():
                 stats.setdefault(key, []).append(value)
         return stats
+
+
+def on_this_node(spec: JobSpec, resolved: ResolvedModel) -> ResolvedModel:
+    """The model as this node has it: a package or a hub id is resolved here (its path on the
+    driver may not exist on this node), and must be the very weights the driver resolved."""
+    if spec.model.path:
+        return resolved  # a path the job gives: the same on every node (a shared disk), or refused there
+    here = source.resolve(spec.model)
+    if here.identity.get("weights_sha256") != resolved.identity.get("weights_sha256"):
+        raise UserError(f"model: {spec.model.package or spec.model.id} on this node ({here.directory}) is not the "
+                        "driver's (other weights); install the same version on every node")
+    return here
 
 
 def run(ctx: RunContext) -> RunResult:
@@ -82,15 +105,19 @@ def run(ctx: RunContext) -> RunResult:
         "max_batch_size": ctx.job.spec.runtime.max_batch_size}, probe, precision)
     progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
     try:
-        with committer.recording(), ray_cluster.without_ray_log_lines(ctx.quiet):
-            for stats in _results(ray, ctx, pending, actors, remote_args, threads, precision):
-                # In order of completion; the part is already durable. The actors' device and
-                # precision go to the run's entry as they report them.
-                committer.record(stats, committer.parts, device=stats["device"], dtype=stats["dtype"])
-                progress.advance(stats["rows"])
-                progress.committed(part_name((stats["unit"], stats["shard"])), stats)
-    except Exception as e:
-        raise _clear(e) from None
+        # A part's arrival is progress (and Ray Data's own no-progress timeout stops a pool that hangs).
+        with committer.recording(), ray_cluster.without_ray_log_lines(ctx.quiet), \
+                watchdog.doing("waiting for the Ray actors"):
+            try:
+                for stats in _results(ray, ctx, pending, actors, remote_args, threads, precision):
+                    # In order of completion; the part is already durable. The actors' device and
+                    # precision go to the run's entry as they report them.
+                    committer.record(stats, committer.parts, device=stats["device"], dtype=stats["dtype"])
+                    watchdog.committed()
+                    progress.advance(stats["rows"])
+                    progress.committed(part_name((stats["unit"], stats["shard"])), stats)
+            except Exception as e:
+                raise _clear(e) from None  # one clean line, for the record as for the terminal
     finally:
         progress.close()
     return RunResult(str(ctx.out), "partial" if plan.partial else "complete", committer.rows, committer.parts,
@@ -130,6 +157,10 @@ def _results(ray: Any, ctx: RunContext, pending: list[ShardKey], actors: int, re
         yield dict(stats)
 
 
+#: Terminal colour codes, which Ray puts in the tracebacks it forwards.
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _clear(error: Exception) -> BatchNLPError:
     """Ray wraps the actor's exception in several layers and tracebacks; the user needs the
     original exception's own line, found at the bottom of the chain."""
@@ -142,9 +173,10 @@ def _clear(error: Exception) -> BatchNLPError:
     for item in chain:
         if isinstance(item, UserError):
             return item
-    text = "\n".join(str(item) for item in chain)
+    text = ANSI.sub("", "\n".join(str(item) for item in chain))
     raised = [line for line in re.findall(r"^\s*(?:\w+\.)*\w*(?:Error|Exception): .+$", text, re.M)
               if not line.strip().startswith("ray.") and "UserCodeException" not in line]
-    what = raised[-1].strip() if raised else f"{type(chain[-1]).__name__}: {chain[-1]}"
+    last = ANSI.sub("", str(chain[-1])).strip().splitlines()
+    what = raised[-1].strip() if raised else type(chain[-1]).__name__ + (f": {last[0]}" if last else "")
     return RunFailed(f"the Ray job failed and was stopped: {what}; the parts written so far are kept, and "
                      "rerunning the job resumes after them")

@@ -11,10 +11,12 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 from batchnlp.errors import SpecError, UserError
-from batchnlp.spec import JobSpec
+from batchnlp.spec import RAY_CLIENT, JobSpec
+from batchnlp.storage import is_url
 
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 NO_PROGRESS_TIMEOUT_S = 600
@@ -82,6 +84,24 @@ def end_with_this_process(ray: Any) -> None:
     import atexit
 
     atexit.register(told_done)
+
+
+def check_cluster_paths(spec: JobSpec, address: str | None) -> None:
+    """On an existing cluster every node must see the input and the output where the driver does:
+    a bucket, or a local path the job declares shared. Refused before anything runs."""
+    if not address:
+        return
+    if address.startswith("ray://"):
+        raise SpecError("--address", RAY_CLIENT)
+    if spec.runtime.shared_storage:
+        return
+    dataset = spec.input.dataset if spec.input.dataset and Path(spec.input.dataset).exists() else None
+    for key, path in (("input.path", spec.input.path), ("input.dataset", dataset), ("output.path", spec.output.path)):
+        if path and not is_url(path):
+            raise SpecError(key, f"{path} is a local path, and the Ray cluster at {address} may run on other "
+                                 "machines, which would write to or read from their own disks; use a bucket "
+                                 "(s3://...), or set runtime.shared_storage: true if every node mounts it at "
+                                 "this path")
 
 
 def pool(ray: Any, spec: JobSpec) -> tuple[int, dict[str, Any], int]:

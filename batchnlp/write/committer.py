@@ -60,14 +60,27 @@ class Committer:
             raise RunFailed(f"{part_name((stats['unit'], stats['shard']))} was annotated in {stats['dtype']}, but this "
                             f"output's precision is pinned to {pinned}; it is not recorded (parts never mix "
                             "precisions)")
+        name = part_name((stats["unit"], stats["shard"]))
+        self._check_seen(name, stats)
         self.rows += stats["rows"] if annotated is None else annotated
         self.parts += 1
-        self.written[part_name((stats["unit"], stats["shard"]))] = stats["bytes"]
+        self.written[name] = stats["bytes"]
         run_number = self.log.state.runs[-1].number
         where = portable_name(stats["input"], self.log.state.job.get("base"))  # as the units are named
         progress = {"rows": self.rows, **run, "seconds": round(time.perf_counter() - self.began, 3)}
         self.log.commit({"add": {**stats, "input": where, "run": run_number}}, {"run_progress": progress})
         self.faults.point("shard-recorded", point)
+
+    def _check_seen(self, name: str, stats: dict[str, Any]) -> None:
+        """A part is recorded only once this process sees it where the output lives, whole (a Ray
+        actor on another node may have written it to a disk of its own)."""
+        size = self.log.folder.size(name)
+        if size != stats["bytes"]:
+            where = f" on {stats['host']}" if stats.get("host") else ""
+            seen = "is not there" if size is None else f"has {size} bytes, not the {stats['bytes']} written"
+            raise RunFailed(f"{self.log.folder / name} was written{where} but {seen} as this process sees the "
+                            "output; it is not recorded. A local output.path on a cluster must be a disk every "
+                            "node shares (runtime.shared_storage), or use a bucket")
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.log.commit({"run_finished": {"status": status, "at": now(), "error": error}})

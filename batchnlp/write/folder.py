@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchnlp.checksums import sha256
-from batchnlp.errors import UserError
+from batchnlp.errors import UserError, is_disk_full
 from batchnlp.storage import bucket_exists, describe_error, filesystem, fresh_listing, is_store_error, is_url
 
 
@@ -85,6 +85,19 @@ class Folder:
         fresh_listing(self.fs, self.key(""))
         listing = self._call(self.fs.find, self.key(""), maxdepth=1, detail=True)  # a missing prefix lists nothing
         return {p.rsplit("/", 1)[-1]: info.get("size") for p, info in listing.items()}
+
+    def size(self, name: str) -> int | None:
+        """A file's size as stored (None: it is not there): one stat, or one HEAD in a bucket."""
+        if self.local:
+            try:
+                return (self.directory / name).stat().st_size
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        fresh_listing(self.fs, self.key(name))  # (fsspec answers from a listing it cached earlier)
+        try:
+            return self._call(self.fs.info, self.key(name)).get("size")
+        except FileNotFoundError:
+            return None
 
     def read_bytes(self, name: str) -> bytes | None:
         """A file's bytes (None: it is not there); `name` may lie in a sub-folder (the log)."""
@@ -149,7 +162,15 @@ class Folder:
         self._check_lease()
         with tempfile.TemporaryDirectory(prefix="batchnlp-part-") as tmp:
             path = Path(tmp) / name
-            pq.write_table(table, path, compression="zstd")
+            try:
+                pq.write_table(table, path, compression="zstd")
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                raise UserError(f"output.path: {self.url}: the staging folder for uploads {tempfile.gettempdir()} "
+                                "(TMPDIR) is full: no space left on the device; nothing half-written is kept and "
+                                "the committed parts are: free space there or point TMPDIR elsewhere, then run "
+                                "the job again to resume") from None
             digest, size = sha256(path), path.stat().st_size
             self._call(self.fs.put_file, str(path), self.key(name))  # one PUT, or a completed multipart upload
         return size, digest
@@ -180,6 +201,14 @@ class Folder:
             fsync_dir(path.parent)
             return
         self._check_lease()
+        try:
+            self._create_remote(name, data)
+        except FileExistsError:
+            if self.read_bytes(name) == data:
+                return  # a retried write whose first try was applied, its answer lost: ours
+            raise
+
+    def _create_remote(self, name: str, data: bytes) -> None:
         fs, key = self.fs, self.key(name)
         if hasattr(fs, "call_s3"):
             bucket, _, object_key = key.partition("/")

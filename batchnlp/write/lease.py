@@ -57,20 +57,31 @@ class Lease:
         try:
             self.etag = self._put(if_none_match=True)
         except FileExistsError:
-            current, etag = self._read()
-            if current is not None and not stale(current):
-                raise OutputBusyError(busy(self.folder, current)) from None
-            try:
-                self.etag = self._put(if_match=etag) if current is not None else self._put(if_none_match=True)
-            except FileExistsError:
-                holder, _ = self._read()
-                raise OutputBusyError(busy(self.folder, holder or {})) from None
-            if current is not None:
-                event("lease", f"{self.folder}: took over the lease of pid {current.get('pid')} on "
-                               f"{current.get('host')} (expired or dead)", level=30)
+            self._take_over()
         self._thread = threading.Thread(target=self._renew, name="batchnlp-lease", daemon=True)
         self._thread.start()
         return self
+
+    def _take_over(self) -> None:
+        """A lease is there: ours (a retried write whose first try was applied), a live run's
+        (busy), or an expired or dead one's (taken over, conditionally on its etag)."""
+        current, etag = self._read()
+        if current is not None and current.get("owner") == self.owner:
+            self.etag = etag
+            return
+        if current is not None and not stale(current):
+            raise OutputBusyError(busy(self.folder, current)) from None
+        try:
+            self.etag = self._put(if_match=etag) if current is not None else self._put(if_none_match=True)
+        except FileExistsError:
+            holder, etag = self._read()
+            if holder is not None and holder.get("owner") == self.owner:
+                self.etag = etag
+                return
+            raise OutputBusyError(busy(self.folder, holder or {})) from None
+        if current is not None:
+            event("lease", f"{self.folder}: took over the lease of pid {current.get('pid')} on "
+                           f"{current.get('host')} (expired or dead)", level=30)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -90,6 +101,10 @@ class Lease:
         try:
             self.etag = self._put(if_match=self.etag)
         except FileExistsError:
+            current, etag = self._read()
+            if current is not None and current.get("owner") == self.owner:
+                self.etag = etag  # a retried renewal whose first try was applied: still ours
+                return
             self.lost = True
             event("lease", f"{self.folder}: another run took over this run's lease; stopping at the next write",
                   level=40)
