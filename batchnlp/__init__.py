@@ -1,6 +1,6 @@
 """batchnlp: offline batch NLP annotation of corpora with Hugging Face models.
 
-The Python API (`load_job`, `run`, `inspect`, `verify`, `annotate`; see `batchnlp.api`) is loaded
+The Python API (`load_job`, `run`, `inspect`, `verify`, `annotate`, `Annotator`; see `batchnlp.api`) is loaded
 on first use, so that `batchnlp --help` and `validate` stay instant.
 """
 
@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 from batchnlp.errors import BatchNLPError, UserError
 
 __version__ = "0.3.0"
-__all__ = ["BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "dataset", "inspect", "load_job", "run",
-           "verify"]
-_API = {"JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"}
+__all__ = ["Annotator", "BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "dataset", "inspect",
+           "load_job", "run", "verify"]
+_API = {"Annotator", "JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"}
 
 if TYPE_CHECKING:
     from batchnlp.api import JobSpec, RunResult, annotate, dataset, inspect, load_job, run, verify  # noqa: F401
+    from batchnlp.in_memory import Annotator  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -16,17 +16,16 @@ user can fix. Nothing here imports torch until a model runs.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
 
-from batchnlp.errors import SpecError
 from batchnlp.runner import Policy, RunResult
+from batchnlp.in_memory import Annotator
 from batchnlp.spec import JobSpec, load_spec, parse
 
-__all__ = ["JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"]
+__all__ = ["Annotator", "JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"]
 
 
 def load_job(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | None = None) -> JobSpec:
@@ -89,52 +88,13 @@ def verify(output: str | Path, *, check_inputs: bool = True) -> list[str]:
 
 
 def annotate(data: Any, *, task: str | Mapping[str, Any], model: str | Path | Mapping[str, Any],
-             text_column: str = "text", runtime: Mapping[str, Any] | None = None, **params: Any) -> Any:
-    """Annotate data in memory and return it in the same form, the annotation columns added: a
-    list of texts (-> a list of dicts, one per text), a pandas DataFrame, a pyarrow Table or a
-    datasets.Dataset. The rows go through the runner itself (via a temporary Parquet file and
-    output folder), so batching, precision, row errors and checks are exactly a job's.
-
-    task: a task name (its parameters as keyword arguments) or a dict with `name`. model: a local
-    model directory, or a dict as in a job file ({"id": ..., "revision": ...}, {"package": ...})."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table, convert = _as_table(data, text_column)
-    task_section = {"name": task, **params} if isinstance(task, str) else {**task, **params}
-    with tempfile.TemporaryDirectory(prefix="batchnlp-annotate-") as tmp:
-        pq.write_table(table, Path(tmp) / "input.parquet")
-        spec = load_job({"input": {"path": str(Path(tmp) / "input.parquet"), "text_column": text_column},
-                         "task": task_section, "model": _model_section(model), "runtime": dict(runtime or {}),
-                         "output": {"path": str(Path(tmp) / "output"), "rows_per_shard": max(table.num_rows, 1)}})
-        run(spec)
-        annotated = pa.concat_tables(pq.read_table(p) for p in sorted((Path(tmp) / "output").glob("part-*.parquet")))
-    return convert(annotated)
-
-
-def _model_section(model: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(model, Mapping):
-        return dict(model)
-    if Path(model).is_dir():
-        return {"path": str(model)}
-    raise SpecError("model", f"{model!r} is not a model directory; for a hub model or a package pass a dict, e.g. "
-                             '{"id": "org/name", "revision": "<commit>"} or {"package": "name", "subpath": "model"}')
-
-
-def _as_table(data: Any, text_column: str) -> tuple[Any, Any]:
-    """(a pyarrow Table of the data, a function from the annotated table back to the data's form)."""
-    import pyarrow as pa
-
-    if isinstance(data, pa.Table):
-        return data, lambda table: table
-    if type(data).__module__.startswith("pandas"):
-        return pa.Table.from_pandas(data, preserve_index=False), lambda table: table.to_pandas()
-    if type(data).__module__.startswith("datasets"):
-        import datasets
-
-        return data.with_format("arrow")[:], lambda table: datasets.Dataset(table)
-    if isinstance(data, (list, tuple)) and all(isinstance(t, str) or t is None for t in data):
-        table = pa.table({text_column: pa.array(list(data), pa.string())})
-        return table, lambda annotated: annotated.drop_columns([text_column]).to_pylist()
-    raise SpecError("annotate", f"cannot annotate a {type(data).__name__}: pass a list of texts, a pandas "
-                                "DataFrame, a pyarrow Table or a datasets.Dataset")
+             text_column: str = "text", text_pair_column: str | None = None, prefix: str = "",
+             runtime: Mapping[str, Any] | None = None, **params: Any) -> Any:
+    """One-shot `Annotator`: load the model, annotate `data`, free the model. For more than one
+    call keep an `Annotator` instead (the model loads once). task: a task name (its parameters
+    as keyword arguments) or a dict with `name`; model: a directory, `package[/subpath]`, or a
+    dict as in a job file ({"id": ..., "revision": ...})."""
+    section = {"name": task, **params} if isinstance(task, str) else {**task, **params}
+    name = section.pop("name")
+    with Annotator(name, model, runtime=runtime, progress=False, **section) as annotator:
+        return annotator(data, text_column=text_column, text_pair_column=text_pair_column, prefix=prefix)

@@ -71,6 +71,12 @@ def main() -> None:
     """Annotate corpora with Hugging Face models: streaming, resumable, reproducible."""
 
 
+def set_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a key of the job (dotted: runtime.device=cpu; the value is read as YAML); "
+                             "repeatable.")(fn)
+
+
 def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--log-level, --log-file, --log-format and --progress-interval, shared by run and rerun."""
     from batchnlp.log import LEVELS
@@ -111,11 +117,14 @@ def _setup_logging(quiet: bool, log_level: str | None, log_file: str | None, log
               help="Keep the rows of input files that were annotated and are gone.")
 @click.option("--retry-errors", is_flag=True,
               help="Annotate again the rows whose annotation failed (error set); they replace the old rows.")
+@click.option("--dry-run", is_flag=True, help="Say what the run would do now (files new / changed / removed, rows "
+                                              "and parts to do, what it would refuse, an estimate) and write nothing.")
+@set_option
 @log_options
 @user_errors
 def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str | None, address: str | None,
-        reprocess_changed: bool, removed: str | None, retry_errors: bool, log_level: str | None,
-        log_file: str | None, log_format: str, progress_interval: float) -> None:
+        reprocess_changed: bool, removed: str | None, retry_errors: bool, dry_run: bool, overrides: tuple[str, ...],
+        log_level: str | None, log_file: str | None, log_format: str, progress_interval: float) -> None:
     """Run JOB (a YAML or TOML job spec): annotate what its output does not hold yet (new input
     files, the rest of an interrupted run), or say it is complete."""
     _setup_logging(quiet, log_level, log_file, log_format)
@@ -124,13 +133,30 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
     from batchnlp.runner import run as run_job
     from batchnlp.spec import load_spec
 
-    spec = load_spec(job)
+    spec = load_spec(job, overrides)
+    policy = Policy(reprocess_changed, removed or "refuse", retry_errors)
+    if dry_run:
+        _dry_run(spec, limit, policy, overwrite, engine, address)
+        return
     with interruptible(spec.output.path):
         result = run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
-                         policy=Policy(reprocess_changed, removed or "refuse", retry_errors),
-                         progress_interval=progress_interval,
+                         policy=policy, progress_interval=progress_interval,
                          faults=Faults.from_environment(), exit_at_once=True)
     _report(result)
+
+
+def _dry_run(spec: Any, limit: int | None, policy: Any, overwrite: bool, engine: str | None,
+             address: str | None) -> None:
+    """Print what the run would do; exit 2 if it would refuse, 75 if the output is busy now."""
+    from batchnlp.preview import preview
+
+    seen = preview(spec, limit, policy, overwrite, engine, address)
+    for line in seen.lines:
+        click.echo(line)
+    for refusal in seen.refusals:
+        click.echo(f"would refuse: {refusal}")
+    if seen.refusals:
+        sys.exit(BUSY if seen.busy and len(seen.refusals) == 1 else USER_ERROR)
 
 
 def _report(result: Any) -> None:
@@ -249,14 +275,27 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
+@set_option
 @user_errors
-def validate(job: str) -> None:
+def validate(job: str, overrides: tuple[str, ...]) -> None:
     """Check JOB without running it or loading weights: the spec, the input files and columns, the
     model's files (tokenizer, a head for the task, positions), the output's place and columns."""
     from batchnlp.spec import load_spec
     from batchnlp.validate import validate as check
 
-    click.echo(f"{job}: ok — {check(load_spec(job))}")
+    from batchnlp.errors import SpecError, SpecProblems
+    from batchnlp.spec import load_partial
+
+    try:
+        try:
+            spec, known = load_spec(job, overrides), []
+        except SpecError:  # the sections that parse are still checked against the data
+            spec, known = load_partial(job, overrides)
+        click.echo(f"{job}: ok — {check(spec, known)}")
+    except SpecProblems as e:  # every problem found, one line each
+        for problem in e.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(USER_ERROR)
 
 
 @main.command()
@@ -342,9 +381,10 @@ def _history_lines(state: Any) -> list[str]:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16", "int8"]),
               help="Override the job's runtime.dtype.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
+@set_option
 @user_errors
-def bench(job: str, rows: int, baseline: str, check_agreement: bool, repeats: int, batch_size: int,
-          dtype: str | None, json_path: str | None) -> None:
+def bench(job: str, overrides: tuple[str, ...], rows: int, baseline: str, check_agreement: bool, repeats: int,
+          batch_size: int, dtype: str | None, json_path: str | None) -> None:
     """Time JOB's task through batchnlp against the naive pipeline loop (nothing is written to the
     job's output)."""
     import dataclasses
@@ -352,7 +392,7 @@ def bench(job: str, rows: int, baseline: str, check_agreement: bool, repeats: in
     from batchnlp import bench as benchmark
     from batchnlp.spec import load_spec
 
-    spec = load_spec(job)
+    spec = load_spec(job, overrides)
     if dtype:
         spec = dataclasses.replace(spec, runtime=dataclasses.replace(spec.runtime, dtype=dtype))
     report = benchmark.bench(spec, rows, None if baseline == "none" else baseline, check_agreement,

@@ -21,6 +21,27 @@ class SpecError(UserError):
         super().__init__(f"{key}: {message}" if key else message)
 
 
+class SpecProblems(SpecError):
+    """Several problems of one job, found in one pass (`problems`: each a UserError naming its key
+    or file). Its own message is the first, saying how many more there are (`validate` prints them
+    all)."""
+
+    def __init__(self, problems: list[UserError]):
+        flat = [q for p in problems for q in (p.problems if isinstance(p, SpecProblems) else [p])]
+        self.problems = flat
+        self.key = getattr(flat[0], "key", "")
+        more = f" (and {len(flat) - 1} more: batchnlp validate lists them)" if len(flat) > 1 else ""
+        UserError.__init__(self, f"{flat[0]}{more}")
+
+
+def collect(problems: list[UserError]) -> None:
+    """Raise what was collected: nothing, the one problem, or all of them."""
+    if len(problems) == 1 and not isinstance(problems[0], SpecProblems):
+        raise problems[0]
+    if problems:
+        raise SpecProblems(problems)
+
+
 class InputError(UserError):
     """The input data cannot be read as declared. The message names the file (and row where known)."""
 

@@ -142,11 +142,16 @@ def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = 
 def precision_probe(annotator: Annotator, done: Container[ShardKey] = ()) -> dict[str, Any]:
     """Annotate the first rows in the chosen precision and in float32; keep the faster precision
     only if the answers agree as well as the task requires (its agreement_threshold)."""
-    from batchnlp.annotator import annotation_rows
-
     _, table = next(read_shards(annotator.job.plan, done), (None, None))
     if table is None:  # nothing left to annotate: probe on the first shard
         _, table = next(read_shards(annotator.job.plan, ()))
+    return probe_on(annotator, table)
+
+
+def probe_on(annotator: Annotator, table: pa.Table) -> dict[str, Any]:
+    """The precision probe on the first rows of `table`."""
+    from batchnlp.annotator import annotation_rows
+
     sample = table.slice(0, PROBE_ROWS)
     reference = annotator.in_float32()
     fast, _ = annotator(sample, 0)
@@ -167,6 +172,8 @@ def metadata(job: Job, job_fingerprint: dict[str, Any], out: Folder, probe: dict
     return {"metadata": {
         "created_at": now(),
         "job": {"file": spec.source_file, "paths_as_written": spec.paths_as_written, "resolved": spec.resolved(),
+                # What made the resolved job differ from the file's text: --set, and ${VAR}s by name.
+                "overrides": list(spec.overrides), "variables": list(spec.variables),
                 "base": base, "base_from_output": relative_base(base, str(out)),
                 # The text as given, unless it holds storage_options (credentials stay out of the log).
                 **({"text": None, "text_withheld": "the job holds storage_options"} if spec.has_storage_options

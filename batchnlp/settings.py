@@ -10,7 +10,7 @@ import typing
 from dataclasses import field
 from typing import Any, Literal
 
-from batchnlp.errors import SpecError
+from batchnlp.errors import SpecError, collect
 
 
 def doc(text: str, identity: bool | str | None = None, **kwargs: Any) -> Any:
@@ -27,16 +27,19 @@ def build(cls: type, data: Any, key: str) -> Any:
     if not isinstance(data, dict):
         raise SpecError(key, f"expected a table of settings, got {kind_of(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise SpecError(f"{key}.{unknown[0]}", f"unknown setting; known settings are: {', '.join(fields)}")
+    problems = [SpecError(f"{key}.{name}", f"unknown setting; known settings are: {', '.join(fields)}")
+                for name in sorted(set(data) - set(fields), key=str)]
     hints = typing.get_type_hints(cls)
     values = {}
-    for name, f in fields.items():
-        if name in data:
-            values[name] = _check(hints[name], data[name], f"{key}.{name}")
-        elif f.default is dataclasses.MISSING:
-            raise SpecError(f"{key}.{name}", f"required: {f.metadata.get('doc', '')}".rstrip(": "))
+    for name, f in fields.items():  # every setting checked: all the section's problems at once
+        try:
+            if name in data:
+                values[name] = _check(hints[name], data[name], f"{key}.{name}")
+            elif f.default is dataclasses.MISSING:
+                raise SpecError(f"{key}.{name}", f"required: {f.metadata.get('doc', '')}".rstrip(": "))
+        except SpecError as e:
+            problems.append(e)
+    collect(problems)
     return cls(**values)
 
 

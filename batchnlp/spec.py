@@ -7,17 +7,18 @@ Nothing here imports torch, so `batchnlp validate` stays instant.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from batchnlp.errors import SpecError
+from batchnlp.errors import SpecError, collect
 from batchnlp.settings import build, doc, kind_of
 from batchnlp.storage import check_url, is_url
 from batchnlp.tasks import task_class
@@ -154,6 +155,9 @@ class JobSpec:
     paths_as_written: dict[str, str] = dataclasses.field(default_factory=dict)
     #: The folder relative paths resolve against: the job file's, or the working directory's.
     base_dir: str = ""
+    #: `--set key=value` given on the command line, and the environment variables the file used.
+    overrides: tuple[str, ...] = ()
+    variables: tuple[str, ...] = ()
 
     def portable(self) -> dict[str, Any]:
         """`resolved()` with each path as written where it was relative to the job's folder: what
@@ -219,13 +223,89 @@ def load_text(path: str | Path) -> tuple[dict[str, Any], str]:
     return data, text
 
 
-def load_spec(path: str | Path) -> JobSpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> JobSpec:
     """A job file, its relative paths resolved against the job file's folder (so a job runs the
-    same from any working directory, e.g. from cron)."""
+    same from any working directory, e.g. from cron); `${VAR}` / `${VAR:-default}` in its values
+    expanded from the environment, then `overrides` (`--set key=value`) applied."""
     data, text = load_text(path)
+    data, variables = expand(data, os.environ if environ is None else environ)
+    data = apply_overrides(data, overrides)
     job_file = Path(path).resolve()
     spec = parse(data, base_dir=job_file.parent)
-    return dataclasses.replace(spec, source_file=str(job_file), source_text=text)
+    return dataclasses.replace(spec, source_file=str(job_file), source_text=text, overrides=tuple(overrides),
+                               variables=tuple(variables))
+
+
+#: `${NAME}` or `${NAME:-default}`; `$${` writes a literal `${`.
+_VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand(data: Any, environ: Mapping[str, str], key: str = "") -> tuple[Any, list[str]]:
+    """The job's values with `${VAR}` expanded (a value that is one variable alone is read as
+    YAML, so `rows_per_shard: ${ROWS:-5000}` is a number); the names of the variables used. An
+    unset variable without a default is a SpecError naming it and the key."""
+    used: list[str] = []
+    if isinstance(data, dict):
+        out = {}
+        for name, value in data.items():
+            out[name], names = expand(value, environ, f"{key}.{name}" if key else str(name))
+            used += names
+        return out, used
+    if isinstance(data, list):
+        items = [expand(value, environ, f"{key}[{i}]") for i, value in enumerate(data)]
+        return [value for value, _ in items], [n for _, names in items for n in names]
+    if not isinstance(data, str) or "${" not in data:
+        return data, used
+
+    def value_of(match: re.Match) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            used.append(name)
+            return environ[name]
+        if default is not None:
+            return default
+        raise SpecError(key, f"${{{name}}} is not set in the environment; export {name}, or write "
+                             f"${{{name}:-default}} for a default")
+
+    whole = _VARIABLE.fullmatch(data)
+    expanded = _VARIABLE.sub(value_of, data)
+    if whole is not None and whole.group(0) != "$${":
+        try:
+            return yaml.safe_load(expanded) if expanded.strip() else expanded, used
+        except yaml.YAMLError:
+            return expanded, used
+    return expanded, used
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`--set key=value` on a copy of the job's data: dotted keys (`runtime.device=cpu`,
+    `task.labels=[a, b]`), values read as YAML."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError("--set", f"{item!r}: expected KEY=VALUE, e.g. --set output.path=s3://bucket/out")
+        parts = key.split(".")
+        if parts[0] not in SECTIONS or len(parts) < 2 or not all(parts):
+            raise SpecError("--set", f"{key}: a key is SECTION.NAME, with SECTION one of {', '.join(SECTIONS)} "
+                                     "(e.g. runtime.device)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise SpecError("--set", f"{key}: the value {raw!r} is not valid YAML ({' '.join(str(e).split())})") \
+                from None
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise SpecError("--set", f"{key}: {'.'.join(parts[:depth + 1])} is not a section of keys")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
 
 
 SECTIONS = ("input", "task", "model", "runtime", "output")
@@ -236,26 +316,54 @@ PATH_KEYS = (("input", "path"), ("input", "dataset"), ("model", "path"), ("outpu
 def parse(data: dict[str, Any], base_dir: str | Path | None = None) -> JobSpec:
     """A job from plain data; relative paths resolve against `base_dir` (default: the working
     directory). The paths as written are kept in `JobSpec.paths_as_written`."""
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise SpecError(unknown[0], f"unknown section; sections are: {', '.join(SECTIONS)}")
-    for required in ("input", "task", "model", "output"):
-        if required not in data:
-            raise SpecError(required, "required section is missing")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    data, written = _resolve_paths(data, base)
-    spec = JobSpec(
-        input=_parse_input(data["input"]),
-        task=_parse_task(data["task"]),
-        model=_parse_model(data["model"]),
-        runtime=_parse_runtime(data.get("runtime") or {}),
-        output=_parse_output(data["output"]),
-        paths_as_written=written,
-        base_dir=os.path.abspath(base),
-    )
+    sections, written, problems = _sections(data, base)
+    collect(problems)
+    spec = JobSpec(**sections, paths_as_written=written, base_dir=os.path.abspath(base))
     task_class(spec.task.name).check_input(spec.task.params, spec.input)
     _check_output_placement(spec)
     return spec
+
+
+def _sections(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], dict[str, str], list[SpecError]]:
+    """Each section parsed on its own: (those that parsed, the paths as written, every problem)."""
+    problems = [SpecError(name, f"unknown section; sections are: {', '.join(SECTIONS)}")
+                for name in sorted(set(data) - set(SECTIONS), key=str)]
+    problems += [SpecError(name, "required section is missing") for name in ("input", "task", "model", "output")
+                 if name not in data]
+    data, written = _resolve_paths(data, base)
+    parsers = {"input": _parse_input, "task": _parse_task, "model": _parse_model, "runtime": _parse_runtime,
+               "output": _parse_output}
+    sections = {}
+    for name, parser in parsers.items():  # every section checked: all their problems at once
+        if name in data or name == "runtime":
+            try:
+                sections[name] = parser(data.get(name) or {} if name == "runtime" else data[name])
+            except SpecError as e:
+                problems.append(e)
+    return sections, written, problems
+
+
+def load_partial(path: str | Path, overrides: Sequence[str] = ()) -> tuple[JobSpec, list[SpecError]]:
+    """For `validate`, a job file with problems: the job with None for each section that did not
+    parse (the runtime's defaults for a broken runtime), and the problems, so that the input, the
+    model and the output can still be checked."""
+    data, _ = load_text(path)
+    data, _ = expand(data, os.environ)
+    data = apply_overrides(data, overrides)
+    base = Path(path).resolve().parent
+    sections, written, problems = _sections(data, base)
+    parts = {name: sections.get(name) for name in ("input", "task", "model", "output")}
+    spec = JobSpec(**parts, runtime=sections.get("runtime") or RuntimeSpec(), paths_as_written=written,
+                   base_dir=str(base), source_file=str(Path(path).resolve()))
+    if len(sections) == len(SECTIONS):  # the checks across sections
+        for check in (lambda: task_class(spec.task.name).check_input(spec.task.params, spec.input),
+                      lambda: _check_output_placement(spec)):
+            try:
+                check()
+            except SpecError as e:
+                problems.append(e)
+    return spec, problems
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], dict[str, str]]:

@@ -23,7 +23,6 @@ import asyncio
 import errno
 import random
 import re
-import threading
 import time
 from typing import Any
 
@@ -200,42 +199,44 @@ def is_transient(error: BaseException) -> bool:
 
 
 class Outage:
-    """One store client's run of failed requests: since when, how many retries. Any answer ends it."""
+    """The retries of one request: since when it fails, how many times it was tried again. Each
+    request has its own budget (another request's answer, a lease renewal's, says nothing of
+    this one); a client whose request gave up is `down`, and its other requests that fail then
+    give up at once instead of spending a budget each (the run's end is recorded, or not, fast)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str, client: dict[str, Any]):
+        self.what, self.client = what, client
         self.since: float | None = None
         self.retries = 0
-        self._lock = threading.Lock()
 
     def answered(self) -> None:
+        self.client.pop("down", None)
         if self.since is not None:
-            with self._lock:
-                if self.since is not None:
-                    event("retried", f"the store answers again after {time.monotonic() - self.since:.0f} s and "
-                                     f"{self.retries} retries", seconds=round(time.monotonic() - self.since, 1),
-                          retries=self.retries)
-                self.since, self.retries = None, 0
+            event("retried", f"{self.what}: the store answers again after {time.monotonic() - self.since:.0f} s and "
+                             f"{self.retries} retries", what=self.what, seconds=round(time.monotonic() - self.since, 1),
+                  retries=self.retries)
 
-    def failed(self, what: str, error: BaseException) -> float | None:
-        """The wait before trying `what` again; StoreUnavailable once the budget is spent; None
-        with no budget at all (`validate`: the store's error as it is)."""
-        if RETRY["seconds"] <= 0:
+    def failed(self, error: BaseException) -> float | None:
+        """The wait before trying again; StoreUnavailable once the budget is spent; None with no
+        budget at all (`validate`: the store's error as it is)."""
+        budget = RETRY["seconds"]
+        if budget <= 0:
             return None
-        with self._lock:
-            now = time.monotonic()
-            self.since = self.since if self.since is not None else now
-            spent, budget = now - self.since, RETRY["seconds"]
-            reason = one_line(error)
-            if spent >= budget:
-                raise StoreUnavailable(
-                    f"{what}: the store kept failing for {spent:.0f} s ({self.retries} retries; last: "
-                    f"{reason}); gave up after runtime.retry_seconds ({budget:g} s); the committed parts are "
-                    "kept: run the job again to resume once the store answers")
-            self.retries += 1
-            # Full jitter: runs that failed together do not come back together.
-            wait = min(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** self.retries)), budget - spent)
-        event("retried", f"{what}: {reason}; retrying in {wait:.1f} s (retry {self.retries}, {spent:.0f} of "
-                         f"{budget:g} s)", level=30, what=what, error=reason, wait_s=round(wait, 2),
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        spent, reason = now - self.since, one_line(error)
+        down = self.client.get("down")
+        if spent >= budget or (down is not None and now - down < budget):
+            self.client["down"] = now
+            raise StoreUnavailable(
+                f"{self.what}: the store kept failing for {max(spent, now - (down or now)):.0f} s ({self.retries} "
+                f"retries; last: {reason}); gave up after runtime.retry_seconds ({budget:g} s); the committed "
+                "parts are kept: run the job again to resume once the store answers")
+        self.retries += 1
+        # Full jitter: runs that failed together do not come back together.
+        wait = min(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** self.retries)), budget - spent)
+        event("retried", f"{self.what}: {reason}; retrying in {wait:.1f} s (retry {self.retries}, {spent:.0f} of "
+                         f"{budget:g} s)", level=30, what=self.what, error=reason, wait_s=round(wait, 2),
               retry=self.retries, spent_s=round(spent, 1), budget_s=budget)
         return wait
 
@@ -254,6 +255,8 @@ def s3_options(options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 _RETRYING_S3: list[type] = []
+#: The lease object's name (write/lease.py): its renewals run beside the run, not as its progress.
+LEASE_KEY = ".batchnlp.lease"
 
 
 def retrying_s3() -> type:
@@ -268,24 +271,27 @@ def retrying_s3() -> type:
         retries = 2  # s3fs's own quick retries of a request (a body read cut short, above all)
 
         async def _call_s3(self, method: str, *akwarglist: Any, **kwargs: Any) -> Any:
-            outage = self.__dict__.setdefault("_batchnlp_outage", Outage())  # shared by this client's calls
+            where = f"s3://{kwargs.get('Bucket', '')}/{kwargs.get('Key') or kwargs.get('Prefix') or ''} ({method})"
+            outage = Outage(where, self.__dict__.setdefault("_batchnlp_client", {}))
+            # The lease's renewals run beside the run: their answers are not its progress.
+            progress = not str(kwargs.get("Key", "")).endswith(LEASE_KEY)
             while True:
                 try:
                     answer = await super()._call_s3(method, *akwarglist, **kwargs)
                 except Exception as e:
-                    watchdog.tick()  # an answer, if a failing one: the budget bounds the retries
+                    if progress:
+                        watchdog.tick()  # an answer, if a failing one: the budget bounds the retries
                     if not is_transient(e):
-                        if not isinstance(e, StoreUnavailable):
-                            outage.answered()
+                        outage.answered()  # (an answer, if a refusal: the store is there)
                         raise
-                    where = f"s3://{kwargs.get('Bucket', '')}/{kwargs.get('Key') or kwargs.get('Prefix') or ''}"
-                    wait = outage.failed(f"{where} ({method})", e)
+                    wait = outage.failed(e)
                     if wait is None:
                         raise
                     await asyncio.sleep(wait)
                     continue
                 outage.answered()
-                watchdog.tick()
+                if progress:
+                    watchdog.tick()
                 return answer
 
         call_s3 = sync_wrapper(_call_s3)  # s3fs's own binds its `_call_s3`, not this one

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Sequence
 
-from batchnlp.errors import ModelUnavailableError, OutputConflictError, SpecError
+from batchnlp.errors import ModelUnavailableError, OutputConflictError, SpecError, UserError, collect
 from batchnlp.model import source
 from batchnlp.read import columns, files
 from batchnlp.read.plan import check_columns
@@ -25,20 +26,48 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.mode
                     "sentencepiece.bpe.model")
 
 
-def validate(spec: JobSpec) -> str:
-    """A one-line summary of what the job will read; raises the first problem found."""
+def validate(spec: JobSpec, known: Sequence[UserError] = ()) -> str:
+    """A one-line summary of what the job will read. Every problem found is raised at once
+    (`SpecProblems`, one line each): the input, the model and the output are checked apart, and an
+    output that exists is checked against what a run would do with it (a changed input file,
+    another job's output) as `run --dry-run` does. `known`: the spec's own problems (`spec` then
+    has None for the sections that did not parse)."""
     configure_retries(0)  # validate answers at once: a store that fails is said, not ridden out
-    if spec.runtime.engine == "ray":
+    problems: list[UserError] = list(known)
+
+    def check(function: Any, *args: Any) -> Any:
+        try:
+            return function(*args)
+        except UserError as e:
+            problems.append(e)
+            return None
+
+    whole = not known  # else a job whose broken sections are None: what did parse is checked
+    # A section with a problem of its own is not checked against the data too (one cause, one line).
+    said = {str(getattr(p, "key", "")).split(".")[0] for p in known}
+    if spec.runtime.engine == "ray" and spec.input and spec.output:
         from batchnlp.engines.ray_cluster import check_cluster_paths
 
-        check_cluster_paths(spec, spec.runtime.ray_address)
-    input_columns, where = _check_input(spec)
-    directory = source.check(spec.model)
-    if directory is not None and not spec.model.gguf_file:
-        _check_model_files(spec, directory)
-    _check_output(spec, input_columns)
+        check(check_cluster_paths, spec, spec.runtime.ray_address)
+    found = check(_check_input, spec) if spec.input and spec.task and "input" not in said else None
+    directory = check(source.check, spec.model) if spec.model and "model" not in said else None
+    if directory is not None and not spec.model.gguf_file and spec.task:
+        check(_check_model_files, spec, directory)
+    if spec.output and spec.task and "output" not in said:
+        check(_check_output, spec, found[0] if found else None)
+    if whole and not problems:
+        check(_check_against_output, spec)
+    collect(problems)
     cached = "" if directory is not None or not spec.model.id else " (not cached: run downloads it)"
-    return f"task {spec.task.name} on {where}, model {spec.model.source}{cached}, output {spec.output.path}"
+    return f"task {spec.task.name} on {found[1]}, model {spec.model.source}{cached}, output {spec.output.path}"
+
+
+def _check_against_output(spec: JobSpec) -> None:
+    """What `run` would refuse about the output as it is now (the job's default policy)."""
+    from batchnlp.preview import preview
+
+    refusals = [r for r in preview(spec, identify_model=False).refusals if "is in use by a running job" not in r]
+    collect([OutputConflictError(r) for r in refusals])
 
 
 def _check_input(spec: JobSpec) -> tuple[list[str], str]:
@@ -76,7 +105,10 @@ def _output_columns(spec: JobSpec):
     """The input columns an existing output holds (its log's pinned schema), or None."""
     from batchnlp.write.commits import CommitLog
 
-    log = CommitLog.read(Folder(spec.output.path, spec.output.storage_options))
+    try:
+        log = CommitLog.read(Folder(spec.output.path, spec.output.storage_options))
+    except UserError:
+        return None  # the output's own check says what is wrong with it
     if log is None or not log.state.pinned.input_schema:
         return None
     return columns.deserialize(log.state.pinned.input_schema)
@@ -98,10 +130,12 @@ def _check_model_files(spec: JobSpec, directory: Path) -> None:
             "true (speed benchmarks only)")
 
 
-def _check_output(spec: JobSpec, input_columns: list[str]) -> None:
+def _check_output(spec: JobSpec, input_columns: list[str] | None) -> None:
+    """The output's place, and its columns against the input's (None: the input could not be read)."""
     prefix = spec.output.prefix
     added = [prefix + name for name in [*task_class(spec.task.name).columns(spec.task.params), "error"]]
-    check_collisions([*input_columns, *added])
+    if input_columns is not None:
+        check_collisions([*input_columns, *added])
     if is_url(spec.output.path):
         folder = Folder(spec.output.path, spec.output.storage_options)
         folder.create()  # the bucket exists and is visible

@@ -52,7 +52,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import pyarrow.parquet as pq
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").disabled = True  # the server's request log
 
     from fault_proxy import FaultProxy
     from tiny_models import sentiment_classifier

@@ -64,3 +64,64 @@ def test_annotate_a_dataframe_a_table_and_a_dataset(classifier_dir):
     dataset = datasets.Dataset.from_pandas(frame).select([3, 2, 1, 0])  # an indices mapping on top
     annotated = batchnlp.annotate(dataset, **kwargs)
     assert isinstance(annotated, datasets.Dataset) and annotated["label"] == labels[::-1]
+
+
+def test_an_annotator_loads_once_and_keeps_the_data_as_it_came(classifier_dir, monkeypatch):
+    """Later calls load nothing (no model load, no weight hashing); a DataFrame's index, a
+    Series' index and a Dataset's ClassLabel feature come back as they went in."""
+    import datasets
+    import pandas as pd
+
+    from batchnlp.model import load, source
+
+    clf = batchnlp.Annotator("text-classification", model=classifier_dir, dtype="float32", progress=False)
+    first = clf("great battery")
+    assert set(first) == {"label", "score", "error"} and first["error"] is None
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("a later call must not load the model"))
+    monkeypatch.setattr(source, "resolve", lambda *a, **k: pytest.fail("a later call must not hash the weights"))
+    texts = (TEXTS * 3)[:32]
+    labels = expected_labels(classifier_dir, texts)
+    assert [r["label"] for r in clf(texts)] == labels
+
+    frame = pd.DataFrame({"review": texts[:3], "stars": [5, 1, 3]}, index=[10, 20, 30])
+    out = clf(frame, text_column="review")
+    assert list(out.index) == [10, 20, 30] and list(out.columns) == ["review", "stars", "label", "score", "error"]
+    assert out["label"].tolist() == labels[:3] and list(frame.columns) == ["review", "stars"]  # the input untouched
+    series = clf(pd.Series(texts[:3], index=["a", "b", "c"], name="t"))
+    assert list(series.index) == ["a", "b", "c"] and series["label"].tolist() == labels[:3]
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "gold": datasets.ClassLabel(names=["negative", "neutral", "positive"])})
+    dataset = datasets.Dataset.from_dict({"text": texts[:3], "gold": [2, 0, 1]}, features=features)
+    annotated = clf(dataset)
+    assert annotated.features["gold"] == features["gold"] and annotated["label"] == labels[:3]
+
+    labelled = pd.DataFrame({"text": texts[:2], "label": ["pos", "neg"]})
+    with pytest.raises(batchnlp.UserError, match="already has a column 'label': pass prefix="):
+        clf(labelled)
+    assert list(clf(labelled, prefix="model_").columns) == ["text", "label", "model_label", "model_score",
+                                                           "model_error"]
+    assert clf([]) == []
+    for bad, message in [({"text": "x"}, "cannot annotate a dict"), (frame, "text_column: no column 'text'"),
+                         ([1, 2], "a list to annotate holds texts")]:
+        with pytest.raises(batchnlp.UserError, match=message):
+            clf(bad)
+    with clf:
+        pass
+    with pytest.raises(batchnlp.UserError, match="closed"):
+        clf("again")
+
+
+def test_an_annotator_takes_sentence_pairs(qa_dir):
+    """question-answering (and NLI) need a second text: text_pair_column."""
+    import pandas as pd
+
+    qa = batchnlp.Annotator("question-answering", model=qa_dir, dtype="float32", progress=False)
+    frame = pd.DataFrame({"q": ["who wrote it?", "where is it?"],
+                          "ctx": ["the book was written by ann in 1990.", "the shop is in paris near the river."]})
+    out = qa(frame, text_column="q", text_pair_column="ctx")
+    assert {"answer", "score", "start", "end", "error"} <= set(out.columns) and out["error"].isna().all()
+    for answer, start, end, context in zip(out["answer"], out["start"], out["end"], frame["ctx"]):
+        assert context[start:end] == answer  # a span of the context
+    with pytest.raises(batchnlp.UserError, match="text_pair_column"):
+        qa(frame, text_column="q")

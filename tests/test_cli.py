@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 
-from helpers import TEXTS, invoke, write_job
+import pytest
+
+from helpers import TEXTS, invoke, read_output, record, write_job
 
 
 def test_run_then_inspect(tmp_path, classifier_dir, reviews_csv):
@@ -31,10 +33,10 @@ def test_run_then_inspect(tmp_path, classifier_dir, reviews_csv):
 def test_user_errors_are_one_line_and_exit_2(tmp_path, reviews_csv):
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "review"},
                     task={"name": "embeddings"}, model={"path": str(tmp_path / "no-model")})
-    for command in ("validate", "run"):
+    for command, lines in (("validate", 2), ("run", 1)):  # validate lists the missing model too
         result = invoke(command, job)
         assert result.exit_code == 2
-        assert result.output.count("\n") == 1
+        assert result.output.count("\n") == lines
         assert result.output.startswith('error: input.text_column: column "review" not found')
 
 
@@ -156,3 +158,112 @@ def test_an_unattended_run_logs_its_lifecycle_as_json(tmp_path, classifier_dir, 
     assert by_name["model"]["precision"] == "float32" and by_name["model"]["device"] == "cpu"
     assert (by_name["finished"]["status"], by_name["finished"]["rows"], by_name["finished"]["exit_code"]) == (
         "complete", len(TEXTS), 0)
+
+
+def test_set_and_environment_variables_let_one_job_file_serve_two_environments(tmp_path, classifier_dir,
+                                                                                reviews_csv, monkeypatch):
+    """`${VAR:-default}` in the file (a value that is one variable alone is read as YAML: a number
+    here), `--set` on the command line (dotted keys, YAML values); the record keeps the job as
+    resolved, the overrides and the variables' names."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+input: {{path: {reviews_csv}, text_column: text}}
+task: {{name: text-classification}}
+model: {{path: {classifier_dir}}}
+runtime: {{dtype: float32}}
+output: {{path: "${{OUT_ROOT:-{tmp_path}/dev}}/reviews", rows_per_shard: "${{ROWS:-4}}"}}
+""")
+    monkeypatch.delenv("OUT_ROOT", raising=False)
+    monkeypatch.setenv("ROWS", "5")
+    dev = invoke("run", job, "-q", "--set", "output.prefix=x_", "--set", "runtime.max_batch_size=2")
+    assert dev.exit_code == 0 and f"{tmp_path}/dev/reviews: wrote 12 rows in 3 parts" in dev.output, dev.output
+    assert "x_label" in read_output(tmp_path / "dev" / "reviews").column_names
+    state = record(tmp_path / "dev" / "reviews")
+    assert state["job"]["overrides"] == ["output.prefix=x_", "runtime.max_batch_size=2"]
+    assert state["job"]["variables"] == ["ROWS"] and state["job"]["resolved"]["runtime"]["max_batch_size"] == 2
+    monkeypatch.setenv("OUT_ROOT", str(tmp_path / "prod"))
+    prod = invoke("run", job, "-q", "--set", "output.prefix=x_")
+    assert prod.exit_code == 0 and f"{tmp_path}/prod/reviews: wrote 12 rows in 3 parts" in prod.output, prod.output
+
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(job.read_text().replace("${OUT_ROOT:-", "${BUCKET}/${OUT_ROOT:-"))
+    for args, message in [((unset,), "output.path: ${BUCKET} is not set in the environment; export BUCKET"),
+                          ((job, "--set", "runtime.device"), "--set: 'runtime.device': expected KEY=VALUE"),
+                          ((job, "--set", "devices.cpu=1"), "--set: devices.cpu: a key is SECTION.NAME"),
+                          ((job, "--set", "runtime.nosuch=1"), "runtime.nosuch: unknown setting"),
+                          ((job, "--set", "output.rows_per_shard=[1"), "--set: output.rows_per_shard: the value")]:
+        result = invoke("validate", *args)
+        assert result.exit_code == 2 and result.output.count("\n") == 1, (args, result.output)
+        assert message in result.output, (args, result.output)
+
+
+def snapshot(folder):
+    """Every file under a folder with its size and modification time (what a dry run must not touch)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(tmp_path, classifier_dir, monkeypatch):
+    from batchnlp.model import load
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name, texts in (("a.csv", TEXTS[:6]), ("b.csv", TEXTS[6:9])):
+        (inbox / name).write_text("id,text\n" + "".join(f'{name}{i},"{t}"\n' for i, t in enumerate(texts)))
+    job = write_job(tmp_path, input={"path": str(inbox), "format": "csv", "text_column": "text"}, task={"name": "text-classification"},
+                    model={"path": str(classifier_dir)}, output={"path": str(tmp_path / "out"), "rows_per_shard": 4})
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("a dry run loads no model"))
+    new = invoke("run", job, "--dry-run")
+    assert new.exit_code == 0, new.output
+    assert f"output: {tmp_path / 'out'}: new" in new.output and "2 new (a.csv, b.csv)" in new.output.replace(
+        str(inbox) + "/", "")
+    assert "to do: 9 rows in 3 parts (of 3)" in new.output and "estimate: none" in new.output
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+
+    assert invoke("run", job, "-q").exit_code == 0
+    (inbox / "c.csv").write_text("id,text\nc0,fine\nc1,awful\n")
+    (inbox / "a.csv").write_text((inbox / "a.csv").read_text().replace("ok", "not ok"))
+    before = snapshot(tmp_path / "out")
+    planned = invoke("run", job, "--dry-run")
+    assert planned.exit_code == 2, planned.output
+    assert "1 new" in planned.output and "1 changed" in planned.output
+    assert f"would refuse: input.path: {inbox / 'a.csv'} changed since it was annotated" in planned.output
+    assert "to do: 2 rows in 1 parts (of 4)" in planned.output
+    assert "estimate: about " in planned.output and "rows/s as this output's runs recorded" in planned.output
+    again = invoke("run", job, "--dry-run", "--reprocess-changed")
+    assert again.exit_code == 0 and "would refuse" not in again.output
+    assert "to do: 8 rows in 3 parts (of 4)" in again.output  # a.csv's 6 rows (2 parts) and c.csv's 2
+    other = invoke("run", job, "--dry-run", "--set", "output.rows_per_shard=2", "--reprocess-changed")
+    assert other.exit_code == 2 and "was started by a different job (spec.output.rows_per_shard: 4 -> 2)" in other.output
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_validate_lists_every_problem_of_a_job_in_one_pass(tmp_path, classifier_dir, reviews_csv):
+    """Four mistakes in four places (an unknown key and a bad value in runtime, an input file that
+    is not there, a model directory that is not there): four lines, exit 2."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+input: {{path: {tmp_path}/missing.csv, text_column: text}}
+task: {{name: text-classification}}
+model: {{path: {tmp_path}/no-model}}
+runtime: {{dtype: float64, devise: cpu}}
+output: {{path: {tmp_path}/out}}
+""")
+    result = invoke("validate", job)
+    lines = result.output.splitlines()
+    assert result.exit_code == 2 and len(lines) == 4, result.output
+    assert lines[0].startswith("error: runtime.devise: unknown setting")
+    assert lines[1].startswith("error: runtime.dtype: must be one of auto, float32")
+    assert "missing.csv" in lines[2] and "does not exist" in lines[2]
+    assert lines[3].startswith(f"error: model.path: model directory {tmp_path}/no-model does not exist")
+    run = invoke("run", job, "-q")  # run stops at the spec, in one line that says there is more
+    assert run.exit_code == 2 and run.output.count("\n") == 1
+    assert "(and 1 more: batchnlp validate lists them)" in run.output
+
+    # validate says what `run` would refuse about the output as it is now: a changed input
+    good = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                     task={"name": "text-classification"}, model={"path": str(classifier_dir)}, name="good.yaml")
+    assert invoke("run", good, "-q").exit_code == 0
+    reviews_csv.write_text(reviews_csv.read_text().replace("love it", "hate it"))
+    changed = invoke("validate", good)
+    assert changed.exit_code == 2 and "changed since it was annotated" in changed.output, changed.output

@@ -121,7 +121,8 @@ def test_the_readme_python_example(tmp_path, monkeypatch):
     lines = printed.getvalue().splitlines()
     assert lines[0] == f"301 {tmp_path / 'out'}"
     assert lines[1] == "301 []"
-    assert lines[2] == "['review', 'embedding', 'error']"
+    assert lines[2] == "['review', 'embedding', 'error'] [10, 20]"
+    assert lines[3] == "384"
 
 
 def test_the_readme_job_runs_with_input_and_output_in_a_bucket(tmp_path, s3):

@@ -80,6 +80,7 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
         return None if item is None else (item[0], annotator.prepare(item[1]))
 
     writing: Future | None = None
+    in_flight = ""  # the part being written
     reader, writer = ThreadPoolExecutor(1, "batchnlp-read"), ThreadPoolExecutor(1, "batchnlp-write")
     reading = reader.submit(read_next)
     try:
@@ -88,11 +89,12 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
             shard, prepared = item
             _infer(annotator, shard, prepared, progress)
             if writing is not None:
-                with watchdog.doing(f"writing {shard.part}"):
+                with watchdog.doing(f"writing {in_flight}"):
                     writing.result()  # one write in flight at most; raises the writer's error here
-            writing = writer.submit(commit, shard, prepared)
+            writing, in_flight = writer.submit(commit, shard, prepared), shard.part
         if writing is not None:
-            writing.result()
+            with watchdog.doing(f"writing {in_flight}"):
+                writing.result()
     except watchdog.Stalled:
         raise  # what is stuck may be the write: not waited for
     except BaseException:

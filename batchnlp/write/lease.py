@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from batchnlp.errors import OutputBusyError, OutputConflictError
 from batchnlp.log import event
+from batchnlp.storage import LEASE_KEY
 
 if TYPE_CHECKING:
     from batchnlp.write.folder import Folder
 
-LEASE_NAME = ".batchnlp.lease"
+LEASE_NAME = LEASE_KEY
 
 
 def lease_seconds() -> float:

@@ -1,0 +1,137 @@
+"""`batchnlp run JOB --dry-run`: what a run would do against the output as it is now — the input
+files new, changed or removed since the output's last run, the rows and parts to annotate, what
+the run would refuse and why, and an estimate of its time from the rows/s the output's earlier
+runs recorded — with nothing written (no lock, no log, no folder) and no model loaded (its files
+are hashed, as a run's fingerprint needs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from batchnlp.errors import UserError
+from batchnlp.model import source
+from batchnlp.runner import Policy, differences, fingerprint, plan_job
+from batchnlp.spec import JobSpec
+from batchnlp.write import migrate
+from batchnlp.write.commits import CommitLog
+from batchnlp.write.folder import Folder
+from batchnlp.write.state import OutputState, unit_of
+
+
+@dataclass
+class Preview:
+    lines: list[str] = field(default_factory=list)
+    #: What the run would refuse (each would stop it with exit 2), or find busy (exit 75).
+    refusals: list[str] = field(default_factory=list)
+    busy: bool = False
+    rows_to_do: int | None = None
+    parts_to_do: int | None = None
+    estimate_seconds: float | None = None
+
+
+def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), overwrite: bool = False,
+            engine: str | None = None, address: str | None = None, identify_model: bool = True) -> Preview:
+    """What a run would do now. `identify_model` False (validate: it reads no weights): the job is
+    compared with the output's without the model's weight hashes."""
+    result = Preview(["dry run: nothing is written and no model is loaded"])
+    out = Folder(spec.output.path, spec.output.storage_options)
+    if (engine or spec.runtime.engine) == "ray":
+        from batchnlp.engines.ray_cluster import check_cluster_paths
+
+        try:
+            check_cluster_paths(spec, address or spec.runtime.ray_address)
+        except UserError as e:
+            result.refusals.append(str(e))
+    if out.is_locked():
+        result.busy = True
+        result.refusals.append(f"output.path: {out} is in use by a running job now (the run would exit 75)")
+    state = _state(out, overwrite, result)
+    base = spec.base_dir or None
+    previous = [unit_of(u, base) for u in state.unit_list()] if state.job else []
+    complete = state.complete_units()
+    plan = plan_job(spec, limit, previous, {u.name for u in previous if u.key not in complete})
+    if state.job:
+        _same_job(spec, state, out, identify_model, result)
+    _inputs(plan.changes, policy, state, result)
+    stored = out.sizes()
+    again = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])} if policy.reprocess_changed else set()
+    done = {k for k in state.done_shards(plan, stored) if k[0] not in again} if state.job else set()
+    missing = state.missing_parts(stored) if state.job else []
+    if missing:
+        result.lines.append(f"{len(missing)} recorded part(s) missing or altered on disk ({missing[0]}...): their rows "
+                            "are annotated again")
+    keys, rows = plan.shard_keys(), plan.shard_rows()
+    if keys is None or rows is None:
+        result.lines.append("to do: the rows of a streamed dataset (its length is known once read)")
+    else:
+        to_do = [k for k in keys if k not in done]
+        result.rows_to_do, result.parts_to_do = sum(rows[k] for k in to_do), len(to_do)
+        result.lines.append(f"to do: {result.rows_to_do} rows in {result.parts_to_do} parts (of {len(keys)}"
+                            f"{'; --limit ' + str(limit) if limit else ''})")
+    if spec.input.incremental == "ids" and state.job:
+        result.lines.append("input.incremental: ids — the rows of new and grown files whose id the output holds are "
+                            "skipped when run; the figures count whole files")
+    _estimate(state, result)
+    return result
+
+
+def _same_job(spec: JobSpec, state: OutputState, out: Folder, identify_model: bool, result: Preview) -> None:
+    if identify_model:
+        changed = differences(state.fingerprint, fingerprint(spec, source.resolve(spec.model).identity))
+    else:
+        changed = differences({"spec": state.fingerprint.get("spec", {})}, {"spec": fingerprint(spec, {})["spec"]})
+    if changed:
+        result.refusals.append(f"output.path: {out} was started by a different job ({'; '.join(changed[:3])}); pass "
+                               "--overwrite to start over, or choose another output.path")
+
+
+def _state(out: Folder, overwrite: bool, result: Preview) -> OutputState:
+    """The output's state as recorded (read only: a 0.2 manifest is not migrated here)."""
+    if overwrite:
+        result.lines.append(f"output: {out}: --overwrite: its parts and record would be deleted first")
+        return OutputState()
+    log = CommitLog.read(out)
+    if log is not None:
+        state = log.state
+        result.lines.append(f"output: {out}: {len(state.parts)} parts, {state.totals.get('rows', 0)} rows, "
+                            f"{state.status}, {len(state.runs)} run(s)")
+        return state
+    if migrate.legacy_manifest(out) is not None:
+        result.lines.append(f"output: {out}: written by batchnlp 0.2: the run would turn its manifest into a log "
+                            "first (shown here as a new output)")
+    elif out.names():
+        result.refusals.append(f"output.path: {out} holds Parquet parts but no batchnlp log; choose another "
+                               "output.path or pass --overwrite to replace them")
+    else:
+        result.lines.append(f"output: {out}: new")
+    return OutputState()
+
+
+def _inputs(changes: dict[str, list[str]], policy: Policy, state: OutputState, result: Preview) -> None:
+    shown = [f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+             for kind, names in changes.items() if names]
+    result.lines.append("input files: " + ("; ".join(shown) if shown else "no change"))
+    kept = {u.name for u in state.kept_removed()}
+    if changes.get("changed") and not policy.reprocess_changed:
+        result.refusals.append(f"input.path: {changes['changed'][0]} changed since it was annotated; pass "
+                               "--reprocess-changed to annotate it again, or restore it")
+    removed = [n for n in changes.get("removed", []) if n not in kept]
+    if removed and policy.removed == "refuse":
+        result.refusals.append(f"input.path: {removed[0]} was annotated but no longer exists; pass --drop-removed "
+                               "or --keep-removed")
+
+
+def _estimate(state: OutputState, result: Preview) -> None:
+    rate = state.summary().get("rows_per_second") if state.runs else None
+    if not result.rows_to_do:
+        result.lines.append("estimate: nothing to annotate" + (" (no model would load)" if state.job else ""))
+        return
+    if not rate:
+        result.lines.append("estimate: none (no earlier run of this output recorded a speed)")
+        return
+    load = next((r.info.get("model_load_seconds") for r in reversed(state.runs) if r.info.get("model_load_seconds")),
+                0) or 0
+    result.estimate_seconds = round(result.rows_to_do / rate + load, 1)
+    result.lines.append(f"estimate: about {result.estimate_seconds:.0f} s ({rate:.1f} rows/s as this output's runs "
+                        f"recorded, plus {load:.1f} s to load the model)")
+
