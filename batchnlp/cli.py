@@ -401,6 +401,24 @@ def bench(job: str, overrides: tuple[str, ...], rows: int, baseline: str, check_
         benchmark.save(report, json_path)
 
 
+@main.command()
+@click.argument("output_dir")
+@click.option("-o", "--output", "path", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the page.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Rows with a lower confidence count as unsure.")
+@user_errors
+def report(output_dir: str, path: str, threshold: float) -> None:
+    """Write one self-contained HTML page about OUTPUT_DIR (no network needed to open it): the
+    job, model, precision and runs; the annotations (labels, scores, the least confident rows,
+    embedding norms and a projection, output lengths and flags); rows/s, latency and errors per part."""
+    from batchnlp.report import charts, write
+
+    size = write(output_dir, path, threshold)
+    page = Path(path).read_text(encoding="utf-8")
+    click.echo(f"{path}: {size / 1024:.0f} KiB, charts: {', '.join(charts(page))}")
+
+
 @main.command("random-model")
 @click.argument("output_dir", type=click.Path(file_okay=False))
 @click.option("--shape", type=click.Choice(["distilbert-base", "bert-base"]), default="distilbert-base",

@@ -1,0 +1,327 @@
+"""`batchnlp report OUTPUT [-o report.html]`: one self-contained HTML page for the person who
+checks a night's annotations — the job, the model and its commit, the precision, the runs; the
+annotations as the task has them (labels and scores, the least confident rows, embedding norms
+and a 2-D projection, generated lengths and flags, answers); and the run's health per part
+(rows/s, p50/p95 batch latency, error rate) with the errors grouped by message.
+
+Charts are inline SVG drawn here (no script, no network: the file opens anywhere). The parts are
+streamed batch by batch (`batchnlp.dataset`); what a chart needs raw (least confident rows, a
+projection, sample outputs) comes from a bounded heap or reservoir, so memory does not grow with
+the output. Deliberately no plotting library: a few bar, histogram, line and scatter charts are
+less code than a dependency and its inlined runtime.
+"""
+
+from __future__ import annotations
+
+import heapq
+import html
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from batchnlp.tasks import task_class
+
+#: Rows below this confidence are counted as unsure (the seed tutorial's rule of thumb).
+THRESHOLD = 0.5
+LEAST_CONFIDENT, SAMPLES, PROJECTED, BINS, BATCH_ROWS = 20, 8, 500, 20, 65536
+
+
+@dataclass
+class Tally:
+    """What the annotations add up to, gathered batch by batch."""
+
+    rows: int = 0
+    labels: Counter = field(default_factory=Counter)
+    scores: list[int] = field(default_factory=lambda: [0] * BINS)  # a histogram on [0, 1]
+    unsure: int = 0
+    scored: int = 0
+    least: list[tuple[float, int, str, str]] = field(default_factory=list)  # max-heap by -score
+    norms: list[float] = field(default_factory=list)  # a reservoir
+    sample: list[list[float]] = field(default_factory=list)  # a reservoir of embeddings
+    lengths: list[int] = field(default_factory=list)  # a reservoir of output lengths (words)
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+    flags: Counter = field(default_factory=Counter)
+    empty: int = 0
+    errors: Counter = field(default_factory=Counter)
+    seen: int = 0  # rows offered to the reservoirs
+    threshold: float = THRESHOLD
+
+    def score(self, value: float | None, text: str, label: str) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        self.scored += 1
+        self.scores[min(BINS - 1, max(0, int(value * BINS)))] += 1
+        self.unsure += value < self.threshold
+        item = (-value, self.scored, text, label)
+        if len(self.least) < LEAST_CONFIDENT:
+            heapq.heappush(self.least, item)
+        elif item > self.least[0]:
+            heapq.heapreplace(self.least, item)
+
+    def keep(self, reservoir: list, value: Any, size: int, rng: random.Random) -> None:
+        """Reservoir sampling: every row has the same chance to be kept, in bounded memory."""
+        if len(reservoir) < size:
+            reservoir.append(value)
+        else:
+            at = rng.randrange(self.seen)
+            if at < size:
+                reservoir[at] = value
+
+
+def report(output: str, threshold: float = THRESHOLD) -> str:
+    """The page, as HTML text."""
+    from batchnlp.api import dataset
+    from batchnlp.verification import load
+
+    state = load(output)
+    job = state.job.get("resolved", {})
+    prefix = job.get("output", {}).get("prefix", "")
+    text_column = job.get("input", {}).get("text_column", "text")
+    kind = task_class(job.get("task", {}).get("name", "")).__name__
+    data = dataset(output)
+    tally = _gather(data, kind, prefix, text_column, threshold)
+    sections = [_header(output, state), _annotations(kind, tally, job), _health(state, tally)]
+    return PAGE.format(title=html.escape(f"batchnlp report: {output}"), body="\n".join(sections))
+
+
+def _gather(data: Any, kind: str, prefix: str, text_column: str, threshold: float) -> Tally:
+    tally, rng = Tally(threshold=threshold), random.Random(0)
+    names = set(data.schema.names)
+    wanted = [c for c in (text_column, *(prefix + n for n in COLUMNS.get(kind, ())), prefix + "error")
+              if c in names]
+    for batch in data.to_batches(columns=wanted, batch_size=BATCH_ROWS):
+        columns = {name.removeprefix(prefix) if name != text_column else "_text": batch.column(name).to_pylist()
+                   for name in wanted}
+        texts = columns.get("_text", [""] * batch.num_rows)
+        for i in range(batch.num_rows):
+            tally.rows += 1
+            tally.seen += 1
+            error = columns.get("error", [None] * batch.num_rows)[i]
+            if error is not None:
+                tally.errors[error] += 1
+                continue
+            _row(kind, tally, {k: v[i] for k, v in columns.items()}, str(texts[i] or ""), rng)
+    return tally
+
+
+#: The annotation columns each kind of task is reported on.
+COLUMNS = {"Classification": ("label", "score"), "ZeroShot": ("labels", "scores"),
+           "TokenClassification": ("entities",), "FillMask": ("predictions",), "Embeddings": ("embedding",),
+           "QuestionAnswering": ("answer", "score"), "TextGeneration": ("generated_text", "flag"),
+           "Summarization": ("summary_text", "flag"), "Translation": ("translation_text", "flag")}
+
+
+def _row(kind: str, tally: Tally, row: dict[str, Any], text: str, rng: random.Random) -> None:
+    if kind == "Classification":
+        tally.labels[row["label"]] += 1
+        tally.score(row["score"], text, row["label"])
+    elif kind == "ZeroShot" and row.get("labels"):
+        tally.labels[row["labels"][0]] += 1
+        tally.score(row["scores"][0], text, row["labels"][0])
+    elif kind == "TokenClassification":
+        for entity in row.get("entities") or []:
+            tally.labels[entity["entity_group"]] += 1
+            tally.score(entity["score"], f"{entity['word']} — in: {text}", entity["entity_group"])
+    elif kind == "FillMask" and row.get("predictions"):
+        best = row["predictions"][0]
+        tally.labels[best["token_str"]] += 1
+        tally.score(best["score"], text, best["token_str"])
+    elif kind == "Embeddings" and row.get("embedding") is not None:
+        vector = row["embedding"]
+        tally.keep(tally.norms, math.sqrt(sum(x * x for x in vector)), 5000, rng)
+        tally.keep(tally.sample, vector, PROJECTED, rng)
+    elif kind == "QuestionAnswering":
+        tally.empty += not row.get("answer")
+        tally.score(row.get("score"), text, row.get("answer") or "(no answer)")
+    elif kind in ("TextGeneration", "Summarization", "Translation"):
+        produced = next((row[c] for c in COLUMNS[kind][:1] if c in row), None)
+        produced = " / ".join(produced) if isinstance(produced, list) else (produced or "")
+        tally.keep(tally.lengths, len(produced.split()), 5000, rng)
+        if row.get("flag"):
+            tally.flags[row["flag"].split(":")[0]] += 1
+        if len(tally.outputs) < SAMPLES:
+            tally.outputs.append((text, produced))
+
+
+# -- the page's sections ----------------------------------------------------------------------
+
+def _header(output: str, state: Any) -> str:
+    job = state.job.get("resolved", {})
+    model = state.model or {}
+    runs = "".join(f"<tr><td>{r.number}</td><td>{_e(r.started_at)}</td><td>{_e(r.engine)}</td><td>{_e(r.status)}</td>"
+                   f"<td>{r.rows}</td><td>{r.seconds:.1f}</td><td>{_e(r.info.get('precision') or r.info.get('dtype'))}"
+                   f"</td></tr>" for r in state.runs)
+    weights = model.get("weights_sha256") or {}
+    weights = ", ".join(f"{name} {digest[:12]}" for name, digest in weights.items()) if isinstance(weights, dict) \
+        else str(weights)[:16]
+    version = f" {model['version']}" if model.get("version") else ""
+    facts = [("output", output), ("status", state.status), ("task", job.get("task", {}).get("name")),
+             ("model", f"{model.get('package') or model.get('id') or model.get('path')}{version} "
+                       f"({model.get('architecture', '?')})"),
+             ("model commit", model.get("commit") or model.get("revision") or "(a local model)"),
+             ("weights (sha256)", weights),
+             ("precision", state.pinned.precision), ("rows", state.totals.get("rows")), ("parts", len(state.parts))]
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    return (f"<section id='job'><h1>batchnlp report</h1><table class='facts'>{rows}</table>"
+            f"<h2>Runs</h2><table><tr><th>#</th><th>started</th><th>engine</th><th>status</th><th>rows</th>"
+            f"<th>seconds</th><th>precision</th></tr>{runs}</table></section>")
+
+
+def _annotations(kind: str, tally: Tally, job: dict[str, Any]) -> str:
+    parts = [f"<section id='annotations'><h2>Annotations ({tally.rows} rows)</h2>"]
+    if tally.labels:
+        top = tally.labels.most_common(25)
+        parts.append(bars("labels", "Label distribution" + (" (top 25)" if len(tally.labels) > 25 else ""), top))
+    if tally.scored:
+        edges = [i / BINS for i in range(BINS + 1)]
+        parts.append(histogram("scores", "Confidence (score) histogram", tally.scores, edges))
+        share = tally.unsure / tally.scored
+        parts.append(f"<p class='unsure'>{tally.unsure} of {tally.scored} ({share:.1%}) below {tally.threshold}</p>")
+        least = sorted(tally.least, reverse=True)
+        rows = "".join(f"<tr><td>{-s:.3f}</td><td>{_e(label)}</td><td>{_e(text[:300])}</td></tr>"
+                       for s, _, text, label in least)
+        parts.append(f"<h3>Least confident</h3><table id='least'><tr><th>score</th><th>annotation</th><th>text</th>"
+                     f"</tr>{rows}</table>")
+    if kind == "QuestionAnswering":
+        parts.append(f"<p class='empty'>{tally.empty} empty answers</p>")
+    if tally.norms:
+        parts.append(histogram("norms", "Embedding norms", *_bins(tally.norms)))
+        parts.append(scatter("projection", f"2-D projection (PCA) of {len(tally.sample)} sampled embeddings",
+                             _project(tally.sample)))
+    if tally.lengths:
+        parts.append(histogram("lengths", "Output length (words)", *_bins([float(n) for n in tally.lengths])))
+        flags = ", ".join(f"{k}: {v}" for k, v in tally.flags.most_common()) or "none"
+        parts.append(f"<p class='flags'>flagged, blocked or cut: {flags}</p>")
+        rows = "".join(f"<tr><td>{_e(t[:200])}</td><td>{_e(o[:400])}</td></tr>" for t, o in tally.outputs)
+        parts.append(f"<h3>Sample outputs</h3><table id='samples'><tr><th>input</th><th>output</th></tr>{rows}</table>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _health(state: Any, tally: Tally) -> str:
+    parts = state.part_list()
+    rate = [p.rows / p.stats["seconds"] if p.stats.get("seconds") else 0.0 for p in parts]
+    p50 = [(p.stats.get("batch_seconds_p50") or 0.0) * 1000 for p in parts]
+    p95 = [(p.stats.get("batch_seconds_p95") or 0.0) * 1000 for p in parts]
+    errors = [100 * (p.stats.get("error_rate") or 0.0) for p in parts]
+    grouped = "".join(f"<tr><td>{n}</td><td>{_e(message[:300])}</td></tr>" for message, n in tally.errors.most_common(20))
+    total = sum(tally.errors.values())
+    return ("<section id='health'><h2>How the run went (per part, in part order)</h2>"
+            + line("rows_per_s", "Rows/s per part", {"rows/s": rate})
+            + line("latency", "Batch latency per part (ms)", {"p50": p50, "p95": p95})
+            + line("error_rate", "Error rate per part (%)", {"errors %": errors})
+            + f"<h3>Errors ({total} rows)</h3><table id='errors'><tr><th>rows</th><th>message</th></tr>{grouped}"
+            + "</table></section>")
+
+
+# -- charts: inline SVG ---------------------------------------------------------------------------
+
+W, H, PAD = 640, 240, 40
+
+
+def bars(chart_id: str, title: str, pairs: list[tuple[Any, int]]) -> str:
+    height = 22 * len(pairs) + 30
+    most = max((n for _, n in pairs), default=1) or 1
+    items = "".join(f"<text x='150' y='{30 + 22 * i}' text-anchor='end'>{_e(str(k)[:24])}</text>"
+                    f"<rect x='156' y='{18 + 22 * i}' width='{(W - 260) * n / most:.1f}' height='16'/>"
+                    f"<text x='{162 + (W - 260) * n / most:.1f}' y='{30 + 22 * i}'>{n}</text>"
+                    for i, (k, n) in enumerate(pairs))
+    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {height}' width='{W}' height='{height}'>{items}</svg>")
+
+
+def histogram(chart_id: str, title: str, counts: list[int], edges: list[float]) -> str:
+    most = max(counts, default=1) or 1
+    width = (W - 2 * PAD) / max(len(counts), 1)
+    items = "".join(f"<rect x='{PAD + i * width:.1f}' y='{H - PAD - (H - 2 * PAD) * n / most:.1f}' "
+                    f"width='{width - 1:.1f}' height='{(H - 2 * PAD) * n / most:.1f}'><title>{edges[i]:.3g}–"
+                    f"{edges[i + 1]:.3g}: {n}</title></rect>" for i, n in enumerate(counts))
+    axis = (f"<text x='{PAD}' y='{H - PAD + 16}'>{edges[0]:.4g}</text>"
+            f"<text x='{W - PAD}' y='{H - PAD + 16}' text-anchor='end'>{edges[-1]:.4g}</text>"
+            f"<text x='4' y='{PAD}'>{most}</text>")
+    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{items}{axis}</svg>")
+
+
+def line(chart_id: str, title: str, series: dict[str, list[float]]) -> str:
+    values = [v for vs in series.values() for v in vs]
+    top = max(values, default=1) or 1
+    n = max((len(v) for v in series.values()), default=1)
+    step = (W - 2 * PAD) / max(n - 1, 1)
+    paths = "".join(
+        f"<polyline class='s{k}' fill='none' points='"
+        + " ".join(f"{PAD + i * step:.1f},{H - PAD - (H - 2 * PAD) * v / top:.1f}" for i, v in enumerate(vs))
+        + f"'><title>{_e(name)}</title></polyline>" for k, (name, vs) in enumerate(series.items()))
+    legend = " ".join(f"<tspan class='s{k}'>■ {_e(name)}</tspan>" for k, name in enumerate(series))
+    axis = f"<text x='4' y='{PAD}'>{top:.4g}</text><text x='{PAD}' y='{H - 8}'>{legend}</text>"
+    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{paths}{axis}</svg>")
+
+
+def scatter(chart_id: str, title: str, points: list[tuple[float, float]]) -> str:
+    if not points:
+        return _figure(chart_id, title, "<p>no embeddings</p>")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys) or 1
+    dots = "".join(f"<circle cx='{PAD + (W - 2 * PAD) * (x - x0) / ((x1 - x0) or 1):.1f}' "
+                   f"cy='{H - PAD - (H - 2 * PAD) * (y - y0) / ((y1 - y0) or 1):.1f}' r='2'/>" for x, y in points)
+    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{dots}</svg>")
+
+
+def _figure(chart_id: str, title: str, svg: str) -> str:
+    return f"<figure class='chart' id='chart-{chart_id}'><figcaption>{_e(title)}</figcaption>{svg}</figure>"
+
+
+def _bins(values: list[float]) -> tuple[list[int], list[float]]:
+    low, high = min(values), max(values)
+    width = (high - low) / BINS or 1.0
+    counts = [0] * BINS
+    for v in values:
+        counts[min(BINS - 1, int((v - low) / width))] += 1
+    return counts, [low + i * width for i in range(BINS + 1)]
+
+
+def _project(vectors: list[list[float]]) -> list[tuple[float, float]]:
+    """The first two principal components of a sample (numpy's SVD)."""
+    import numpy as np
+
+    if len(vectors) < 3:
+        return []
+    matrix = np.asarray(vectors, dtype=np.float64)
+    matrix -= matrix.mean(axis=0)
+    _, _, vt = np.linalg.svd(matrix, full_matrices=False)
+    return [(float(a), float(b)) for a, b in matrix @ vt[:2].T]
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def write(output: str, path: str, threshold: float = THRESHOLD) -> int:
+    page = report(output, threshold)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return len(page)
+
+
+def charts(page: str) -> Iterable[str]:
+    """The ids of the charts a page holds (for the CLI's summary)."""
+    import re
+
+    return re.findall(r"id='chart-([\w-]+)'", page)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 980px; }}
+table {{ border-collapse: collapse; margin: 8px 0 16px; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px;
+ text-align: left; vertical-align: top; }}
+figure.chart {{ margin: 12px 0 20px; }} figcaption {{ font-weight: 600; margin-bottom: 4px; }}
+svg rect {{ fill: #4a78b5; }} svg circle {{ fill: #4a78b5; fill-opacity: .6; }} svg text {{ font-size: 11px; }}
+polyline.s0 {{ stroke: #4a78b5; stroke-width: 1.5; }} tspan.s0 {{ fill: #4a78b5; }}
+polyline.s1 {{ stroke: #d2691e; stroke-width: 1.5; }} tspan.s1 {{ fill: #d2691e; }}
+polyline {{ fill: none !important; }}
+</style></head><body>
+{body}
+</body></html>
+"""

@@ -1,0 +1,91 @@
+"""`batchnlp report`: one self-contained page per output, its charts checked in the HTML and, where
+Chromium is installed (`.ci/run` installs Debian's `chromium`), rendered by it headless: each
+chart in the DOM, no console error, a screenshot kept in BATCHNLP_ARTIFACTS (default .artifacts/)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import TEXTS, invoke, write_job
+
+ARTIFACTS = Path(os.environ.get("BATCHNLP_ARTIFACTS", Path(__file__).resolve().parent.parent / ".artifacts"))
+
+
+def report_of(tmp_path, job) -> tuple[Path, str]:
+    assert invoke("run", job, "-q").exit_code == 0
+    page = tmp_path / "report.html"
+    result = invoke("report", tmp_path / "out", "-o", page)
+    assert result.exit_code == 0, result.output
+    return page, page.read_text()
+
+
+def self_contained(page: str) -> None:
+    """Nothing fetched when the page opens: no script, no link, no src or href to a server."""
+    assert "<script" not in page and "<link" not in page
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)
+
+
+def rendered(page: Path, name: str, charts: list[str]) -> None:
+    """The page in headless Chromium: each chart in the DOM it built, no console error, and a
+    screenshot kept; skipped, saying so, where Chromium is not installed."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt install chromium): the report was not rendered in a browser")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+             "--v=0"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for chart in charts:
+        figure = re.search(rf"<figure class=\"chart\" id=\"chart-{chart}\">.*?</figure>", dom.stdout, re.S)
+        assert figure is not None, chart
+        assert re.search(r"<(rect|polyline|circle)\b", figure.group(0)), chart  # drawn, not empty
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"report-{name}.png"
+    subprocess.run([*flags, "--window-size=1000,2400", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_a_classification_report(tmp_path, classifier_dir, reviews_csv):
+    rows = reviews_csv.read_text().splitlines()
+    reviews_csv.write_text("\n".join([*rows, "r99,,1"]) + "\n")  # an empty text: a row with an error
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    path, page = report_of(tmp_path, job)
+    self_contained(page)
+    charts = ["labels", "scores", "rows_per_s", "latency", "error_rate"]
+    assert re.findall(r"id='chart-([\w-]+)'", page) == charts
+    assert f"Annotations ({len(TEXTS) + 1} rows)" in page and "<td>1</td><td>null text</td>" in page
+    least = re.search(r"<table id='least'>(.*?)</table>", page, re.S).group(1)
+    scores = [float(s) for s in re.findall(r"<tr><td>([0-9.]+)</td>", least)]
+    assert len(scores) == len(TEXTS) and scores == sorted(scores)  # every scored row, least confident first
+    rendered(path, "classification", charts)
+
+
+def test_an_embeddings_report(tmp_path, encoder_dir, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"}, task={"name": "embeddings"},
+                    model={"path": str(encoder_dir)})
+    path, page = report_of(tmp_path, job)
+    self_contained(page)
+    assert re.findall(r"id='chart-([\w-]+)'", page) == ["norms", "projection", "rows_per_s", "latency", "error_rate"]
+    assert len(re.findall(r"<circle ", page)) == len(TEXTS)  # every row projected (a sample of 500 at most)
+    rendered(path, "embeddings", ["norms", "projection"])
+
+
+def test_a_generation_report(tmp_path, causal_dir, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-generation", "max_new_tokens": 5}, model={"path": str(causal_dir)})
+    path, page = report_of(tmp_path, job)
+    self_contained(page)
+    assert re.findall(r"id='chart-([\w-]+)'", page)[:1] == ["lengths"]
+    assert "flagged, blocked or cut: none" in page
+    assert len(re.findall(r"<tr><td>", re.search(r"<table id='samples'>(.*?)</table>", page, re.S).group(1))) == 8
+    rendered(path, "generation", ["lengths"])
