@@ -113,6 +113,7 @@ def main() -> None:
             return bucket_job(f"outage-{mode}", retry_seconds=300)
         return setup
 
+    case("no fault (the baseline)", lambda: bucket_job("clean"))
     for mode in ("down", "refuse", "reset", "error"):
         case(f"{mode} for 25 s mid-run", outage(mode, 25))
 
