@@ -25,7 +25,7 @@ from batchnlp.tasks import task_class
 
 #: Rows below this confidence are counted as unsure (the seed tutorial's rule of thumb).
 THRESHOLD = 0.5
-LEAST_CONFIDENT, SAMPLES, PROJECTED, BINS, BATCH_ROWS = 20, 8, 500, 20, 65536
+LEAST_CONFIDENT, SAMPLES, PROJECTED, BINS, BATCH_ROWS = 20, 8, 500, 20, 8192
 
 
 @dataclass
@@ -91,19 +91,70 @@ def _gather(data: Any, kind: str, prefix: str, text_column: str, threshold: floa
     names = set(data.schema.names)
     wanted = [c for c in (text_column, *(prefix + n for n in COLUMNS.get(kind, ())), prefix + "error")
               if c in names]
-    for batch in data.to_batches(columns=wanted, batch_size=BATCH_ROWS):
-        columns = {name.removeprefix(prefix) if name != text_column else "_text": batch.column(name).to_pylist()
-                   for name in wanted}
+    # One part read at a time, one batch ahead: memory stays that of a batch, however many parts.
+    for batch in data.to_batches(columns=wanted, batch_size=BATCH_ROWS, fragment_readahead=1, batch_readahead=1,
+                                 use_threads=False):
+        batch = batch.rename_columns([n.removeprefix(prefix) if n != text_column else "_text" for n in wanted])
+        tally.rows += batch.num_rows
+        batch = _without_errors(batch, tally)
+        if kind in ("Classification", "QuestionAnswering"):
+            _scalar_scores(batch, kind, tally)  # vectorised: no Python object per row
+            continue
+        columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         texts = columns.get("_text", [""] * batch.num_rows)
         for i in range(batch.num_rows):
-            tally.rows += 1
             tally.seen += 1
-            error = columns.get("error", [None] * batch.num_rows)[i]
-            if error is not None:
-                tally.errors[error] += 1
-                continue
             _row(kind, tally, {k: v[i] for k, v in columns.items()}, str(texts[i] or ""), rng)
     return tally
+
+
+def _without_errors(batch: Any, tally: Tally) -> Any:
+    """The batch's rows without an error; the errors counted by message."""
+    import pyarrow.compute as pc
+
+    if "error" not in batch.schema.names:
+        return batch
+    errors = batch.column("error")
+    if errors.null_count < len(errors):
+        for item in pc.value_counts(errors.drop_null()).to_pylist():
+            tally.errors[item["values"]] += item["counts"]
+        batch = batch.filter(pc.is_null(errors))
+    return batch
+
+
+def _scalar_scores(batch: Any, kind: str, tally: Tally) -> None:
+    """A label (or answer) and a score per row: counted, binned and the least confident kept, in
+    arrays; only the few rows that enter the least-confident heap become Python strings."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if batch.num_rows == 0:
+        return
+    annotation = batch.column("label" if kind == "Classification" else "answer")
+    if kind == "Classification":
+        for item in pc.value_counts(annotation).to_pylist():
+            tally.labels[item["values"]] += item["counts"]
+    else:
+        tally.empty += int(pc.sum(pc.or_kleene(pc.is_null(annotation), pc.equal(annotation, ""))).as_py() or 0)
+    scores = batch.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+    known = ~np.isnan(scores)
+    values = scores[known]
+    tally.scored += int(values.size)
+    tally.unsure += int((values < tally.threshold).sum())
+    bins = np.clip((values * BINS).astype(np.int64), 0, BINS - 1)
+    for b, n in zip(*np.unique(bins, return_counts=True)):
+        tally.scores[int(b)] += int(n)
+    order = np.where(known, scores, np.inf)
+    lowest = np.argpartition(order, min(LEAST_CONFIDENT, len(order) - 1))[:LEAST_CONFIDENT]
+    texts = batch.column("_text") if "_text" in batch.schema.names else None
+    for i in lowest[np.isfinite(order[lowest])]:
+        text = texts[int(i)].as_py() if texts is not None else ""
+        label = annotation[int(i)].as_py()
+        item = (-float(scores[i]), tally.rows - batch.num_rows + int(i), str(text or ""), label or "(no answer)")
+        if len(tally.least) < LEAST_CONFIDENT:
+            heapq.heappush(tally.least, item)
+        elif item > tally.least[0]:
+            heapq.heapreplace(tally.least, item)
 
 
 #: The annotation columns each kind of task is reported on.
@@ -114,10 +165,7 @@ COLUMNS = {"Classification": ("label", "score"), "ZeroShot": ("labels", "scores"
 
 
 def _row(kind: str, tally: Tally, row: dict[str, Any], text: str, rng: random.Random) -> None:
-    if kind == "Classification":
-        tally.labels[row["label"]] += 1
-        tally.score(row["score"], text, row["label"])
-    elif kind == "ZeroShot" and row.get("labels"):
+    if kind == "ZeroShot" and row.get("labels"):
         tally.labels[row["labels"][0]] += 1
         tally.score(row["scores"][0], text, row["labels"][0])
     elif kind == "TokenClassification":
@@ -132,9 +180,6 @@ def _row(kind: str, tally: Tally, row: dict[str, Any], text: str, rng: random.Ra
         vector = row["embedding"]
         tally.keep(tally.norms, math.sqrt(sum(x * x for x in vector)), 5000, rng)
         tally.keep(tally.sample, vector, PROJECTED, rng)
-    elif kind == "QuestionAnswering":
-        tally.empty += not row.get("answer")
-        tally.score(row.get("score"), text, row.get("answer") or "(no answer)")
     elif kind in ("TextGeneration", "Summarization", "Translation"):
         produced = next((row[c] for c in COLUMNS[kind][:1] if c in row), None)
         produced = " / ".join(produced) if isinstance(produced, list) else (produced or "")
