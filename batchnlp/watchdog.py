@@ -85,7 +85,7 @@ class Watchdog:
             signal.pthread_kill(self._main, signal.SIGUSR1)  # the handler raises Stalled in the main thread
         # A thread stuck in a call that no signal ends keeps the process alive (its pool is joined at
         # exit): past a grace period the process ends here, so a stall never becomes a hang.
-        if self._ended.wait(max(10.0, min(60.0, self.stall_seconds))):
+        if self._ended.wait(min(60.0, max(5.0, self.stall_seconds))):
             return  # (the Python API) the run ended by itself
         from batchnlp.log import FINAL, final_error
 

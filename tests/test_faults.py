@@ -64,7 +64,7 @@ def events(log):
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mode", ["down", "refuse", "reset", "error"])
+@pytest.mark.parametrize("mode", ["down", "reset", "error"])  # (refuse: benchmarks/fault_cases.py)
 def test_a_short_outage_mid_run_is_ridden_out(tmp_path, s3, proxy, classifier_dir, reviews_csv, reference, mode):
     """The store goes away (unreachable: connections refused; or it closes or resets them, or
     answers 503) for 4 s from the upload of part 1: every request in that time fails; the run
