@@ -64,13 +64,18 @@ def dataset(output: str | Path) -> Any:
     and a column that a later file added (input.new_columns: add) null in the parts written before
     it (a plain `pyarrow.dataset.dataset(OUTPUT)` takes the first part's columns and would drop
     it). `.to_table()`, `.to_batches()`, or hand it to DuckDB or Polars."""
+    from batchnlp.verification import load
+
+    return dataset_of(output, load(str(output)))
+
+
+def dataset_of(output: str | Path, state: Any) -> Any:
+    """`dataset` for an output whose state (`OutputState`) the caller has read already."""
     import pyarrow.dataset as ds
 
     from batchnlp.read import columns
-    from batchnlp.verification import load
     from batchnlp.write.folder import Folder
 
-    state = load(str(output))
     folder = Folder(output)
     schema = columns.deserialize(state.pinned.arrow_schema) if state.pinned.arrow_schema else None
     if folder.local:

@@ -153,10 +153,10 @@ def _dry_run(spec: Any, limit: int | None, policy: Any, overwrite: bool, engine:
     seen = preview(spec, limit, policy, overwrite, engine, address)
     for line in seen.lines:
         click.echo(line)
-    for refusal in seen.refusals:
+    for refusal in [seen.busy, *seen.refusals] if seen.busy else seen.refusals:
         click.echo(f"would refuse: {refusal}")
-    if seen.refusals:
-        sys.exit(BUSY if seen.busy and len(seen.refusals) == 1 else USER_ERROR)
+    if seen.refusals or seen.busy:
+        sys.exit(USER_ERROR if seen.refusals else BUSY)
 
 
 def _report(result: Any) -> None:
@@ -280,11 +280,9 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
 def validate(job: str, overrides: tuple[str, ...]) -> None:
     """Check JOB without running it or loading weights: the spec, the input files and columns, the
     model's files (tokenizer, a head for the task, positions), the output's place and columns."""
-    from batchnlp.spec import load_spec
-    from batchnlp.validate import validate as check
-
     from batchnlp.errors import SpecError, SpecProblems
-    from batchnlp.spec import load_partial
+    from batchnlp.spec import load_partial, load_spec
+    from batchnlp.validate import validate as check
 
     try:
         try:
@@ -412,11 +410,11 @@ def report(output_dir: str, path: str, threshold: float) -> None:
     """Write one self-contained HTML page about OUTPUT_DIR (no network needed to open it): the
     job, model, precision and runs; the annotations (labels, scores, the least confident rows,
     embedding norms and a projection, output lengths and flags); rows/s, latency and errors per part."""
-    from batchnlp.report import charts, write
+    from batchnlp.report import charts, report as page_of
 
-    size = write(output_dir, path, threshold)
-    page = Path(path).read_text(encoding="utf-8")
-    click.echo(f"{path}: {size / 1024:.0f} KiB, charts: {', '.join(charts(page))}")
+    page = page_of(output_dir, threshold)
+    Path(path).write_text(page, encoding="utf-8")
+    click.echo(f"{path}: {len(page.encode()) / 1024:.0f} KiB, charts: {', '.join(charts(page))}")
 
 
 @main.command("random-model")

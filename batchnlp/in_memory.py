@@ -254,8 +254,7 @@ def _renamed(table: Any, text_column: str, pair_column: str | None) -> Any:
     if pair_column:
         arrays.append(table.column(pair_column).cast(pa.string()))
         names.append(PAIR)
-    return pa.Table.from_arrays([a.combine_chunks() if hasattr(a, "combine_chunks") else a for a in arrays],
-                                names=names)
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def _records(annotations: Any, names: list[str]) -> list[dict[str, Any]]:

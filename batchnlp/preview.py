@@ -10,20 +10,21 @@ from dataclasses import dataclass, field
 
 from batchnlp.errors import UserError
 from batchnlp.model import source
-from batchnlp.runner import Policy, differences, fingerprint, plan_job
+from batchnlp.runner import Policy, another_job, fingerprint, foreign_parts, plan_against, policy_view
 from batchnlp.spec import JobSpec
 from batchnlp.write import migrate
 from batchnlp.write.commits import CommitLog
 from batchnlp.write.folder import Folder
-from batchnlp.write.state import OutputState, unit_of
+from batchnlp.write.state import OutputState
 
 
 @dataclass
 class Preview:
     lines: list[str] = field(default_factory=list)
-    #: What the run would refuse (each would stop it with exit 2), or find busy (exit 75).
-    refusals: list[str] = field(default_factory=list)
-    busy: bool = False
+    #: What the run would refuse (each would stop it with exit 2), in `run`'s own words.
+    refusals: list[UserError] = field(default_factory=list)
+    #: Another live run holds the output now (the run would exit 75), else None.
+    busy: str | None = None
     rows_to_do: int | None = None
     parts_to_do: int | None = None
     estimate_seconds: float | None = None
@@ -41,18 +42,14 @@ def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), 
         try:
             check_cluster_paths(spec, address or spec.runtime.ray_address)
         except UserError as e:
-            result.refusals.append(str(e))
+            result.refusals.append(e)
     if out.is_locked():
-        result.busy = True
-        result.refusals.append(f"output.path: {out} is in use by a running job now (the run would exit 75)")
+        result.busy = f"output.path: {out} is in use by a running job now (the run would exit 75)"
     state = _state(out, overwrite, result)
-    base = spec.base_dir or None
-    previous = [unit_of(u, base) for u in state.unit_list()] if state.job else []
-    complete = state.complete_units()
-    plan = plan_job(spec, limit, previous, {u.name for u in previous if u.key not in complete})
+    plan, _ = plan_against(spec, state, limit)
     if state.job:
         _same_job(spec, state, out, identify_model, result)
-    _inputs(plan.changes, policy, state, result)
+    _inputs(spec, plan.changes, policy, state, result)
     stored = out.sizes()
     again = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])} if policy.reprocess_changed else set()
     done = {k for k in state.done_shards(plan, stored) if k[0] not in again} if state.job else set()
@@ -77,12 +74,12 @@ def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), 
 
 def _same_job(spec: JobSpec, state: OutputState, out: Folder, identify_model: bool, result: Preview) -> None:
     if identify_model:
-        changed = differences(state.fingerprint, fingerprint(spec, source.resolve(spec.model).identity))
-    else:
-        changed = differences({"spec": state.fingerprint.get("spec", {})}, {"spec": fingerprint(spec, {})["spec"]})
-    if changed:
-        result.refusals.append(f"output.path: {out} was started by a different job ({'; '.join(changed[:3])}); pass "
-                               "--overwrite to start over, or choose another output.path")
+        refusal = another_job(state.fingerprint, fingerprint(spec, source.resolve(spec.model).identity), out)
+    else:  # the spec's part of the fingerprint only: no weights hashed
+        refusal = another_job({"spec": state.fingerprint.get("spec", {})}, {"spec": fingerprint(spec, {})["spec"]},
+                              out)
+    if refusal is not None:
+        result.refusals.append(refusal)
 
 
 def _state(out: Folder, overwrite: bool, result: Preview) -> OutputState:
@@ -100,25 +97,19 @@ def _state(out: Folder, overwrite: bool, result: Preview) -> OutputState:
         result.lines.append(f"output: {out}: written by batchnlp 0.2: the run would turn its manifest into a log "
                             "first (shown here as a new output)")
     elif out.names():
-        result.refusals.append(f"output.path: {out} holds Parquet parts but no batchnlp log; choose another "
-                               "output.path or pass --overwrite to replace them")
+        result.refusals.append(foreign_parts(out))
     else:
         result.lines.append(f"output: {out}: new")
     return OutputState()
 
 
-def _inputs(changes: dict[str, list[str]], policy: Policy, state: OutputState, result: Preview) -> None:
+def _inputs(spec: JobSpec, changes: dict[str, list[str]], policy: Policy, state: OutputState,
+            result: Preview) -> None:
     shown = [f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
              for kind, names in changes.items() if names]
     result.lines.append("input files: " + ("; ".join(shown) if shown else "no change"))
-    kept = {u.name for u in state.kept_removed()}
-    if changes.get("changed") and not policy.reprocess_changed:
-        result.refusals.append(f"input.path: {changes['changed'][0]} changed since it was annotated; pass "
-                               "--reprocess-changed to annotate it again, or restore it")
-    removed = [n for n in changes.get("removed", []) if n not in kept]
-    if removed and policy.removed == "refuse":
-        result.refusals.append(f"input.path: {removed[0]} was annotated but no longer exists; pass --drop-removed "
-                               "or --keep-removed")
+    if state.job:
+        result.refusals += policy_view(state, changes, policy, spec.base_dir or None)[2]
 
 
 def _estimate(state: OutputState, result: Preview) -> None:

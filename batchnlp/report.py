@@ -54,7 +54,11 @@ class Tally:
         self.scored += 1
         self.scores[min(BINS - 1, max(0, int(value * BINS)))] += 1
         self.unsure += value < self.threshold
-        item = (-value, self.scored, text, label)
+        self.offer(value, self.scored, text, label)
+
+    def offer(self, value: float, number: int, text: str, label: str) -> None:
+        """A scored row for the least-confident table (a heap of the lowest scores seen)."""
+        item = (-value, number, text, label)
         if len(self.least) < LEAST_CONFIDENT:
             heapq.heappush(self.least, item)
         elif item > self.least[0]:
@@ -72,7 +76,7 @@ class Tally:
 
 def report(output: str, threshold: float = THRESHOLD) -> str:
     """The page, as HTML text."""
-    from batchnlp.api import dataset
+    from batchnlp.api import dataset_of
     from batchnlp.verification import load
 
     state = load(output)
@@ -80,7 +84,7 @@ def report(output: str, threshold: float = THRESHOLD) -> str:
     prefix = job.get("output", {}).get("prefix", "")
     text_column = job.get("input", {}).get("text_column", "text")
     kind = task_class(job.get("task", {}).get("name", "")).__name__
-    data = dataset(output)
+    data = dataset_of(output, state)  # (the state read once)
     tally = _gather(data, kind, prefix, text_column, threshold)
     sections = [_header(output, state), _annotations(kind, tally, job), _health(state, tally)]
     return PAGE.format(title=html.escape(f"batchnlp report: {output}"), body="\n".join(sections))
@@ -150,11 +154,7 @@ def _scalar_scores(batch: Any, kind: str, tally: Tally) -> None:
     for i in lowest[np.isfinite(order[lowest])]:
         text = texts[int(i)].as_py() if texts is not None else ""
         label = annotation[int(i)].as_py()
-        item = (-float(scores[i]), tally.rows - batch.num_rows + int(i), str(text or ""), label or "(no answer)")
-        if len(tally.least) < LEAST_CONFIDENT:
-            heapq.heappush(tally.least, item)
-        elif item > tally.least[0]:
-            heapq.heapreplace(tally.least, item)
+        tally.offer(float(scores[i]), tally.rows - batch.num_rows + int(i), str(text or ""), label or "(no answer)")
 
 
 #: The annotation columns each kind of task is reported on.
@@ -339,13 +339,6 @@ def _project(vectors: list[list[float]]) -> list[tuple[float, float]]:
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def write(output: str, path: str, threshold: float = THRESHOLD) -> int:
-    page = report(output, threshold)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
-    return len(page)
 
 
 def charts(page: str) -> Iterable[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Any, Literal, Sequence
 
 from batchnlp import __version__, watchdog
 from batchnlp.engines.context import RunContext
-from batchnlp.errors import OutputConflictError, SpecError, UserError, exit_code
+from batchnlp.errors import OutputConflictError, SpecError, UserError, exit_code, is_disk_full
 from batchnlp.log import bars_allowed, event
 from batchnlp.model import source
 from batchnlp.read import columns, ids
@@ -144,7 +143,7 @@ def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
     if isinstance(error, FileNotFoundError) and where is not None and (where == out or out in where.parents):
         return OutputConflictError(f"output.path: {out} vanished while this run wrote it ({where}); the run is not "
                                    "complete: run the job again to annotate what is missing")
-    if error.errno == errno.ENOSPC or "No space left on device" in str(error):
+    if is_disk_full(error):
         return UserError(f"output.path: {out}: no space left on the device; the committed parts are kept: free "
                          "space, then run the job again to resume")
     return error
@@ -159,16 +158,12 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     state, base = log.state, spec.base_dir or None
     if state.runs and state.runs[-1].status == "running":  # we hold the lock: that run is dead
         log.stage({"run_finished": {"status": "killed", "at": now(), "final": False}})
-    previous = [unit_of(u, base) for u in state.unit_list()] if state.job else list(unit_order)
-    complete = state.complete_units()
-    recheck = {u.name for u in previous if u.key not in complete} if state.job else set()
-    with watchdog.doing(f"listing and counting the input at {spec.input.path or spec.input.dataset}"):
-        plan = plan_job(spec, limit, previous, recheck)
+    plan, complete = plan_against(spec, state, limit, unit_order)
     resolved = source.resolve(spec.model)
     job_fingerprint = fingerprint(spec, resolved.identity)
     chosen_engine = engine or spec.runtime.engine
-    if state.job:
-        _refuse_another_job(state, out, job_fingerprint)
+    if state.job and (refusal := another_job(state.fingerprint, job_fingerprint, out)) is not None:
+        raise refusal
     log.stage({"run_started": {"started_at": now(), "engine": chosen_engine, "pid": os.getpid(),
                                "host": socket.gethostname()}})
     if spec.input.incremental == "ids":
@@ -215,6 +210,18 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     return result
 
 
+def plan_against(spec: JobSpec, state: OutputState, limit: int | None,
+                 unit_order: Sequence[Unit] = ()) -> tuple[Plan, set[int]]:
+    """The input as it is now, planned against the units the output recorded (new, touched,
+    changed, removed; a unit not complete is hashed again), and the keys of the complete units.
+    `unit_order`: a new output's units numbered as given (a rerun)."""
+    previous = [unit_of(u, spec.base_dir or None) for u in state.unit_list()] if state.job else list(unit_order)
+    complete = state.complete_units()
+    recheck = {u.name for u in previous if u.key not in complete} if state.job else set()
+    with watchdog.doing(f"listing and counting the input at {spec.input.path or spec.input.dataset}"):
+        return plan_job(spec, limit, previous, recheck), complete
+
+
 def plan_job(spec: JobSpec, limit: int | None = None, previous: Sequence[Unit] = (),
              recheck: set[str] | frozenset[str] = frozenset()) -> Plan:
     task_cls = task_class(spec.task.name)
@@ -226,18 +233,10 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
     """Refuse, or handle as asked, the files that changed or went away since they were annotated;
     return the parts to delete once a commit no longer lists them (before any is written again)."""
     state = log.state
-    named = {u.key: unit_of(u, base).name for u in state.unit_list()}  # each unit's file, as listed now
-    kept = {named[u.key] for u in state.kept_removed()}
+    named, removed, refusals = policy_view(state, plan.changes, policy, base)
+    if refusals:
+        raise refusals[0]
     changed = plan.changes["changed"]
-    removed = [name for name in plan.changes["removed"] if name not in kept or policy.removed == "drop"]
-    if changed and not policy.reprocess_changed:
-        raise OutputConflictError(f"input.path: {_names(changed)} changed since {_it(changed)} annotated (other "
-                                  "content); pass --reprocess-changed to annotate it again, or restore it")
-    if removed and policy.removed == "refuse":
-        one = len(removed) == 1
-        raise OutputConflictError(f"input.path: {_names(removed)} {'was' if one else 'were'} annotated but no longer "
-                                  f"{'exists' if one else 'exist'}; pass --drop-removed to drop "
-                                  f"{'its' if one else 'their'} rows from the output, or --keep-removed to keep them")
     keys = {named[u.key]: u.key for u in state.unit_list() if not u.superseded}
     doomed = []
     for name in changed:
@@ -255,6 +254,29 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
             log.stage({"unit_removed": {"key": key, "kept": policy.removed != "drop"}})
     plan.changes["dropped" if policy.removed == "drop" else "kept"] = removed
     return doomed
+
+
+def policy_view(state: OutputState, changes: dict[str, list[str]], policy: Policy,
+                base: str | None) -> tuple[dict[int, str], list[str], list[OutputConflictError]]:
+    """(each recorded unit's file as listed now, the removed files whose rows go or are noted, what
+    the policy refuses: changed files without --reprocess-changed, removed ones without
+    --drop-removed / --keep-removed). `run` raises the first refusal; `--dry-run` lists them."""
+    named = {u.key: unit_of(u, base).name for u in state.unit_list()}
+    kept = {named[u.key] for u in state.kept_removed()}
+    changed = changes["changed"]
+    removed = [name for name in changes["removed"] if name not in kept or policy.removed == "drop"]
+    refusals = []
+    if changed and not policy.reprocess_changed:
+        refusals.append(OutputConflictError(
+            f"input.path: {_names(changed)} changed since {_it(changed)} annotated (other content); pass "
+            "--reprocess-changed to annotate it again, or restore it"))
+    if removed and policy.removed == "refuse":
+        one = len(removed) == 1
+        refusals.append(OutputConflictError(
+            f"input.path: {_names(removed)} {'was' if one else 'were'} annotated but no longer "
+            f"{'exists' if one else 'exist'}; pass --drop-removed to drop {'its' if one else 'their'} rows from the "
+            "output, or --keep-removed to keep them"))
+    return named, removed, refusals
 
 
 def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, policy: Policy, complete: set[int]) -> None:
@@ -377,18 +399,25 @@ def _existing(out: Folder, overwrite: bool) -> CommitLog:
     if legacy is not None:
         return migrate.migrate(out, *legacy)
     if out.names():
-        raise OutputConflictError(f"output.path: {out} holds Parquet parts but no batchnlp log ({LOG_DIR}); choose "
-                                  "another output.path or pass --overwrite to replace them")
+        raise foreign_parts(out)
     return CommitLog(out, OutputState())
 
 
-def _refuse_another_job(state: OutputState, out: Folder, job_fingerprint: dict[str, Any]) -> None:
-    """Two jobs never mix in one output."""
-    changes = differences(state.fingerprint, job_fingerprint)
-    if changes:
-        shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
-        raise OutputConflictError(f"output.path: {out} was started by a different job ({shown}); pass "
-                                  "--overwrite to start over, or choose another output.path")
+def foreign_parts(out: Folder) -> OutputConflictError:
+    """An output folder with Parquet parts that batchnlp did not record."""
+    return OutputConflictError(f"output.path: {out} holds Parquet parts but no batchnlp log ({LOG_DIR}); choose "
+                               "another output.path or pass --overwrite to replace them")
+
+
+def another_job(recorded: dict[str, Any], wanted: dict[str, Any], out: Folder) -> OutputConflictError | None:
+    """Two jobs never mix in one output: the refusal when the job's fingerprint (`wanted`) is not
+    the one that started the output (`recorded`), else None."""
+    changes = differences(recorded, wanted)
+    if not changes:
+        return None
+    shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return OutputConflictError(f"output.path: {out} was started by a different job ({shown}); pass "
+                               "--overwrite to start over, or choose another output.path")
 
 
 def _input_columns(spec: JobSpec, state: OutputState, plan: Plan, done: set) -> Any:

@@ -227,13 +227,19 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), environ: Mapping[
     """A job file, its relative paths resolved against the job file's folder (so a job runs the
     same from any working directory, e.g. from cron); `${VAR}` / `${VAR:-default}` in its values
     expanded from the environment, then `overrides` (`--set key=value`) applied."""
-    data, text = load_text(path)
-    data, variables = expand(data, os.environ if environ is None else environ)
-    data = apply_overrides(data, overrides)
+    data, text, variables = _resolved_data(path, overrides, environ)
     job_file = Path(path).resolve()
     spec = parse(data, base_dir=job_file.parent)
     return dataclasses.replace(spec, source_file=str(job_file), source_text=text, overrides=tuple(overrides),
                                variables=tuple(variables))
+
+
+def _resolved_data(path: str | Path, overrides: Sequence[str], environ: Mapping[str, str] | None = None
+                   ) -> tuple[dict[str, Any], str, list[str]]:
+    """(the job file's data with `${VAR}`s expanded and `--set`s applied, its text, the variables used)."""
+    data, text = load_text(path)
+    data, variables = expand(data, os.environ if environ is None else environ)
+    return apply_overrides(data, overrides), text, variables
 
 
 #: `${NAME}` or `${NAME:-default}`; `$${` writes a literal `${`.
@@ -348,9 +354,7 @@ def load_partial(path: str | Path, overrides: Sequence[str] = ()) -> tuple[JobSp
     """For `validate`, a job file with problems: the job with None for each section that did not
     parse (the runtime's defaults for a broken runtime), and the problems, so that the input, the
     model and the output can still be checked."""
-    data, _ = load_text(path)
-    data, _ = expand(data, os.environ)
-    data = apply_overrides(data, overrides)
+    data, _, _ = _resolved_data(path, overrides)
     base = Path(path).resolve().parent
     sections, written, problems = _sections(data, base)
     parts = {name: sections.get(name) for name in ("input", "task", "model", "output")}

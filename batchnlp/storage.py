@@ -102,7 +102,7 @@ def describe_error(url: str, error: Exception) -> str:
     endpoint — the text of the store's own message kept after it."""
     if isinstance(error, StoreUnavailable):
         return str(error)
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = first_line(error) or type(error).__name__
     lowered = text.lower()
     if "bucket" in lowered and ("not exist" in lowered or "nosuchbucket" in lowered):
         hint = "the bucket does not exist (or is not visible with these credentials)"
@@ -241,8 +241,14 @@ class Outage:
         return wait
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = first_line(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

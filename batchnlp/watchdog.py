@@ -26,16 +26,12 @@ import threading
 import time
 from typing import Any, Iterator
 
-from batchnlp.errors import UserError
-from batchnlp.log import event
+from batchnlp.errors import USER_ERROR, UserError
+from batchnlp.log import FINAL, event, final_error
 
 #: A share of one core the process must use over a check to count as computing (the watchdog's
 #: own and the heartbeat's wake-ups use far less).
 BUSY_CPU_SHARE = 0.05
-#: Exit status of a stalled run (like a user error: one line; the next run resumes).
-STALLED_EXIT = 2
-
-
 class Stalled(UserError):
     """The run made no progress for runtime.stall_seconds."""
 
@@ -87,14 +83,12 @@ class Watchdog:
         # exit): past a grace period the process ends here, so a stall never becomes a hang.
         if self._ended.wait(min(60.0, max(5.0, self.stall_seconds))):
             return  # (the Python API) the run ended by itself
-        from batchnlp.log import FINAL, final_error
-
         if not self.exit_at_once:
             event("stalled", self.message + " (a thread is still stuck)", level=40)
             return
         if not FINAL["printed"]:
-            final_error(self.message, STALLED_EXIT)
-        os._exit(STALLED_EXIT)
+            final_error(self.message, USER_ERROR)  # a stall is one line and exit 2, as a user error
+        os._exit(USER_ERROR)
 
 
 _ACTIVE: list[Watchdog] = []

@@ -11,9 +11,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from batchnlp import watchdog
 from batchnlp.annotator import Annotator, Prepared
 from batchnlp.engines.context import RunContext
-from batchnlp import watchdog
 from batchnlp.engines.progress import Progress
 from batchnlp.engines.retry import retry_errors
 from batchnlp.log import event

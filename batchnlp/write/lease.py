@@ -67,8 +67,7 @@ class Lease:
         """A lease is there: ours (a retried write whose first try was applied), a live run's
         (busy), or an expired or dead one's (taken over, conditionally on its etag)."""
         current, etag = self._read()
-        if current is not None and current.get("owner") == self.owner:
-            self.etag = etag
+        if self._ours(current, etag):
             return
         if current is not None and not stale(current):
             raise OutputBusyError(busy(self.folder, current)) from None
@@ -76,13 +75,20 @@ class Lease:
             self.etag = self._put(if_match=etag) if current is not None else self._put(if_none_match=True)
         except FileExistsError:
             holder, etag = self._read()
-            if holder is not None and holder.get("owner") == self.owner:
-                self.etag = etag
+            if self._ours(holder, etag):
                 return
             raise OutputBusyError(busy(self.folder, holder or {})) from None
         if current is not None:
             event("lease", f"{self.folder}: took over the lease of pid {current.get('pid')} on "
                            f"{current.get('host')} (expired or dead)", level=30)
+
+    def _ours(self, lease: dict[str, Any] | None, etag: str | None) -> bool:
+        """Whether the lease found is this run's own (a retried write whose first try was
+        applied, its answer lost); if so, its etag is the one to renew against."""
+        if lease is None or lease.get("owner") != self.owner:
+            return False
+        self.etag = etag
+        return True
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -102,9 +108,7 @@ class Lease:
         try:
             self.etag = self._put(if_match=self.etag)
         except FileExistsError:
-            current, etag = self._read()
-            if current is not None and current.get("owner") == self.owner:
-                self.etag = etag  # a retried renewal whose first try was applied: still ours
+            if self._ours(*self._read()):  # a retried renewal whose first try was applied: still ours
                 return
             self.lost = True
             event("lease", f"{self.folder}: another run took over this run's lease; stopping at the next write",
