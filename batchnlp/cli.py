@@ -296,6 +296,29 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
         sys.exit(USER_ERROR)
 
 
+@main.command("cache")
+@click.option("--clear", is_flag=True, help="Remove every entry (each is rebuilt by the next run that needs it).")
+@user_errors
+def cache_command(clear: bool) -> None:
+    """List the converted-model cache (GGUF checkpoints converted once): entries, sizes, problems."""
+    import shutil
+
+    from batchnlp.model import cache
+
+    found = cache.entries()
+    if clear:
+        for entry in found:
+            shutil.rmtree(entry["entry"], ignore_errors=True)
+        click.echo(f"removed {len(found)} entr{'y' if len(found) == 1 else 'ies'} "
+                   f"({sum(e['bytes'] for e in found) / 2**20:.0f} MiB) from {cache.root()}")
+        return
+    click.echo(f"model cache: {cache.root()} (BATCHNLP_CACHE)")
+    for entry in found:
+        click.echo(f"  {entry['entry']}  {entry['bytes'] / 2**20:.0f} MiB  {entry['source'] or '?'}"
+                   + (f"  ({entry['problem']}: rebuilt when next needed)" if entry["problem"] else ""))
+    click.echo(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}, {sum(e['bytes'] for e in found) / 2**20:.0f} MiB")
+
+
 @main.command()
 @click.argument("output_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the output's state as JSON (schema: README, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Container
 
@@ -72,27 +73,30 @@ class Job:
     task: Task
     schema: pa.Schema
     max_length: int
+    #: The converted-model cache's answer (hit, seconds, entry), None when nothing needed converting.
+    model_cache: dict[str, Any] | None = None
 
 
 def describe_job(spec: JobSpec, plan: Plan, resolved: ResolvedModel, quiet: bool = True) -> Job:
     # Heavy imports only now: `validate`, `--help` and the checks before this stay instant.
-    from batchnlp.model import load
+    from batchnlp.model import cache, load
 
     if quiet:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
     trust = spec.model.trust_remote_code
+    task_cls = task_class(spec.task.name)
+    resolved, model_cache = cache.converted(resolved, task_cls.model_class, trust)
     config = load.load_config(resolved, trust)
     tokenizer = load.load_tokenizer(resolved, trust)
     check_max_length(spec.runtime.max_length, config.to_dict())
-    task_cls = task_class(spec.task.name)
     max_length = spec.runtime.max_length or min(load.default_max_length(resolved.directory, tokenizer, config),
                                                 task_cls.default_max_length or 1 << 30)
     task = task_cls(spec.task.params, config, tokenizer, max_length)
     schema = output_schema(plan.schema, task.fields(), spec.output.prefix)
     check_collisions(schema.names)
-    return Job(spec, plan, resolved, config, tokenizer, task, schema, max_length)
+    return Job(spec, plan, resolved, config, tokenizer, task, schema, max_length, model_cache)
 
 
 @dataclass
@@ -102,6 +106,10 @@ class Session:
     job: Job
     annotator: Annotator
     probe: dict[str, Any] | None
+    #: Seconds to load the weights (with the converted-model cache's lookup or conversion), and
+    #: to run the precision probe after.
+    load_seconds: float = 0.0
+    probe_seconds: float = 0.0
 
     def run_info(self) -> dict[str, Any]:
         """This run's device, precision and batch settings, for its entry in the output's record."""
@@ -110,7 +118,8 @@ class Session:
                 "precision": self.annotator.placement.name,
                 "attention": getattr(model.config, "_attn_implementation", None),
                 "batch_tokens": runtime.batch_tokens, "max_batch_size": runtime.max_batch_size,
-                "num_workers": runtime.num_workers}
+                "num_workers": runtime.num_workers, "model_cache": self.job.model_cache,
+                "model_load_seconds": self.load_seconds, "probe_seconds": self.probe_seconds}
 
 
 def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = None) -> Session:
@@ -120,6 +129,7 @@ def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = 
     from batchnlp.annotator import Annotator
     from batchnlp.model import device, load
 
+    began = time.perf_counter()
     spec = job.spec
     if spec.runtime.threads:
         import torch
@@ -131,12 +141,15 @@ def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = 
     with placement.context():
         job.task.prepare(model)
     annotator = Annotator(job, model, placement)
+    loaded = time.perf_counter()
     probe = None
     if placement.needs_probe:
         probe = precision_probe(annotator, done)
         if not probe["kept"]:
             annotator = annotator.in_float32()
-    return Session(job, annotator, probe)
+    converting = (job.model_cache or {}).get("seconds", 0.0)
+    return Session(job, annotator, probe, round(converting + loaded - began, 3),
+                   round(time.perf_counter() - loaded, 3))
 
 
 def precision_probe(annotator: Annotator, done: Container[ShardKey] = ()) -> dict[str, Any]:

@@ -22,6 +22,15 @@ MODELS = {"classifier": tiny_models.sentiment_classifier, "encoder": tiny_models
           "marian": tiny_models.marian}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """The converted-model cache of the whole session: never the user's ~/.cache, shared by the
+    tests (and the processes they start) so that a GGUF is converted once per session."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    os.environ["BATCHNLP_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """The one model factory: tiny_model("classifier") -> the directory of that model."""

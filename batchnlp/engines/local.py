@@ -27,12 +27,15 @@ def run(ctx: RunContext) -> RunResult:
     with watchdog.doing("loading the model"):
         session = open_session(ctx.job, ctx.done, ctx.pinned)
     placement = session.annotator.placement
-    event("model", f"model loaded in {time.perf_counter() - began:.1f} s: {placement.device} {placement.name}",
-          seconds=round(time.perf_counter() - began, 2), device=str(placement.device), precision=placement.name,
-          probe=session.probe, file_only=True)
+    cached = session.job.model_cache
+    event("model", f"model loaded in {session.load_seconds:.1f} s"
+          + (f" ({'from' if cached['hit'] else 'converted into'} the model cache)" if cached else "")
+          + f", precision probe {session.probe_seconds:.1f} s: {placement.device} {placement.name}",
+          seconds=round(time.perf_counter() - began, 2), load_seconds=session.load_seconds,
+          probe_seconds=session.probe_seconds, model_cache=cached, device=str(placement.device),
+          precision=placement.name, probe=session.probe, file_only=True)
     committer = ctx.committer()
-    ctx.start_run(committer, {"engine": "local", **session.run_info(),
-                              "model_load_seconds": round(time.perf_counter() - began, 3)},
+    ctx.start_run(committer, {"engine": "local", **session.run_info()},
                   session.probe, session.annotator.placement.name)
     return run_shards(ctx, session.annotator, committer)
 

@@ -101,7 +101,8 @@ def run(ctx: RunContext) -> RunResult:
         "engine": "ray", "ray_version": ray.__version__, "ray_address": ctx.address or "local",
         "cluster_resources": ray.cluster_resources(), "actors": actors, **remote_args,
         "torch_threads_per_actor": threads, "dtype": precision, "precision": precision, "precision_probe": probe,
-        "probe_seconds": load_seconds, "batch_tokens": ctx.job.spec.runtime.batch_tokens,
+        "probe_seconds": load_seconds, "model_cache": ctx.job.model_cache,
+        "batch_tokens": ctx.job.spec.runtime.batch_tokens,
         "max_batch_size": ctx.job.spec.runtime.max_batch_size}, probe, precision)
     progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
     try:

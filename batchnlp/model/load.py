@@ -65,7 +65,7 @@ def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, 
     import transformers
 
     try:
-        with _no_load_report():
+        with no_load_report():
             model, info = getattr(transformers, model_class).from_pretrained(
                 resolved.directory, dtype=placement.weights_dtype, output_loading_info=True,
                 **_kwargs(resolved, trust_remote_code))
@@ -92,7 +92,7 @@ def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, 
 
 
 @contextlib.contextmanager
-def _no_load_report() -> Iterator[None]:
+def no_load_report() -> Iterator[None]:
     """transformers logs a multi-line table of missing and unexpected weights while loading; the
     missing ones are reported by batchnlp in one line (or allowed), the unexpected ones (a head
     that the task does not use) are harmless. Its other warnings stay."""

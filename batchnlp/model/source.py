@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchnlp.checksums import sha256
 from batchnlp.errors import ModelUnavailableError, SpecError
 from batchnlp.spec import ModelSpec
 
@@ -89,11 +88,13 @@ def _package_dir(spec: ModelSpec) -> tuple[Path, str]:
 def weights_hash(directory: Path, gguf_file: str | None = None) -> dict[str, str]:
     """sha256 of each weight file (only the named one for GGUF, where a directory may hold several
     quantisations), so the output's record pins exactly which weights ran."""
+    from batchnlp.model.cache import file_sha256  # remembered by size and mtime: not re-read every run
+
     out = {}
     paths = [directory / gguf_file] if gguf_file else sorted(directory.rglob("*"))
     for path in paths:
         if path.suffix in WEIGHT_SUFFIXES and path.is_file():
-            out[str(path.relative_to(directory))] = sha256(path)
+            out[str(path.relative_to(directory))] = file_sha256(path)
     return out
 
 

@@ -1,0 +1,286 @@
+"""The converted-model cache: a checkpoint that transformers must convert on every load (a GGUF file
+is dequantised tensor by tensor, ~20-60 s for SmolLM2-135M) is converted once and kept as a plain
+model directory (safetensors, config, tokenizer), which later runs map in well under a second.
+
+Where: `BATCHNLP_CACHE`, else `$XDG_CACHE_HOME/batchnlp`, else `~/.cache/batchnlp`; entries live in
+`converted/`. An entry is keyed by the source file's sha256, the model class and the versions of
+the libraries that converted it, and holds `entry.json` (written last) with every file's size,
+mtime and sha256. It is built in a private temporary folder and published by one rename, so a run
+killed mid-write leaves no entry, and two runs converting at once both end up using one complete
+entry. An entry whose files do not match its `entry.json` (truncated, edited, half deleted) is
+never loaded: it is removed and rebuilt. A new entry for the same source file replaces older
+ones (other library versions), so the cache holds one copy per model file.
+
+Also here: sha256 of large files remembered by path, size and mtime (as input files are), so the
+weights' hash that pins the model in the output's record is not recomputed on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from batchnlp.checksums import sha256
+from batchnlp.log import event
+from batchnlp.model.source import ResolvedModel
+
+FORMAT = 1
+ENTRY = "entry.json"
+#: The libraries whose versions decide the converted bytes.
+CONVERTERS = ("transformers", "gguf", "torch", "safetensors", "tokenizers")
+
+
+def root() -> Path:
+    if os.environ.get("BATCHNLP_CACHE"):
+        return Path(os.environ["BATCHNLP_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "batchnlp"
+
+
+def needs_converting(resolved: ResolvedModel) -> bool:
+    return resolved.gguf_file is not None
+
+
+def converted(resolved: ResolvedModel, model_class: str, trust_remote_code: bool) -> tuple[ResolvedModel, dict | None]:
+    """The model to load: the cached conversion of `resolved` (built now on a miss), or `resolved`
+    itself when it needs no converting. The second item goes to the run's record: hit or miss,
+    the seconds it took, the entry's path (None when nothing needed converting)."""
+    if not needs_converting(resolved):
+        return resolved, None
+    began = time.perf_counter()
+    source = resolved.directory / resolved.gguf_file
+    source_hash = resolved.identity.get("weights_sha256", {}).get(resolved.gguf_file) or file_sha256(source)
+    key = entry_key(source_hash, model_class)
+    folder = root() / "converted"
+    entry = folder / key
+    problem = check_entry(entry)
+    if problem is None:
+        return _use(resolved, entry), _info(True, began, entry)
+    if entry.exists():
+        event("model_cache", f"model cache: rebuilding {entry} ({problem})", level=logging.WARNING,
+              entry=str(entry), problem=problem)
+        _discard(entry)
+    event("model_cache", f"converting {source.name} once into the model cache {folder} (later runs load it "
+          "in about a second)", entry=str(entry), file_only=True)
+
+    def build(into: Path) -> None:
+        _convert(resolved, model_class, trust_remote_code, into)
+
+    try:
+        published = store(entry, build, source={"file": resolved.gguf_file, "sha256": source_hash,
+                                                "path": str(source)}, model_class=model_class)
+    except OSError as e:  # unwritable or full cache: run from the GGUF, as before the cache
+        event("model_cache", f"model cache: cannot write {folder} ({e.strerror or e}); loading {source.name} "
+              "directly (set BATCHNLP_CACHE to a writable folder)", level=logging.WARNING)
+        info = _info(False, began, None)
+        info["stored"] = False
+        return resolved, info
+    return _use(resolved, published), _info(False, began, published)
+
+
+def entry_key(source_hash: str, model_class: str) -> str:
+    """<source sha256[:16]>-<hash of what else decides the converted bytes>[:16]."""
+    versions = {name: _version(name) for name in CONVERTERS}
+    detail = json.dumps({"format": FORMAT, "model_class": model_class, "dtype": "float32", "libraries": versions},
+                        sort_keys=True)
+    return f"{source_hash[:16]}-{hashlib.sha256(detail.encode()).hexdigest()[:16]}"
+
+
+def check_entry(entry: Path) -> str | None:
+    """None if `entry` is complete and its files are the bytes it recorded, else what is wrong.
+    A file whose size and mtime match is trusted; one whose mtime moved is hashed again."""
+    try:
+        record = json.loads((entry / ENTRY).read_text())
+    except FileNotFoundError:
+        return "no entry.json: never finished" if entry.exists() else "missing"
+    except (OSError, ValueError) as e:
+        return f"unreadable entry.json ({e})"
+    if record.get("format") != FORMAT or not isinstance(record.get("files"), dict) or not record["files"]:
+        return "entry.json of another format"
+    for name, meta in record["files"].items():
+        path = entry / name
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{name} is missing"
+        if stat.st_size != meta["size"]:
+            return f"{name} is {stat.st_size} bytes, {meta['size']} expected (truncated or replaced)"
+        if stat.st_mtime_ns != meta["mtime_ns"] and sha256(path) != meta["sha256"]:
+            return f"{name} has changed since it was written"
+    return None
+
+
+def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
+    """Build an entry in a private temporary folder beside `entry`, record its files, and publish
+    it with one rename. If another process published the same entry meanwhile, keep theirs."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(entry)
+    tmp = entry.parent / f".{entry.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        build(tmp)
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            stat = path.stat()
+            files[str(path.relative_to(tmp))] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                                 "sha256": sha256(path)}
+        meta = {"format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "libraries": {name: _version(name) for name in CONVERTERS}, **record, "files": files}
+        _write_durably(tmp / ENTRY, json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if check_entry(entry) is not None:  # not a finished competitor: a real failure
+                raise
+            _discard(tmp)  # another run published the same conversion first
+        else:
+            _fsync_dir(entry.parent)
+            _replace_older(entry)
+    except BaseException:
+        _discard(tmp)
+        raise
+    return entry
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered by its absolute path, size and mtime in the cache folder."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo = root() / "hashes" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    try:
+        known = json.loads(memo.read_text())
+        if known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
+            return known["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        tmp.write_text(json.dumps({"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                   "sha256": digest}))
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # an unwritable cache only costs the hash next time
+    return digest
+
+
+def entries() -> list[dict[str, Any]]:
+    """Every entry in the cache: path, size in bytes, source file, whether it is complete."""
+    folder = root() / "converted"
+    out = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if not entry.is_dir():
+            continue
+        size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+        try:
+            source = json.loads((entry / ENTRY).read_text()).get("source", {}).get("file")
+        except (OSError, ValueError):
+            source = None
+        problem = "unfinished (temporary)" if entry.name.startswith(".") else check_entry(entry)
+        out.append({"entry": str(entry), "bytes": size, "source": source, "problem": problem})
+    return out
+
+
+def _convert(resolved: ResolvedModel, model_class: str, trust_remote_code: bool, into: Path) -> None:
+    """Load the checkpoint the slow way once (float32, as transformers dequantises it) and save
+    it as a plain directory: config without its quantization section, tokenizer, safetensors."""
+    import torch
+    import transformers
+
+    from batchnlp.model import load
+
+    kwargs = {"trust_remote_code": trust_remote_code, "gguf_file": resolved.gguf_file}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.directory, **kwargs)
+    with load.no_load_report():
+        model = getattr(transformers, model_class).from_pretrained(resolved.directory, dtype=torch.float32,
+                                                                   **kwargs)
+    # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantizer; its weights
+    # are already plain float32 tensors.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(into, safe_serialization=True)
+    tokenizer.save_pretrained(into)
+
+
+def _use(resolved: ResolvedModel, entry: Path) -> ResolvedModel:
+    # The identity (what the output's record pins) stays the source file's.
+    return ResolvedModel(entry, resolved.identity, None)
+
+
+def _info(hit: bool, began: float, entry: Path | None) -> dict[str, Any]:
+    return {"hit": hit, "seconds": round(time.perf_counter() - began, 3), "entry": str(entry) if entry else None}
+
+
+def _sweep(entry: Path) -> None:
+    """Remove temporary folders of this entry left by dead processes on this host (killed mid-write)."""
+    host = socket.gethostname()
+    for tmp in entry.parent.glob(f".{entry.name}.tmp-*"):
+        rest = tmp.name.removeprefix(f".{entry.name}.tmp-")
+        tmp_host, _, pid = rest.rpartition("-")[0].rpartition("-")
+        if tmp_host == host and pid.isdigit() and not _alive(int(pid)):
+            _discard(tmp)
+    for gone in entry.parent.glob(".*.gone-*"):  # a removal cut short
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def _replace_older(entry: Path) -> None:
+    """Entries for the same source file made by other library versions: the new one replaces them."""
+    prefix = entry.name.split("-")[0]
+    for other in entry.parent.glob(f"{prefix}-*"):
+        if other != entry and other.is_dir():
+            _discard(other)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _discard(path: Path) -> None:
+    # Renamed aside first so that no reader ever sees a half-deleted entry under its real name.
+    aside = path.with_name(f".{path.name.lstrip('.')}.gone-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
