@@ -122,6 +122,12 @@ def _check_model_files(spec: JobSpec, directory: Path) -> None:
     task_cls = task_class(spec.task.name)
     architectures = config.get("architectures") or []
     headless = architectures and not any("For" in a or a.endswith(("LMHeadModel", "MTModel")) for a in architectures)
+    wants = task_cls.model_class_of(spec.task.params)
+    if wants == "AutoModelForCausalLM" and architectures and not headless and \
+            not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        raise ModelUnavailableError(f"model: {directory} is a {architectures[0]}, not a causal language model, which "
+                                    f"{spec.task.name}" + (" with method: causal-lm" if spec.task.name.startswith(
+                                        "zero") else "") + " needs (an ...ForCausalLM checkpoint)")
     if task_cls.needs_head(spec.task.params) and headless and not spec.model.allow_missing_weights:
         raise ModelUnavailableError(
             f"model: {directory} is a bare {architectures[0]} with no head for {spec.task.name}: its answers would "

@@ -292,15 +292,31 @@ def test_dataloader_workers_give_the_same_output(tmp_path, classifier_dir, revie
 # -- precision and memory safety -----------------------------------------------------------------
 
 
-def test_auto_dtype_keeps_bfloat16_when_the_probe_agrees(tmp_path, classifier_dir, reviews_csv):
+def test_auto_dtype_keeps_bfloat16_when_the_probe_agrees(tmp_path, classifier_dir, reviews_csv, monkeypatch):
+    from batchnlp import session
     from batchnlp.model.device import native_bf16
 
     if not native_bf16():
         pytest.skip("this CPU has no native bfloat16")
+    monkeypatch.setattr(session, "PROBE_SLOWER", float("inf"))  # a tiny model's timings are noise
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
     run_info = record(tmp_path / "out")["runs"][0]
     assert run_info["dtype"] == "bfloat16" and run_info["autocast_dtype"] == "bfloat16"
     assert run_info["precision_probe"]["kept"] and run_info["precision_probe"]["agreement"] >= 0.995
+
+
+def test_auto_dtype_falls_back_to_float32_when_bfloat16_is_slower(tmp_path, classifier_dir, reviews_csv,
+                                                                  monkeypatch):
+    from batchnlp import session
+    from batchnlp.model.device import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    monkeypatch.setattr(session, "PROBE_SLOWER", 0.0)  # as if bfloat16 took longer than float32
+    run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
+    probe = record(tmp_path / "out")["runs"][0]["precision_probe"]
+    assert probe["agreement"] >= 0.995 and not probe["kept"] and probe["refused"] == "slower than float32"
+    assert record(tmp_path / "out")["pinned"]["precision"] == "float32"
 
 
 def test_auto_dtype_falls_back_to_float32_when_the_probe_disagrees(tmp_path, classifier_dir, reviews_csv,
@@ -314,6 +330,7 @@ def test_auto_dtype_falls_back_to_float32_when_the_probe_disagrees(tmp_path, cla
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
     run_info = record(tmp_path / "out")["runs"][0]
     assert run_info["dtype"] == "float32" and not run_info["precision_probe"]["kept"]
+    assert run_info["precision_probe"]["refused"] == "disagrees with float32"
     expected, id2label = reference_scores(classifier_dir, TEXTS)
     np.testing.assert_allclose(read_output(tmp_path / "out").column("score").to_numpy(), expected.max(-1),
                                atol=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -81,6 +82,105 @@ def test_zero_shot_labels_from_a_column(tmp_path, nli_dir):
     run(load_spec(job), overwrite=True, quiet=True)
     assert read_output(tmp_path / "out").column("labels").to_pylist() == [
         pipe("the city", candidate_labels=["world", "sports"])["labels"]]
+
+
+def _answer_logprob(model, prompt_ids, answer_ids):
+    """log P(answer | prompt) from one forward of the whole sequence, no cache, no padding."""
+    with torch.inference_mode():
+        logprobs = model(torch.tensor([prompt_ids + answer_ids])).logits[0].log_softmax(-1)
+    return sum(logprobs[len(prompt_ids) - 1 + j, token].item() for j, token in enumerate(answer_ids))
+
+
+INSTRUCTION = "Read the review below and say what it is mostly about, in one of the labels given.\n{text}"
+
+
+@pytest.mark.parametrize("chat,multi_label,scoring,template,hypothesis", [
+    (False, False, "total", None, None), (True, False, "total", None, None), (False, False, "mean", None, None),
+    (True, True, "total", None, None), (False, False, "total", INSTRUCTION, None),
+    (True, True, "mean", INSTRUCTION + " {label}", None), (True, False, "mean", INSTRUCTION, "The answer is {}")])
+def test_zero_shot_causal_lm_scores_each_label_as_the_answer(tmp_path, causal_dir, monkeypatch, chat, multi_label,
+                                                              scoring, template, hypothesis):
+    """Against the brute force: each (prompt, label) pair run whole, alone. Batches of left-padded
+    prompts of different lengths with labels scored on the prompts' KV cache must give the same
+    log-likelihoods (GPT-2's learned positions make any padding or position slip show). With an
+    instruction before {text}, the prompts' shared beginning runs once for the batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import decoding, likelihood, zero_shot
+
+    shared = []
+    spy = likelihood._shared_prefix
+    monkeypatch.setattr(likelihood, "_shared_prefix", lambda *a: shared.append(spy(*a)) or shared[-1])
+    labels = ["good", "bad thing", "neutral"]
+    table = run_task(tmp_path, causal_dir, {"name": "zero-shot-classification", "method": "causal-lm",
+                                            "candidate_labels": labels, "chat_template": chat,
+                                            "multi_label": multi_label, "label_scoring": scoring,
+                                            **({"prompt_template": template} if template else {}),
+                                            **({"hypothesis_template": hypothesis} if hypothesis else {})},
+                     [{"text": t} for t in MIXED], runtime={"batch_tokens": 400})
+    if template:  # the shared-prefix path ran: the prompts begin with the instruction
+        assert max(shared) >= likelihood.MIN_SHARED
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    end = likelihood.end_of_turn(tokenizer) if chat else []
+    assert end == ([tokenizer.convert_tokens_to_ids("</s>")] if chat else [])  # the template's end of turn
+
+    def prompt_ids(text, template, answers, **slots):
+        prompt = decoding.build_prompt(tokenizer, template, text, chat, None, **slots)
+        ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        return ids[-(128 - max(len(a) for a in answers)):]  # the model's 128 positions
+
+    for text, got_labels, got_scores in zip(MIXED, table.column("labels").to_pylist(),
+                                            table.column("scores").to_pylist()):
+        if multi_label:
+            yes, no = (tokenizer(a, add_special_tokens=False)["input_ids"][:1] for a in ("Yes", "No"))
+            expected = []
+            for label in labels:
+                ids = prompt_ids(text, template or zero_shot.MULTI_PROMPT, [yes], label=label)
+                pair = np.array([_answer_logprob(model, ids, yes), _answer_logprob(model, ids, no)])
+                expected.append(pair[0] - np.logaddexp(*pair))  # log P(Yes) / (P(Yes) + P(No))
+            expected = np.array(expected)
+        else:
+            answers = [tokenizer((hypothesis or "{}").format(label), add_special_tokens=False)["input_ids"] + end
+                       for label in labels]
+            ids = prompt_ids(text, template or zero_shot.PROMPT, answers, labels=", ".join(labels))
+            values = np.array([_answer_logprob(model, ids, a) / (len(a) if scoring == "mean" else 1)
+                               for a in answers])
+            expected = values - np.logaddexp.reduce(values)  # log softmax over the labels
+        order = np.argsort(-expected, kind="stable")
+        assert got_labels == [labels[i] for i in order]
+        # log scale: the tiny model's scores are near 0 or 1, where an absolute tolerance hides slips
+        np.testing.assert_allclose(np.log(got_scores), expected[order], atol=2e-3)
+        if not multi_label:
+            assert sum(got_scores) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("task,message", [
+    ({"method": "causal-lm", "multi_label": True, "prompt_template": "{text}?"}, "must contain {label}"),
+    ({"method": "causal-lm", "prompt_template": "no text"}, "must contain {text}"),
+    ({"method": "nli", "chat_template": True}, "task.chat_template: only applies to method: causal-lm"),
+    ({"method": "causal-lm", "system_prompt": "be brief"}, "only applies with chat_template"),
+])
+def test_zero_shot_causal_lm_spec_errors(tmp_path, causal_dir, task, message):
+    from batchnlp.errors import SpecError
+
+    job = write_job(tmp_path, input={"path": str(tmp_path / "x.csv"), "text_column": "text"},
+                    task={"name": "zero-shot-classification", "candidate_labels": ["a", "b"], **task},
+                    model={"path": str(causal_dir)})
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_spec(job)
+
+
+def test_validate_refuses_a_classifier_for_causal_lm(tmp_path, nli_dir, reviews_csv):
+    from click.testing import CliRunner
+
+    from batchnlp.cli import main
+
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "zero-shot-classification", "candidate_labels": ["a", "b"], "method": "causal-lm"},
+                    model={"path": str(nli_dir)})
+    result = CliRunner().invoke(main, ["validate", str(job)])
+    assert result.exit_code == 2 and "not a causal language model" in result.output
 
 
 def test_zero_shot_embedding_method(tmp_path, encoder_dir):

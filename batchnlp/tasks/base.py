@@ -85,6 +85,12 @@ class Task:
         or ModelUnavailableError); `params`, `config`, `tokenizer`, `max_length` are set."""
 
     @classmethod
+    def model_class_of(cls, params: Any) -> str:
+        """The Auto class for these parameters (a task whose class depends on them overrides this);
+        known before the model's config, since converting a checkpoint needs it."""
+        return cls.model_class
+
+    @classmethod
     def extra_columns(cls, params: Any) -> dict[str, str]:
         """Input columns the task reads besides input.text_column/text_pair_column: {key: column}."""
         return {}

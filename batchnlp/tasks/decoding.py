@@ -84,6 +84,21 @@ def seed_shard(seed: int, index: int) -> None:
     torch.manual_seed(seed + index)  # seeds CUDA too
 
 
+def build_prompt(tokenizer: Any, template: str, text: str, chat_template: bool, system_prompt: str | None,
+                 **slots: str) -> str:
+    """The prompt for one text: `template` with {text} (and any other {slot}) filled, then, with
+    `chat_template`, the user message of the model's chat template after an optional system
+    message. str.replace, not format: the text and the template may hold braces of their own."""
+    for name, value in slots.items():
+        template = template.replace("{" + name + "}", value)
+    text = template.replace("{text}", text)
+    if not chat_template:
+        return text
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": text})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def cut_at_stop(text: str, stops: Any) -> str:
     """Cut generated text at the first stop string (the stop string itself is left out)."""
     cut = len(text)

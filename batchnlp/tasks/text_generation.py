@@ -75,13 +75,9 @@ class TextGeneration(decoding.Generative):
         return [[{"input_ids": ids[-room:], "meta": None}] for ids in enc["input_ids"]]
 
     def _prompt(self, text: str) -> str:
-        # str.replace, not format: the text and the template may hold braces of their own.
-        text = self.params.prompt_template.replace("{text}", text)
-        if not self.params.chat_template:
-            return text
-        messages = ([{"role": "system", "content": self.params.system_prompt}] if self.params.system_prompt else [])
-        messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        params = self.params
+        return decoding.build_prompt(self.tokenizer, params.prompt_template, text, params.chat_template,
+                                     params.system_prompt)
 
     def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
         """The tutorial loop: one prompt at a time, greedy."""

@@ -4,7 +4,14 @@
 entailment logit of an NLI model, as transformers' pipeline does; the pairs are features, so they
 are sorted and batched with every other pair of the shard and cost one forward each, with no
 per-text overhead. `embedding` embeds each text once and each distinct label once and ranks the
-labels by cosine similarity: one forward per text whatever the number of labels.
+labels by cosine similarity: one forward per text whatever the number of labels. `causal-lm` asks
+an instruction LLM: the prompt (with `prompt_template`, `chat_template`, `system_prompt`, as
+text-generation builds it) runs once, and each label is scored by its log-likelihood as the answer
+on the prompt's KV cache (`likelihood.py`); every row gets one of the labels, never free text.
+Scores are the softmax over the labels of the answers' total log-probabilities (with a chat
+template the answer ends with its end-of-turn token: the label is the whole reply), or of their
+mean per token with `label_scoring: mean`. With `multi_label`, each label is its own question
+(`{label}` in the prompt) and its score is P(Yes) / (P(Yes) + P(No)) for the answer's first token.
 """
 
 from __future__ import annotations
@@ -17,8 +24,15 @@ import pyarrow as pa
 
 from batchnlp.errors import ModelUnavailableError, SpecError
 from batchnlp.settings import doc
+from batchnlp.tasks import decoding, likelihood
 from batchnlp.tasks.base import Baseline, Feature, RowError, Task, make_pipeline
 from batchnlp.tasks.embeddings import pool
+
+
+PROMPT = "{text}\n\nWhich one of these labels fits it best: {labels}? Answer with the label only."
+MULTI_PROMPT = "{text}\n\nIs this about {label}? Answer Yes or No."
+#: causal-lm with multi_label: the answers whose likelihoods make a label's score.
+YES_NO = ("Yes", "No")
 
 
 @dataclass(frozen=True)
@@ -32,11 +46,29 @@ class Params:
         "(the hypothesis), the label itself for embedding.", default=None)
     multi_label: bool = doc("nli: score each label on its own (entailment vs contradiction) instead of "
                             "softmaxing over the labels.", default=False)
-    method: Literal["nli", "embedding"] = doc(
+    method: Literal["nli", "embedding", "causal-lm"] = doc(
         "nli: an NLI model (AutoModelForSequenceClassification); embedding: a sentence-embedding model "
-        "(AutoModel, mean pooling).", default="nli")
+        "(AutoModel, mean pooling); causal-lm: an instruction LLM (AutoModelForCausalLM) scoring each label "
+        "as its answer.", default="nli")
     temperature: float = doc("embedding: scores are softmax(cosine / temperature) over the labels.",
                              default=0.05)
+    prompt_template: str | None = doc(
+        "causal-lm: the prompt made from each text: {text} marks the text, {labels} the labels joined by "
+        "', ', and with multi_label {label} the one label asked about. Default: " + repr(PROMPT) + ", with "
+        "multi_label " + repr(MULTI_PROMPT) + ".", default=None)
+    chat_template: bool = doc("causal-lm: wrap the prompt as the user message of the model's chat template.",
+                              default=False)
+    system_prompt: str | None = doc("causal-lm with chat_template: a system message before the user message.",
+                                    default=None)
+    answer_ends_reply: bool = doc(
+        "causal-lm with chat_template: the answer is the whole reply, so its end-of-turn token is scored too "
+        "(\"positive\" may not be the start of \"positively awful\"); false scores the answer as the start of "
+        "a longer reply, for a hypothesis_template that leads in the way the model answers (\"This review is "
+        "{}\").", default=True)
+    label_scoring: Literal["total", "mean"] = doc(
+        "causal-lm: softmax over the labels of each answer's total log-probability (the probability of the "
+        "whole answer, renormalised over the labels), or of its mean log-probability per token.",
+        default="total")
 
     def validate(self) -> None:
         if (self.candidate_labels is None) == (self.candidate_labels_column is None):
@@ -46,9 +78,27 @@ class Params:
         if self.hypothesis_template is not None and "{}" not in self.hypothesis_template:
             raise SpecError("task.hypothesis_template", "must contain {} where the label goes")
         if self.method == "embedding" and self.multi_label:
-            raise SpecError("task.multi_label", "only applies to method: nli")
+            raise SpecError("task.multi_label", "only applies to methods nli and causal-lm")
         if self.temperature <= 0:
             raise SpecError("task.temperature", "must be above 0")
+        causal = self.method == "causal-lm"
+        for key, value in (("prompt_template", self.prompt_template), ("chat_template", self.chat_template),
+                           ("system_prompt", self.system_prompt)):
+            if value and not causal:
+                raise SpecError(f"task.{key}", "only applies to method: causal-lm")
+        if self.system_prompt is not None and not self.chat_template:
+            raise SpecError("task.system_prompt", "only applies with chat_template: true")
+        if causal:
+            template = self.prompt_template or (MULTI_PROMPT if self.multi_label else PROMPT)
+            if "{text}" not in template:
+                raise SpecError("task.prompt_template", "must contain {text} where each row's text goes")
+            if self.multi_label and "{label}" not in template:
+                raise SpecError("task.prompt_template", "with multi_label, must contain {label}: each label is "
+                                                        "asked about on its own (answered Yes or No)")
+
+    def model_class(self) -> str:
+        return {"embedding": "AutoModel", "causal-lm": "AutoModelForCausalLM"}.get(
+            self.method, "AutoModelForSequenceClassification")
 
 
 class ZeroShot(Task):
@@ -58,10 +108,12 @@ class ZeroShot(Task):
 
     def setup(self) -> None:
         super().setup()
-        self.model_class = "AutoModel" if self.params.method == "embedding" else "AutoModelForSequenceClassification"
-        default = "{}" if self.params.method == "embedding" else "This example is {}."
+        self.model_class = self.model_class_of(self.params)
+        default = "This example is {}." if self.params.method == "nli" else "{}"
         self.template = self.params.hypothesis_template or default
         self.label_vectors: dict[str, np.ndarray] = {}
+        if self.params.method == "causal-lm":
+            self._setup_causal()
         if self.params.method == "nli":
             self.entailment = _label_index(self.config, "entail")
             if self.entailment is None:
@@ -74,6 +126,24 @@ class ZeroShot(Task):
             if self.contradiction is None:
                 self.contradiction = -1 if self.entailment == 0 else 0
 
+    def _setup_causal(self) -> None:
+        params = self.params
+        if params.chat_template and not self.tokenizer.chat_template:
+            raise SpecError("task.chat_template", "this model's tokenizer has no chat template")
+        self.padding_side = "left"  # every prompt ends at the last position, where answers begin
+        self.prompt = params.prompt_template or (MULTI_PROMPT if params.multi_label else PROMPT)
+        self.end = likelihood.end_of_turn(self.tokenizer) if params.chat_template and params.answer_ends_reply else []
+        self.answers: dict[str, list[int]] = {}
+        if params.multi_label:
+            self.answers = {a: likelihood.answer_ids(self.tokenizer, a)[:1] for a in YES_NO}
+            if self.answers["Yes"] == self.answers["No"]:
+                raise ModelUnavailableError("model: its tokenizer writes Yes and No with the same first token; "
+                                            "multi_label with causal-lm cannot tell them apart")
+
+    @classmethod
+    def model_class_of(cls, params: Params) -> str:
+        return params.model_class()
+
     @classmethod
     def extra_columns(cls, params: Params) -> dict[str, str]:
         return {"task.candidate_labels_column": params.candidate_labels_column} if params.candidate_labels_column \
@@ -81,7 +151,17 @@ class ZeroShot(Task):
 
     @classmethod
     def needs_head(cls, params: Params) -> bool:
-        return params.method == "nli"
+        return params.method != "embedding"
+
+    def prepare(self, model: Any) -> None:
+        if self.params.method == "causal-lm" and (why := likelihood.check_croppable(model)) is not None:
+            raise ModelUnavailableError(f"model: method causal-lm scores labels on the prompt's KV cache, and {why}")
+
+    def batch_length(self, feature: Feature) -> int:
+        extra = 0
+        if self.params.method == "causal-lm":  # each answer's tokens run on the prompt's cache
+            extra = max((len(self._answer(a)) for a in feature["meta"]), default=0)
+        return len(feature["input_ids"]) + extra
 
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
@@ -104,6 +184,8 @@ class ZeroShot(Task):
                 labels.append(self.labels_of(row))
             except RowError as e:
                 labels.append(e)
+        if self.params.method == "causal-lm":
+            return self._encode_prompts(rows, labels)
         if self.params.method == "embedding":
             texts = super().encode(rows)
             return [lab if isinstance(lab, RowError) else [{**f, "meta": lab} for f in feats]
@@ -125,7 +207,42 @@ class ZeroShot(Task):
             out[i].append({**{k: enc[k][j] for k in enc.keys()}, "meta": None})
         return out
 
+    def _encode_prompts(self, rows: Sequence[dict[str, Any]], labels: list) -> list[list[Feature] | RowError]:
+        """One prompt per row (meta: the labels to score), or with multi_label one per row and label
+        (meta: Yes and No)."""
+        params = self.params
+        prompts, owner, metas = [], [], []
+        for i, (row, row_labels) in enumerate(zip(rows, labels)):
+            if isinstance(row_labels, RowError):
+                continue
+            asks = [(label, list(YES_NO)) for label in row_labels] if params.multi_label else [("", row_labels)]
+            for label, answers in asks:
+                prompts.append(decoding.build_prompt(self.tokenizer, self.prompt, row["text"], params.chat_template,
+                                                     params.system_prompt, labels=", ".join(row_labels),
+                                                     label=label))
+                owner.append(i)
+                metas.append(answers)
+        # A chat template writes its own special tokens; plain text gets the tokenizer's.
+        enc = self.tokenizer(prompts, add_special_tokens=not params.chat_template, return_attention_mask=False)
+        out: list[list[Feature] | RowError] = [lab if isinstance(lab, RowError) else [] for lab in labels]
+        for ids, i, answers in zip(enc["input_ids"], owner, metas):
+            room = self.max_length - max(len(self._answer(a)) for a in answers)
+            # Too long a prompt loses its beginning, never its end (the question and the answer's start).
+            out[i].append({"input_ids": ids[-room:], "meta": answers})
+        return out
+
+    def _answer(self, answer: str) -> list[int]:
+        if answer not in self.answers:
+            self.answers[answer] = likelihood.answer_ids(self.tokenizer, self.template.format(answer), self.end)
+        return self.answers[answer]
+
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
+        if self.params.method == "causal-lm":
+            wanted = {answer: self._answer(answer) for answers in meta for answer in answers}
+            scores = {a: s.cpu().numpy() for a, s in likelihood.score(model, batch, wanted).items()}
+            mean = self.params.label_scoring == "mean" and not self.params.multi_label
+            return [np.array([scores[a][i] / (len(wanted[a]) if mean else 1) for a in answers])
+                    for i, answers in enumerate(meta)]
         if self.params.method == "nli":
             return list(model(**batch).logits.float().cpu().numpy())
         texts = pool(model(**batch).last_hidden_state, batch["attention_mask"], "mean", True)
@@ -148,6 +265,11 @@ class ZeroShot(Task):
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
         if self.params.method == "embedding":
             labels, scores = outputs[0]
+        elif self.params.method == "causal-lm":
+            labels = self.labels_of(row)
+            # multi_label: one feature per label, (log P(Yes), log P(No)) each
+            scores = (np.array([_softmax(o)[0] for o in outputs]) if self.params.multi_label
+                      else _softmax(outputs[0]))
         else:
             labels = self.labels_of(row)
             logits = np.stack(outputs)

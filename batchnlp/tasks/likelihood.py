@@ -1,0 +1,165 @@
+"""Scoring given answers by their log-likelihood after a prompt, with a causal language model:
+what zero-shot classification's `method: causal-lm` is built on.
+
+The prompts of a batch (left-padded) go through the model once; its KV cache is kept, and each
+answer's tokens are then run on that cache for every prompt at once and cut off again
+(`DynamicCache.crop`), so the prompt is never run twice and nothing is generated. An answer's
+first token is read from the prompt's last logits, its later tokens from their own forward.
+Position ids count real tokens only, so a left-padded prompt sees the same positions as alone
+(GPT-2's learned positions depend on it; RoPE models do not mind either way).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+
+def answer_ids(tokenizer: Any, text: str, end: Sequence[int] = ()) -> list[int]:
+    """The tokens of an answer as the model would write it (no special tokens), then `end`."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + list(end)
+
+
+def end_of_turn(tokenizer: Any) -> list[int]:
+    """The special token a chat template puts right after the assistant's message (ChatML's
+    <|im_end|>, Llama 3's <|eot_id|>), so that an answer scored with it is the whole reply, not
+    its beginning ("positive" and not "positively awful"). Empty when the template has none."""
+    marker = "XQXANSWERXQX"
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # templates may refuse a conversation shape; then no end token is scored
+        return []
+    after = rendered.split(marker, 1)[1] if marker in rendered else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids)
+    return [ids[0]] if ids and ids[0] in special else []
+
+
+def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]]) -> dict[Any, Any]:
+    """{answer key: tensor [batch] of the summed log-probability of its tokens after each prompt}.
+    `batch`: left-padded input_ids and attention_mask."""
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    after, cache, cache_key, mask = _prefill(model, ids, mask.long())
+    rows = ids.shape[0]
+    base = after.new_zeros(rows)
+    # The answers' common beginning ("This review is" before each label) runs once, on the cache.
+    common = _common_prefix(list(answers.values()))
+    if common:
+        lead = list(answers.values())[0][:common]
+        base, after, mask = _extend(model, lead, after, cache, cache_key, mask)
+    scores = {}
+    for key, tokens in answers.items():
+        total, _, _ = _extend(model, tokens[common:], after, cache, cache_key, mask, keep=False)
+        scores[key] = base + total
+    return scores
+
+
+def _extend(model: Any, tokens: list[int], after: Any, cache: Any, cache_key: str, mask: Any,
+            keep: bool = True) -> tuple[Any, Any, Any]:
+    """Score `tokens` after every row's cache: (summed log-probabilities [batch], the log-probabilities
+    after them, the mask with them). `keep`: leave them in the cache (else it is cut back)."""
+    import torch
+
+    total = after[:, tokens[0]].clone()
+    if len(tokens) == 1 and not keep:
+        return total, None, mask
+    rows, device = mask.shape[0], mask.device
+    run = tokens if keep else tokens[:-1]  # the last token is fed only if what follows it is needed
+    fed = torch.tensor(run, device=device).expand(rows, -1)
+    positions = mask.sum(-1, keepdim=True) + torch.arange(len(run), device=device)
+    step_mask = torch.cat([mask, mask.new_ones(rows, len(run))], dim=1)
+    out = model(input_ids=fed, attention_mask=step_mask, position_ids=positions, use_cache=True, **{cache_key: cache})
+    logprobs = out.logits.float().log_softmax(-1)
+    following = torch.tensor(tokens[1:], device=device).expand(rows, -1)
+    total += logprobs[:, :len(tokens) - 1].gather(-1, following[:, :, None]).squeeze(-1).sum(-1)
+    if not keep:
+        cache.crop(-len(run))  # back to the prompt alone for the next answer (negative: tokens to drop)
+        return total, None, mask
+    return total, logprobs[:, -1], step_mask
+
+
+def _common_prefix(answers: list[list[int]]) -> int:
+    """How many first tokens all answers share, leaving each at least one of its own."""
+    if len(answers) < 2:
+        return 0
+    limit = min(len(a) for a in answers) - 1
+    common = 0
+    while common < limit and all(a[common] == answers[0][common] for a in answers):
+        common += 1
+    return common
+
+
+#: Fewer tokens than this in common and the prompts run whole (the extra forward would cost more).
+MIN_SHARED = 4
+
+
+def _prefill(model: Any, ids: Any, mask: Any) -> tuple[Any, Any, str, Any]:
+    """Run the prompts, keeping their KV cache: (log-probabilities of the next token [batch,
+    vocabulary], the cache, its keyword, the attention mask over the cache's positions).
+
+    Prompts made from one template share their beginning (a system prompt, the instruction
+    before {text}), often half their tokens: that prefix runs once, for one row, and its cache is
+    repeated for the batch; each row then runs only its own tokens, after the prefix and a gap
+    of masked positions (left padding). The result is the same as running each prompt whole."""
+    import torch
+
+    # Only the last position's logits: the vocabulary projection of every prompt token would cost
+    # a fifth of a small model's forward and B x length x vocabulary floats of memory.
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    batch, width = ids.shape
+    lengths = mask.sum(-1)
+    shared = _shared_prefix(ids, lengths)
+    if shared < MIN_SHARED:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+        cache, key = _cache_of(model, out)
+        return out.logits[:, -1].float().log_softmax(-1), cache, key, mask
+    start = width - int(lengths[0])
+    head = model(input_ids=ids[:1, start:start + shared], use_cache=True)
+    cache, key = _cache_of(model, head)
+    cache.batch_repeat_interleave(batch)
+    own = int((lengths - shared).max())
+    own_mask = (torch.arange(own, device=ids.device) >= own - (lengths - shared)[:, None]).long()
+    full_mask = torch.cat([mask.new_ones(batch, shared), own_mask], dim=1)
+    positions = shared + (own_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids[:, width - own:], attention_mask=full_mask, position_ids=positions, use_cache=True,
+                **keep, **{key: cache})
+    return out.logits[:, -1].float().log_softmax(-1), cache, key, full_mask
+
+
+def _shared_prefix(ids: Any, lengths: Any) -> int:
+    """How many first tokens every (left-padded) prompt has in common, leaving each at least one
+    token of its own (the last position's logits are each row's)."""
+    width = ids.shape[1]
+    if ids.shape[0] == 1:  # nothing to share with
+        return 0
+    rows = [ids[r, width - int(n):].tolist() for r, n in enumerate(lengths)]
+    limit = min(len(row) for row in rows) - 1
+    shared = 0
+    while shared < limit and all(row[shared] == rows[0][shared] for row in rows):
+        shared += 1
+    return shared
+
+
+def _cache_of(model: Any, out: Any) -> tuple[Any, str]:
+    """The KV cache a forward returned, and the keyword that hands it back: transformers 5.25
+    renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = getattr(out, "cache", None)
+    return (cache if cache is not None else getattr(out, "past_key_values", None)), key
+
+
+def check_croppable(model: Any) -> str | None:
+    """Why this model's cache cannot be cut back to the prompt (sliding-window or recurrent
+    layers), or None."""
+    import torch
+
+    probe = torch.zeros(1, 2, dtype=torch.long, device=model.device)
+    cache, _ = _cache_of(model, model(input_ids=probe, use_cache=True))
+    if cache is None or not hasattr(cache, "crop"):
+        return f"{type(model).__name__} returns no croppable KV cache"
+    if getattr(cache, "is_croppable", True) is False:
+        return f"{type(model).__name__}'s cache has layers (sliding window or recurrent) that cannot be cut back"
+    return None
