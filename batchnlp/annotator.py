@@ -87,7 +87,8 @@ class Annotator:
             features.extend(encoded)
             owners.extend([i] * len(encoded))
         lengths = [self.task.batch_length(f) for f in features]
-        batches = token_budget_batches(lengths, self.batch_tokens, self.spec.runtime.max_batch_size)
+        batches = token_budget_batches(lengths, self.batch_tokens, self.spec.runtime.max_batch_size,
+                                       self.task.batch_overhead_tokens())
         return Prepared(rows, records, errors, features, owners, batches, time.perf_counter() - began)
 
     def records(self, rows: pa.Table) -> list[dict[str, Any]]:

@@ -59,6 +59,9 @@ class Measured:
     rows: list[dict[str, Any]]
     totals: dict[str, Any]
     baseline_rows: list[dict[str, Any]] | None
+    #: Another engine on the same model file (llama.cpp for a GGUF): seconds and its last rows.
+    peer: list[float] = field(default_factory=list)
+    peer_rows: list[dict[str, Any]] | None = None
 
 
 def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool, repeats: int = 3,
@@ -72,16 +75,19 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
     naive = session.annotator.task.baseline(reference_model, texts, batch_size) if baseline else None
     if baseline and naive is None:
         echo(f"  no pipeline baseline: transformers {_version('transformers')} has no {spec.task.name} pipeline")
-    measured = measure(session.annotator, naive, repeats)
+    peer = _llama_cpp(session, texts, echo)
+    measured = measure(session.annotator, naive, repeats, peer)
     _report_speed(report, session.annotator, plan, measured, naive, batch_size, echo)
+    if peer is not None:
+        _report_peer(report, session.annotator, measured, peer, echo)
     if check_agreement:
         _report_agreement(report, session.annotator.in_float32(reference_model), measured, echo)
     _report_resources(report, session.annotator, reference_model, measured, echo)
     return report
 
 
-def measure(annotator: Annotator, naive: Baseline | None, repeats: int) -> Measured:
-    """Alternate the two sides, so a slow spell of the machine hits both alike."""
+def measure(annotator: Annotator, naive: Baseline | None, repeats: int, peer: Baseline | None = None) -> Measured:
+    """Alternate the sides, so a slow spell of the machine hits all alike."""
     measured = Measured([], [], [], {}, None)
     for _ in range(repeats):
         seconds, measured.rows, measured.totals = _run_ours(annotator)
@@ -90,7 +96,57 @@ def measure(annotator: Annotator, naive: Baseline | None, repeats: int) -> Measu
             began = time.perf_counter()
             measured.baseline_rows = naive.call()
             measured.theirs.append(time.perf_counter() - began)
+        if peer is not None:
+            began = time.perf_counter()
+            measured.peer_rows = peer.call()
+            measured.peer.append(time.perf_counter() - began)
     return measured
+
+
+def _llama_cpp(session: Session, texts: list[str], echo: Callable[[str], None]) -> Baseline | None:
+    """llama.cpp (llama-cpp-python) on the same GGUF file, one prompt at a time, greedy, with the
+    same prompts and token budget: the engine a user would pick for a GGUF on a CPU. Only for
+    greedy text-generation of a GGUF model, and only where llama-cpp-python is installed (it
+    builds from source, ~20 minutes: not a dependency)."""
+    import importlib.util
+
+    spec, task = session.job.spec, session.annotator.task
+    if not spec.model.gguf_file or spec.task.name != "text-generation" or task.params.do_sample:
+        return None
+    if importlib.util.find_spec("llama_cpp") is None:
+        echo("  no llama.cpp comparison: pip install llama-cpp-python (builds from source) to add one")
+        return None
+    import torch
+    from llama_cpp import Llama
+
+    path = source.resolve(spec.model).directory / spec.model.gguf_file
+    llm = Llama(model_path=str(path), n_ctx=session.job.max_length, n_threads=torch.get_num_threads(),
+                n_batch=512, verbose=False)
+    prompts = [task._prompt(text) for text in texts]
+    stop = list(task.params.stop or [])
+
+    def generate() -> list[dict[str, Any]]:
+        return [{"generated_text": llm.create_completion(prompt, max_tokens=task.new_tokens, temperature=0.0, top_k=1,
+                                                         top_p=1.0, repeat_penalty=1.0, stop=stop or None)
+                 ["choices"][0]["text"]} for prompt in prompts]
+
+    version = _version("llama_cpp_python")
+    return Baseline(generate, f"llama.cpp {version} (per prompt)", batches_features=False)
+
+
+def _report_peer(report: Report, annotator: Annotator, measured: Measured, peer: Baseline,
+                 echo: Callable[[str], None]) -> None:
+    ours, theirs = statistics.median(measured.ours), statistics.median(measured.peer)
+    n = len(measured.rows)
+    identical = annotator.task.agreement(measured.rows, measured.peer_rows or [])
+    report.add("llama_cpp", {"seconds": measured.peer, "rows_per_second": n / theirs, "label": peer.label,
+                             "texts_identical_to_ours": identical})
+    echo(f"  {peer.label:28}{n / theirs:>10.1f}{'':>12}{'-':>14}{theirs:>10.2f}")
+    report.add("speedup_over_llama_cpp", theirs / ours,
+               f"  speed-up over llama.cpp on the same .gguf: {theirs / ours:.2f}x rows/s; its texts identical to "
+               f"ours: {annotator.task.describe_agreement(identical)} (its own Q4_1 kernels, ours the float32 "
+               "dequantised weights)")
+    echo(report.lines[-1])
 
 
 def _header(report: Report, session: Session, echo: Callable[[str], None]) -> None:

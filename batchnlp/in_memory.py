@@ -50,7 +50,8 @@ class Annotator:
         self._jobs: dict[bool, Any] = {}
         self.placement = devices.choose(spec.runtime)
         job = self._job(pair=self._needs_pair)
-        self._model = load.load_model(self._resolved, job.task.model_class, self.placement,
+        # job.model: the converted-model cache's copy of a GGUF (the source itself otherwise)
+        self._model = load.load_model(job.model, job.task.model_class, self.placement,
                                       spec.model.trust_remote_code, spec.model.allow_missing_weights)
         self._stages: dict[bool, Any] = {}
         #: The precision probe's figures (None: no probe was needed, or no call made yet).

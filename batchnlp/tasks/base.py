@@ -128,6 +128,11 @@ class Task:
     def start_shard(self, index: int) -> None:
         """Called before each shard (generation reseeds here so a resumed run samples the same)."""
 
+    def batch_overhead_tokens(self) -> int:
+        """What one more batch costs beyond its padded tokens, in tokens (the batcher cuts where
+        padding plus this is least): one forward's fixed cost for most tasks."""
+        return 64
+
     def batch_length(self, feature: Feature) -> int:
         """The length a feature is sorted and budgeted by (generation adds the tokens it will make)."""
         return len(feature["input_ids"])

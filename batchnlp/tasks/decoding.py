@@ -4,6 +4,7 @@ class (budget and seeding per shard)."""
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass, fields
@@ -109,6 +110,143 @@ def cut_at_stop(text: str, stops: Any) -> str:
     return text[:cut]
 
 
+#: Generation-config settings that change which token greedy decoding picks, and the value at
+#: which they do not; a model whose config sets one otherwise goes through model.generate.
+_GREEDY_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                   "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+                   "forced_eos_token_id": (None,), "min_length": (None, 0), "min_new_tokens": (None, 0),
+                   "sequence_bias": (None,), "encoder_repetition_penalty": (None, 1.0), "max_time": (None,),
+                   "exponential_decay_length_penalty": (None,), "epsilon_cutoff": (None, 0.0),
+                   "watermarking_config": (None,), "guidance_scale": (None, 1.0)}
+
+
+def own_greedy(model: Any, params: Any) -> str | None:
+    """Why batchnlp's own greedy loop cannot stand in for model.generate here (None: it can).
+    It covers plain greedy decoding, one text per prompt, of a decoder-only model."""
+    if params.do_sample or (params.num_beams or 1) > 1 or getattr(params, "num_return_sequences", 1) > 1:
+        return "sampling or beam search"
+    asked = {key: getattr(params, key) for key in ("repetition_penalty", "no_repeat_ngram_size", "min_new_tokens",
+                                                   "max_time")}
+    config = model.generation_config
+    for key, neutral in _GREEDY_NEUTRAL.items():
+        value = asked.get(key) if asked.get(key) is not None else getattr(config, key, None)
+        if value not in neutral:
+            return f"{key} = {value}"
+    if model.config.is_encoder_decoder:
+        return "an encoder-decoder model"
+    return None
+
+
+def greedy(model: Any, batch: dict[str, Any], new_tokens: int, eos: set[int], stops: list[str] | None,
+           tokenizer: Any) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch: the new tokens of each prompt, its end token
+    included. What model.generate does with do_sample=False, but cheaper on a CPU:
+
+    - the prompts' shared beginning (system prompt, instruction) runs once for the batch
+      (likelihood's prefill), and only the last position's logits are computed;
+    - a row that has ended (end token, or a stop string in its text) leaves the batch, and its
+      slice of the KV cache goes with it: the steps after it cost what the rows still running
+      cost, where generate carries every row, padded, until the longest ends. On 64 SST-2
+      prompts with SmolLM2 the median row ends after 23 of 64 tokens.
+    """
+    import torch
+
+    from batchnlp.tasks import likelihood
+
+    after, cache, key, mask = likelihood.prefill(model, batch["input_ids"], batch["attention_mask"].long())
+    grow_in_place(cache, new_tokens)
+    following = after.argmax(-1)
+    lengths = mask.sum(-1, keepdim=True)
+    rows = torch.arange(following.shape[0], device=following.device)
+    made: list[list[int]] = [[] for _ in range(following.shape[0])]
+    ended: set[int] = set()
+    for step in range(new_tokens):
+        going = []
+        for slot, (row, token) in enumerate(zip(rows.tolist(), following.tolist())):
+            if row in ended:
+                continue
+            made[row].append(token)
+            if token in eos or (stops and _stopped(tokenizer, made[row], stops)):
+                ended.add(row)
+            else:
+                going.append(slot)
+        if not going or step == new_tokens - 1:
+            break
+        # Ended rows leave the batch once they are a quarter of it: each removal copies the
+        # cache, and a few ended rows riding along cost less than a copy per step.
+        if len(going) <= len(rows) * 3 // 4:
+            keep = torch.tensor(going, device=rows.device)
+            cache.batch_select_indices(keep)
+            rows, following, mask, lengths = rows[keep], following[keep], mask[keep], lengths[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        out = model(input_ids=following[:, None], attention_mask=mask, position_ids=lengths, use_cache=True,
+                    **{key: cache})
+        lengths = lengths + 1
+        following = out.logits[:, -1].argmax(-1)
+    return made
+
+
+def grow_in_place(cache: Any, room: int) -> None:
+    """Make the cache's plain layers write new tokens into preallocated room instead of
+    concatenating (transformers' DynamicLayer copies the whole cache at every step: 10% of a
+    64-row decode of SmolLM2 here). Other layer kinds (sliding window, quantised) are left as
+    they are."""
+    from transformers.cache_utils import DynamicLayer
+
+    for layer in getattr(cache, "layers", ()):
+        if type(layer) is DynamicLayer:
+            layer.__class__ = _growing_layer()
+            layer.room = room
+
+
+@functools.cache
+def _growing_layer() -> type:
+    # The class subclasses transformers' own, so it is made on first use (no import at start).
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """keys and values are views of buffers with room to grow; an update writes in place. A
+        batch_select_indices or crop (the base class's) leaves keys outside the buffer or shorter,
+        which the next update sees and handles (new buffer, or writing over the cut tokens)."""
+
+        room = 0
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            import torch
+
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            used, added = self.get_seq_length(), key_states.shape[-2]
+            buffer = getattr(self, "_keys", None)
+            if (buffer is None or buffer.shape[0] != key_states.shape[0] or used + added > buffer.shape[-2]
+                    or (used and self.keys.data_ptr() != buffer.data_ptr())):
+                shape = (*key_states.shape[:-2], used + added + max(self.room, added), key_states.shape[-1])
+                self._keys = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
+                self._values = torch.empty(shape, dtype=value_states.dtype, device=value_states.device)
+                if used:
+                    self._keys[..., :used, :] = self.keys
+                    self._values[..., :used, :] = self.values
+            self._keys[..., used:used + added, :] = key_states
+            self._values[..., used:used + added, :] = value_states
+            self.keys, self.values = self._keys[..., :used + added, :], self._values[..., :used + added, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: Any) -> None:
+            # one copy, room included (the base class's would leave keys outside the buffer)
+            used = self.get_seq_length()
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self.keys, self.values = self._keys[..., :used, :], self._values[..., :used, :]
+
+    return GrowingLayer
+
+
+def _stopped(tokenizer: Any, tokens: list[int], stops: list[str]) -> bool:
+    # The last few tokens suffice: a stop string ends where the newest token does, and every
+    # token but a special one writes at least a character.
+    text = tokenizer.decode(tokens[-(max(map(len, stops)) + 4):], skip_special_tokens=True)
+    return any(stop in text for stop in stops)
+
+
 class Generative(Task):
     """A task that generates text: the token budget counts the tokens it will add, and shard i is
     seeded with seed + i, so a rerun or a resumed run (which restarts at a shard) samples the same."""
@@ -161,3 +299,9 @@ class Generative(Task):
 
     def batch_length(self, feature: Feature) -> int:
         return len(feature["input_ids"]) + self.new_tokens
+
+    def batch_overhead_tokens(self) -> int:
+        # A batch runs a forward per new token, and on a CPU each step reads every weight whatever
+        # the batch: ~50 tokens' compute for SmolLM2-135M (540 MB at ~10 GB/s against 0.27 GFLOP a
+        # token). Counted at 32 a step, 64 SST-2 prompts go in one batch instead of five: 2.1x faster.
+        return 32 * self.new_tokens

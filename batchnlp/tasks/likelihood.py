@@ -41,7 +41,7 @@ def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]]) -> d
     `batch`: left-padded input_ids and attention_mask."""
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    after, cache, cache_key, mask = _prefill(model, ids, mask.long())
+    after, cache, cache_key, mask = prefill(model, ids, mask.long())
     rows = ids.shape[0]
     base = after.new_zeros(rows)
     # The answers' common beginning ("This review is" before each label) runs once, on the cache.
@@ -95,7 +95,7 @@ def _common_prefix(answers: list[list[int]]) -> int:
 MIN_SHARED = 4
 
 
-def _prefill(model: Any, ids: Any, mask: Any) -> tuple[Any, Any, str, Any]:
+def prefill(model: Any, ids: Any, mask: Any) -> tuple[Any, Any, str, Any]:
     """Run the prompts, keeping their KV cache: (log-probabilities of the next token [batch,
     vocabulary], the cache, its keyword, the attention mask over the cache's positions).
 

@@ -100,7 +100,16 @@ class TextGeneration(decoding.Generative):
 
         return Baseline(generate, "pipeline (per prompt, float32)", batches_features=False)
 
+    def prepare(self, model: Any) -> None:
+        self.own_greedy = decoding.own_greedy(model, self.params) is None
+        eos = model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
+        if self.own_greedy:
+            made = decoding.greedy(model, batch, self.new_tokens, self.eos, self.params.stop, self.tokenizer)
+            texts = self.tokenizer.batch_decode(made, skip_special_tokens=True)
+            return [([decoding.cut_at_stop(t, self.params.stop)], [None]) for t in texts]
         kwargs = decoding.generate_kwargs(self.params)
         kwargs.update(max_new_tokens=self.new_tokens, num_return_sequences=self.params.num_return_sequences,
                       pad_token_id=self.tokenizer.pad_token_id)
