@@ -10,11 +10,12 @@ terminal (a bar piped to a file is one long line of carriage returns).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 LOGGER = logging.getLogger("batchnlp")
 LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "ray", "ray.data", "py.warnings")
@@ -119,3 +120,22 @@ def silence_library_bars() -> None:
 def bars_allowed(quiet: bool) -> bool:
     """Whether progress bars may be drawn: not quiet, and stderr is a terminal."""
     return not quiet and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def no_load_report() -> Iterator[None]:
+    """transformers logs a multi-line table of missing and unexpected weights while loading; the
+    missing ones are reported by batchnlp in one line (or allowed), the unexpected ones (a head
+    that the task does not use) are harmless. Its other warnings stay."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    filter_ = _DropLoadReport()
+    logger.addFilter(filter_)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filter_)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()

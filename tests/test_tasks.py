@@ -346,6 +346,32 @@ def test_greedy_generation_matches_pipeline(tmp_path, causal_dir, budget):
         assert got == expected
 
 
+def test_own_greedy_loop_matches_generate_as_rows_end(causal_dir):
+    """batchnlp's greedy loop against model.generate on a left-padded batch whose rows end at
+    different steps (end tokens chosen from the rows' own continuations), with a shared prompt
+    beginning: the same tokens up to each row's end, whatever rows have left the batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import decoding
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    prompts = ["Summarise this in a few words please: " + t for t in ["the quick brown", "das", "a good movie",
+                                                                       "the battery of my phone", "fine", "ok then"]]
+    batch = dict(tokenizer(prompts, return_tensors="pt", padding=True))
+    with torch.inference_mode():
+        free = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    new = free[:, batch["input_ids"].shape[1]:].tolist()
+    eos = {new[0][2], new[1][5], new[3][8]}  # rows 0, 1 and 3 (at least) end early, at different steps
+    with torch.inference_mode():
+        expected = model.generate(**batch, max_new_tokens=12, do_sample=False, eos_token_id=sorted(eos),
+                                  pad_token_id=tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
+        made = decoding.greedy(model, batch, 12, eos, None, tokenizer)
+    assert len(made[0]) <= 3 and len(made[1]) <= 6 and len({len(t) for t in made}) >= 3  # ended at 3+ steps
+    for row, tokens in zip(expected.tolist(), made):
+        assert tokens == row[:len(tokens)] and all(t == tokenizer.pad_token_id for t in row[len(tokens):])
+
+
 def test_generation_options(tmp_path, causal_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,6 +17,7 @@ weights' hash that pins the model in the output's record is not recomputed on ev
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -27,11 +28,13 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from batchnlp.checksums import sha256
-from batchnlp.log import event
-from batchnlp.model.source import ResolvedModel
+from batchnlp.log import event, no_load_report
+
+if TYPE_CHECKING:
+    from batchnlp.model.source import ResolvedModel
 
 FORMAT = 1
 ENTRY = "entry.json"
@@ -199,11 +202,9 @@ def _convert(resolved: ResolvedModel, model_class: str, trust_remote_code: bool,
     import torch
     import transformers
 
-    from batchnlp.model import load
-
     kwargs = {"trust_remote_code": trust_remote_code, "gguf_file": resolved.gguf_file}
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.directory, **kwargs)
-    with load.no_load_report():
+    with no_load_report():
         model = getattr(transformers, model_class).from_pretrained(resolved.directory, dtype=torch.float32,
                                                                    **kwargs)
     # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantizer; its weights
@@ -217,7 +218,7 @@ def _convert(resolved: ResolvedModel, model_class: str, trust_remote_code: bool,
 
 def _use(resolved: ResolvedModel, entry: Path) -> ResolvedModel:
     # The identity (what the output's record pins) stays the source file's.
-    return ResolvedModel(entry, resolved.identity, None)
+    return dataclasses.replace(resolved, directory=entry, gguf_file=None)
 
 
 def _info(hit: bool, began: float, entry: Path | None) -> dict[str, Any]:

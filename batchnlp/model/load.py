@@ -3,13 +3,12 @@ precision. Kept apart from running the model (as crossfit does)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from batchnlp.errors import ModelUnavailableError
+from batchnlp.log import no_load_report
 from batchnlp.model.device import Placement
 from batchnlp.model.source import ResolvedModel
 
@@ -92,25 +91,6 @@ def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, 
         use_int8_engine()
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
-
-
-@contextlib.contextmanager
-def no_load_report() -> Iterator[None]:
-    """transformers logs a multi-line table of missing and unexpected weights while loading; the
-    missing ones are reported by batchnlp in one line (or allowed), the unexpected ones (a head
-    that the task does not use) are harmless. Its other warnings stay."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    filter_ = _DropLoadReport()
-    logger.addFilter(filter_)
-    try:
-        yield
-    finally:
-        logger.removeFilter(filter_)
-
-
-class _DropLoadReport(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in record.getMessage()
 
 
 def default_max_length(directory: Path, tokenizer: Any, config: Any) -> int:
