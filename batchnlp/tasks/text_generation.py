@@ -49,6 +49,8 @@ class TextGeneration(decoding.Generative):
     description = "Continue each text, or answer it as a chat prompt (AutoModelForCausalLM)."
     model_class = "AutoModelForCausalLM"
     padding_side = "left"
+    #: Set by prepare(): whether batchnlp's greedy loop stands in for model.generate.
+    own_greedy = False
 
     def setup(self) -> None:
         super().setup()
