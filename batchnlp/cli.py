@@ -306,17 +306,18 @@ def cache_command(clear: bool) -> None:
     from batchnlp.model import cache
 
     found = cache.entries()
+    count = f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}"
+    mib = f"{sum(e['bytes'] for e in found) / 2**20:.0f} MiB"
     if clear:
         for entry in found:
             shutil.rmtree(entry["entry"], ignore_errors=True)
-        click.echo(f"removed {len(found)} entr{'y' if len(found) == 1 else 'ies'} "
-                   f"({sum(e['bytes'] for e in found) / 2**20:.0f} MiB) from {cache.root()}")
+        click.echo(f"removed {count} ({mib}) from {cache.root()}")
         return
     click.echo(f"model cache: {cache.root()} (BATCHNLP_CACHE)")
     for entry in found:
         click.echo(f"  {entry['entry']}  {entry['bytes'] / 2**20:.0f} MiB  {entry['source'] or '?'}"
                    + (f"  ({entry['problem']}: rebuilt when next needed)" if entry["problem"] else ""))
-    click.echo(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}, {sum(e['bytes'] for e in found) / 2**20:.0f} MiB")
+    click.echo(f"{count}, {mib}")
 
 
 @main.command()

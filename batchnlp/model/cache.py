@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from batchnlp.checksums import sha256
 from batchnlp.log import event, no_load_report
+from batchnlp.write.folder import fsync_dir
 
 if TYPE_CHECKING:
     from batchnlp.model.source import ResolvedModel
@@ -148,7 +149,7 @@ def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
                 raise
             _discard(tmp)  # another run published the same conversion first
         else:
-            _fsync_dir(entry.parent)
+            fsync_dir(entry.parent)
             _replace_older(entry)
     except BaseException:
         _discard(tmp)
@@ -270,14 +271,6 @@ def _write_durably(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _version(name: str) -> str | None:

@@ -240,6 +240,12 @@ def _growing_layer() -> type:
     return GrowingLayer
 
 
+def eos_ids(model: Any) -> set[int]:
+    """The tokens that end a generated text, by the model's generation config (one id or a list)."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) - {None}
+
+
 def _stopped(tokenizer: Any, tokens: list[int], stops: list[str]) -> bool:
     # The last few tokens suffice: a stop string ends where the newest token does, and every
     # token but a special one writes at least a character.
@@ -274,8 +280,7 @@ class Generative(Task):
         limit = self.params.max_time
         if limit is not None and time.perf_counter() - began >= limit:
             new = sequences[:, prompt_tokens:]
-            eos = model.generation_config.eos_token_id
-            eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+            eos = eos_ids(model)
             real = (new != self.tokenizer.pad_token_id).sum(dim=1).tolist()
             for i, row in enumerate(new.tolist()):
                 if not eos & set(row) and real[i] < self.new_tokens:

@@ -80,13 +80,14 @@ def _extend(model: Any, tokens: list[int], after: Any, cache: Any, cache_key: st
     return total, logprobs[:, -1], step_mask
 
 
-def _common_prefix(answers: list[list[int]]) -> int:
-    """How many first tokens all answers share, leaving each at least one of its own."""
-    if len(answers) < 2:
+def _common_prefix(sequences: list[list[int]]) -> int:
+    """How many first tokens all sequences share, leaving each at least one of its own (0 for
+    fewer than two: nothing to share with)."""
+    if len(sequences) < 2:
         return 0
-    limit = min(len(a) for a in answers) - 1
+    limit = min(len(a) for a in sequences) - 1
     common = 0
-    while common < limit and all(a[common] == answers[0][common] for a in answers):
+    while common < limit and all(a[common] == sequences[0][common] for a in sequences):
         common += 1
     return common
 
@@ -133,14 +134,7 @@ def _shared_prefix(ids: Any, lengths: Any) -> int:
     """How many first tokens every (left-padded) prompt has in common, leaving each at least one
     token of its own (the last position's logits are each row's)."""
     width = ids.shape[1]
-    if ids.shape[0] == 1:  # nothing to share with
-        return 0
-    rows = [ids[r, width - int(n):].tolist() for r, n in enumerate(lengths)]
-    limit = min(len(row) for row in rows) - 1
-    shared = 0
-    while shared < limit and all(row[shared] == rows[0][shared] for row in rows):
-        shared += 1
-    return shared
+    return _common_prefix([ids[r, width - int(n):].tolist() for r, n in enumerate(lengths)])
 
 
 def _cache_of(model: Any, out: Any) -> tuple[Any, str]:

@@ -104,8 +104,7 @@ class TextGeneration(decoding.Generative):
 
     def prepare(self, model: Any) -> None:
         self.own_greedy = decoding.own_greedy(model, self.params) is None
-        eos = model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.eos = decoding.eos_ids(model)
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
         if self.own_greedy:

@@ -96,10 +96,6 @@ class Params:
                 raise SpecError("task.prompt_template", "with multi_label, must contain {label}: each label is "
                                                         "asked about on its own (answered Yes or No)")
 
-    def model_class(self) -> str:
-        return {"embedding": "AutoModel", "causal-lm": "AutoModelForCausalLM"}.get(
-            self.method, "AutoModelForSequenceClassification")
-
 
 class ZeroShot(Task):
     name = "zero-shot-classification"
@@ -142,7 +138,8 @@ class ZeroShot(Task):
 
     @classmethod
     def model_class_of(cls, params: Params) -> str:
-        return params.model_class()
+        return {"embedding": "AutoModel", "causal-lm": "AutoModelForCausalLM"}.get(
+            params.method, "AutoModelForSequenceClassification")
 
     @classmethod
     def extra_columns(cls, params: Params) -> dict[str, str]:
