@@ -27,7 +27,7 @@ from batchnlp.engines.local import run_shards
 from batchnlp.model import source
 from batchnlp.read.plan import Plan, read_shards
 from batchnlp.runner import plan_job
-from batchnlp.session import Session, describe_job, open_session
+from batchnlp.session import Session, describe_job, open_session, probe_summary
 from batchnlp.spec import JobSpec
 from batchnlp.tasks.base import Baseline
 from batchnlp.write.folder import Folder
@@ -158,7 +158,7 @@ def _header(report: Report, session: Session, echo: Callable[[str], None]) -> No
     report.add("task", spec.task.name)
     report.add("rows", n)
     report.add("device", placement.describe())
-    probe = f", probe agreement {session.probe['agreement']}" if session.probe else ""
+    probe = f" ({probe_summary(session.probe)})" if session.probe else ""
     echo(f"batchnlp bench {Path(spec.source_file).name}: {spec.task.name}, {n} rows, {placement.device} "
          f"({torch.get_num_threads()} threads), dtype {placement.name}{probe}")
 

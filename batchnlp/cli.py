@@ -329,6 +329,7 @@ def cache_command(clear: bool) -> None:
 @user_errors
 def inspect(output_dir: str, as_json: bool, history: bool) -> None:
     """Summarise an output directory from its log."""
+    from batchnlp.session import probe_summary
     from batchnlp.verification import load
     from batchnlp.write.folder import Folder
 
@@ -368,7 +369,7 @@ def inspect(output_dir: str, as_json: bool, history: bool) -> None:
         f"speed:     {totals.get('rows_per_second')} rows/s, {totals.get('tokens_per_second')} tokens/s, "
         f"padding efficiency {totals.get('padding_efficiency')}",
         f"precision: {precision} (pinned at the first run"
-        + (f"; probe agreement {probe.get('agreement')} on {probe.get('rows')} rows" if probe else "") + ")",
+        + (f"; {probe_summary(probe)}" if probe else "") + ")",
         f"device:    {last_run.get('device')} {last_run.get('dtype')}"
         + (" (autocast)" if last_run.get("autocast_dtype") else "") + f", engine {last_run.get('engine')}",
         f"runs:      {len(state.runs)}, started {state.started_at}, finished {state.finished_at}",

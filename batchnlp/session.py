@@ -35,6 +35,9 @@ PROBE_ROWS = 32
 #: `dtype: auto` keeps the faster precision unless the probe's rows took more than this times
 #: float32's time (a few batches' timings are noisy).
 PROBE_SLOWER = 1.1
+#: Below this speed-up over float32 of one bfloat16 linear layer, bfloat16 is refused without
+#: running the model: 1/PROBE_SLOWER, and far from the 0.56x of the Xeon that prompted it.
+MATMUL_FLOOR = 1 / PROBE_SLOWER
 LIBRARIES = ("batchnlp", "torch", "transformers", "tokenizers", "pyarrow", "datasets", "huggingface_hub",
              "safetensors", "numpy", "sentencepiece", "gguf", "accelerate")
 
@@ -168,9 +171,20 @@ def probe_on(annotator: Annotator, table: pa.Table) -> dict[str, Any]:
     """The precision probe on the first rows of `table`: the faster precision is kept if its
     answers agree with float32's as well as the task requires and it is not slower than float32
     (a CPU may advertise bfloat16 and still run it slower than float32: measured 150 against
-    276 GFLOP/s on the Xeon that later ran our CI)."""
+    276 GFLOP/s on the Xeon that later ran our CI). Where one linear layer already runs slower in
+    bfloat16 than float32 here, it is refused without running the model (the rows' probe cost
+    5-9 s a first run with SmolLM2 on that Xeon)."""
     from batchnlp.annotator import annotation_rows
+    from batchnlp.model.device import bf16_speedup
 
+    task = annotator.task
+
+    def verdict(refused: str | None, **measured: Any) -> dict[str, Any]:
+        return {"dtype": annotator.placement.name, "threshold": task.agreement_threshold, **measured,
+                "kept": refused is None, "refused": refused}
+
+    if annotator.placement.autocast_dtype is not None and (speedup := bf16_speedup()) < MATMUL_FLOOR:
+        return verdict("slower than float32", rows=0, matmul_speedup=round(speedup, 3))
     sample = table.slice(0, PROBE_ROWS)
     reference = annotator.in_float32()
     # float32 first: it pays the process's first-call costs, so a tie goes to the faster precision.
@@ -179,13 +193,20 @@ def probe_on(annotator: Annotator, table: pa.Table) -> dict[str, Any]:
     exact_seconds = time.perf_counter() - began
     fast, _ = annotator(sample, 0)
     fast_seconds = time.perf_counter() - began - exact_seconds
-    task = annotator.task
     agreement = task.agreement(annotation_rows(fast, annotator), annotation_rows(exact, reference))
     agrees, faster = agreement >= task.agreement_threshold, fast_seconds <= exact_seconds * PROBE_SLOWER
-    return {"dtype": annotator.placement.name, "rows": sample.num_rows, "agreement": round(agreement, 5),
-            "threshold": task.agreement_threshold, "seconds": round(fast_seconds, 3),
-            "float32_seconds": round(exact_seconds, 3), "kept": agrees and faster,
-            "refused": None if agrees and faster else ("disagrees with float32" if not agrees else "slower than float32")}
+    return verdict(None if agrees and faster else "disagrees with float32" if not agrees else "slower than float32",
+                   rows=sample.num_rows, agreement=round(agreement, 5), seconds=round(fast_seconds, 3),
+                   float32_seconds=round(exact_seconds, 3))
+
+
+def probe_summary(probe: dict[str, Any]) -> str:
+    """One line on what the precision probe found, for `status` and `bench`."""
+    if probe.get("matmul_speedup") is not None:
+        return (f"{probe.get('dtype')} refused without running the model: its matmul runs at "
+                f"{probe['matmul_speedup']}x float32 on this CPU")
+    verdict = f"{probe.get('dtype')} kept" if probe.get("kept") else f"{probe.get('dtype')} refused, {probe.get('refused')}"
+    return f"{verdict}; probe agreement {probe.get('agreement')} on {probe.get('rows')} rows"
 
 
 def metadata(job: Job, job_fingerprint: dict[str, Any], out: Folder, probe: dict[str, Any] | None,

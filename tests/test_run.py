@@ -294,11 +294,13 @@ def test_dataloader_workers_give_the_same_output(tmp_path, classifier_dir, revie
 
 def test_auto_dtype_keeps_bfloat16_when_the_probe_agrees(tmp_path, classifier_dir, reviews_csv, monkeypatch):
     from batchnlp import session
+    from batchnlp.model import device
     from batchnlp.model.device import native_bf16
 
     if not native_bf16():
         pytest.skip("this CPU has no native bfloat16")
     monkeypatch.setattr(session, "PROBE_SLOWER", float("inf"))  # a tiny model's timings are noise
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 2.0)  # the probe runs rows, whatever this CPU's matmul
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
     run_info = record(tmp_path / "out")["runs"][0]
     assert run_info["dtype"] == "bfloat16" and run_info["autocast_dtype"] == "bfloat16"
@@ -308,25 +310,56 @@ def test_auto_dtype_keeps_bfloat16_when_the_probe_agrees(tmp_path, classifier_di
 def test_auto_dtype_falls_back_to_float32_when_bfloat16_is_slower(tmp_path, classifier_dir, reviews_csv,
                                                                   monkeypatch):
     from batchnlp import session
+    from batchnlp.model import device
     from batchnlp.model.device import native_bf16
 
     if not native_bf16():
         pytest.skip("this CPU has no native bfloat16")
     monkeypatch.setattr(session, "PROBE_SLOWER", 0.0)  # as if bfloat16 took longer than float32
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 2.0)
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
     probe = record(tmp_path / "out")["runs"][0]["precision_probe"]
     assert probe["agreement"] >= 0.995 and not probe["kept"] and probe["refused"] == "slower than float32"
     assert record(tmp_path / "out")["pinned"]["precision"] == "float32"
 
 
+def test_auto_dtype_refuses_bfloat16_without_running_the_model_where_its_matmul_is_slower(
+        tmp_path, classifier_dir, reviews_csv, monkeypatch):
+    """A CPU that advertises bfloat16 but multiplies slower in it than in float32: the probe does
+    not annotate its 32 rows twice to find out (5-9 s a first run with SmolLM2), the record and
+    `inspect` say why, and the run is float32."""
+    from click.testing import CliRunner
+
+    from batchnlp.annotator import Annotator
+    from batchnlp.cli import main
+    from batchnlp.model import device
+
+    if not device.native_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 0.56)
+
+    def no_probe_rows(*_):
+        pytest.fail("the probe ran the model")
+    monkeypatch.setattr(Annotator, "__call__", no_probe_rows)  # the probe's way to run rows (the runner's is not)
+    run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
+    run_info = record(tmp_path / "out")["runs"][0]
+    assert run_info["dtype"] == "float32" and run_info["precision_probe"] == {
+        "dtype": "bfloat16", "threshold": 0.995, "rows": 0, "matmul_speedup": 0.56, "kept": False,
+        "refused": "slower than float32"}
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "out")]).output
+    assert "bfloat16 refused without running the model: its matmul runs at 0.56x float32 on this CPU" in shown
+
+
 def test_auto_dtype_falls_back_to_float32_when_the_probe_disagrees(tmp_path, classifier_dir, reviews_csv,
                                                                    monkeypatch):
+    from batchnlp.model import device
     from batchnlp.model.device import native_bf16
     from batchnlp.tasks.classification import Classification
 
     if not native_bf16():
         pytest.skip("this CPU has no native bfloat16")
     monkeypatch.setattr(Classification, "agreement_threshold", 1.01)  # nothing can agree that well
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 2.0)
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
     run_info = record(tmp_path / "out")["runs"][0]
     assert run_info["dtype"] == "float32" and not run_info["precision_probe"]["kept"]

@@ -97,7 +97,8 @@ INSTRUCTION = "Read the review below and say what it is mostly about, in one of 
 @pytest.mark.parametrize("chat,multi_label,scoring,template,hypothesis", [
     (False, False, "total", None, None), (True, False, "total", None, None), (False, False, "mean", None, None),
     (True, True, "total", None, None), (False, False, "total", INSTRUCTION, None),
-    (True, True, "mean", INSTRUCTION + " {label}", None), (True, False, "mean", INSTRUCTION, "The answer is {}")])
+    (True, True, "mean", INSTRUCTION + " {label}", None), (True, False, "mean", INSTRUCTION, "The answer is {}"),
+    (False, False, "total", INSTRUCTION, "The answer is {}")])
 def test_zero_shot_causal_lm_scores_each_label_as_the_answer(tmp_path, causal_dir, monkeypatch, chat, multi_label,
                                                               scoring, template, hypothesis):
     """Against the brute force: each (prompt, label) pair run whole, alone. Batches of left-padded
@@ -110,7 +111,7 @@ def test_zero_shot_causal_lm_scores_each_label_as_the_answer(tmp_path, causal_di
 
     shared = []
     spy = likelihood._shared_prefix
-    monkeypatch.setattr(likelihood, "_shared_prefix", lambda *a: shared.append(spy(*a)) or shared[-1])
+    monkeypatch.setattr(likelihood, "_shared_prefix", lambda *a, **k: shared.append(spy(*a, **k)) or shared[-1])
     labels = ["good", "bad thing", "neutral"]
     table = run_task(tmp_path, causal_dir, {"name": "zero-shot-classification", "method": "causal-lm",
                                             "candidate_labels": labels, "chat_template": chat,
@@ -153,6 +154,36 @@ def test_zero_shot_causal_lm_scores_each_label_as_the_answer(tmp_path, causal_di
         np.testing.assert_allclose(np.log(got_scores), expected[order], atol=2e-3)
         if not multi_label:
             assert sum(got_scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_causal_lm_one_token_labels_cost_the_prompt_forward_alone(causal_dir):
+    """The answers' common beginning ("The answer is") runs as the end of the prompts, and labels
+    of one token each are read from the prompts' last logits: one forward for the batch, whatever
+    the number of labels. Leaving that beginning out of the totals (common_counts=False) takes
+    away the same amount from every answer of a row: its log-probability after the prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import likelihood
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    lead = likelihood.answer_ids(tokenizer, "The answer is")
+    answers = {label: lead + [token] for label, token in zip("abc", (30, 31, 32))}
+    texts = ["great battery", "the coffee machine broke after a week"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    with torch.inference_mode():
+        full = likelihood.score(model, batch, answers)
+        assert len(forwards) == 1
+        without = likelihood.score(model, batch, answers, common_counts=False)
+    assert len(forwards) == 2
+    for row, text in enumerate(texts):
+        prompt = tokenizer(text)["input_ids"]
+        for label, tokens in answers.items():
+            assert full[label][row].item() == pytest.approx(_answer_logprob(model, prompt, tokens), abs=1e-3)
+            assert (full[label][row] - without[label][row]).item() == pytest.approx(
+                _answer_logprob(model, prompt, lead), abs=1e-3)
 
 
 @pytest.mark.parametrize("task,message", [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,27 @@ def use_int8_engine() -> str:
     if "onednn" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "onednn"
     return torch.backends.quantized.engine
+
+
+@functools.cache
+def bf16_speedup() -> float:
+    """float32's time over bfloat16's for one linear layer of a base-sized model's shape on this
+    CPU (bfloat16 under autocast, as runs use it; best of three each, alternating; ~0.4 s, once
+    a process). Below 1, bfloat16 is slower here whatever the model: a CPU may advertise
+    AVX512-BF16 and still run it slower than float32 (0.56x on the Xeon of our CI)."""
+    import time
+
+    x, w = torch.randn(1024, 1024), torch.randn(4096, 1024)
+
+    def timed(bf16: bool) -> float:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            began = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            return time.perf_counter() - began
+
+    timed(False), timed(True)  # the first calls pay oneDNN's set-up
+    times = [(timed(False), timed(True)) for _ in range(3)]
+    return min(t[0] for t in times) / min(t[1] for t in times)
 
 
 def native_bf16() -> bool:

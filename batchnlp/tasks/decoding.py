@@ -155,7 +155,7 @@ def greedy(model: Any, batch: dict[str, Any], new_tokens: int, eos: set[int], st
 
     after, cache, key, mask = likelihood.prefill(model, batch["input_ids"], batch["attention_mask"].long())
     grow_in_place(cache, new_tokens)
-    following = after.argmax(-1)
+    following = after[:, -1].argmax(-1)
     lengths = mask.sum(-1, keepdim=True)
     rows = torch.arange(following.shape[0], device=following.device)
     made: list[list[int]] = [[] for _ in range(following.shape[0])]

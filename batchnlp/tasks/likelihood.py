@@ -4,7 +4,9 @@ what zero-shot classification's `method: causal-lm` is built on.
 The prompts of a batch (left-padded) go through the model once; its KV cache is kept, and each
 answer's tokens are then run on that cache for every prompt at once and cut off again
 (`DynamicCache.crop`), so the prompt is never run twice and nothing is generated. An answer's
-first token is read from the prompt's last logits, its later tokens from their own forward.
+first token is read from the prompt's last logits, its later tokens from their own forward. The
+answers' common beginning ("This review is" before each label) is run as the end of the prompt:
+with labels of one token each, the prompt's forward is the only one.
 Position ids count real tokens only, so a left-padded prompt sees the same positions as alone
 (GPT-2's learned positions depend on it; RoPE models do not mind either way).
 """
@@ -36,19 +38,27 @@ def end_of_turn(tokenizer: Any) -> list[int]:
     return [ids[0]] if ids and ids[0] in special else []
 
 
-def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]]) -> dict[Any, Any]:
+def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]], common_counts: bool = True
+          ) -> dict[Any, Any]:
     """{answer key: tensor [batch] of the summed log-probability of its tokens after each prompt}.
-    `batch`: left-padded input_ids and attention_mask."""
+    `batch`: left-padded input_ids and attention_mask. `common_counts`: False leaves out the
+    log-probability of the answers' common beginning, which is the same for every answer of a
+    row (a softmax over the answers' totals does not see it), and saves its logits."""
+    import torch
 
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    after, cache, cache_key, mask = prefill(model, ids, mask.long())
-    rows = ids.shape[0]
-    base = after.new_zeros(rows)
-    # The answers' common beginning ("This review is" before each label) runs once, on the cache.
+    ids, mask = batch["input_ids"], batch["attention_mask"].long()
     common = _common_prefix(list(answers.values()))
-    if common:
-        lead = list(answers.values())[0][:common]
-        base, after, mask = _extend(model, lead, after, cache, cache_key, mask)
+    lead = list(answers.values())[0][:common]
+    rows = ids.shape[0]
+    if lead:  # every answer begins so: it is the end of each prompt, run in the prompt's forward
+        ids = torch.cat([ids, ids.new_tensor(lead).expand(rows, -1)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(rows, len(lead))], dim=1)
+    last = len(lead) + 1 if lead and common_counts else 1
+    logprobs, cache, cache_key, mask = prefill(model, ids, mask, last=last)
+    after = logprobs[:, -1]
+    base = after.new_zeros(rows)
+    if last > 1:  # position j of the last ones predicts the lead's token j
+        base = logprobs[:, :-1].gather(-1, ids.new_tensor(lead).expand(rows, -1)[:, :, None]).squeeze(-1).sum(-1)
     scores = {}
     for key, tokens in answers.items():
         total, _, _ = _extend(model, tokens[common:], after, cache, cache_key, mask, keep=False)
@@ -80,12 +90,12 @@ def _extend(model: Any, tokens: list[int], after: Any, cache: Any, cache_key: st
     return total, logprobs[:, -1], step_mask
 
 
-def _common_prefix(sequences: list[list[int]]) -> int:
-    """How many first tokens all sequences share, leaving each at least one of its own (0 for
+def _common_prefix(sequences: Sequence[Sequence[int]], own: int = 1) -> int:
+    """How many first tokens all sequences share, leaving each at least `own` of its own (0 for
     fewer than two: nothing to share with)."""
     if len(sequences) < 2:
         return 0
-    limit = min(len(a) for a in sequences) - 1
+    limit = min(len(a) for a in sequences) - own
     common = 0
     while common < limit and all(a[common] == sequences[0][common] for a in sequences):
         common += 1
@@ -96,9 +106,10 @@ def _common_prefix(sequences: list[list[int]]) -> int:
 MIN_SHARED = 4
 
 
-def prefill(model: Any, ids: Any, mask: Any) -> tuple[Any, Any, str, Any]:
-    """Run the prompts, keeping their KV cache: (log-probabilities of the next token [batch,
-    vocabulary], the cache, its keyword, the attention mask over the cache's positions).
+def prefill(model: Any, ids: Any, mask: Any, last: int = 1) -> tuple[Any, Any, str, Any]:
+    """Run the prompts, keeping their KV cache: (log-probabilities of the token after each of
+    the `last` positions [batch, last, vocabulary], the cache, its keyword, the attention mask
+    over the cache's positions).
 
     Prompts made from one template share their beginning (a system prompt, the instruction
     before {text}), often half their tokens: that prefix runs once, for one row, and its cache is
@@ -108,15 +119,15 @@ def prefill(model: Any, ids: Any, mask: Any) -> tuple[Any, Any, str, Any]:
 
     # Only the last position's logits: the vocabulary projection of every prompt token would cost
     # a fifth of a small model's forward and B x length x vocabulary floats of memory.
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    keep = {"logits_to_keep": last} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     batch, width = ids.shape
     lengths = mask.sum(-1)
-    shared = _shared_prefix(ids, lengths)
+    shared = _shared_prefix(ids, lengths, own=last)
     if shared < MIN_SHARED:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
         cache, key = _cache_of(model, out)
-        return out.logits[:, -1].float().log_softmax(-1), cache, key, mask
+        return out.logits[:, -last:].float().log_softmax(-1), cache, key, mask
     start = width - int(lengths[0])
     head = model(input_ids=ids[:1, start:start + shared], use_cache=True)
     cache, key = _cache_of(model, head)
@@ -127,14 +138,14 @@ def prefill(model: Any, ids: Any, mask: Any) -> tuple[Any, Any, str, Any]:
     positions = shared + (own_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids[:, width - own:], attention_mask=full_mask, position_ids=positions, use_cache=True,
                 **keep, **{key: cache})
-    return out.logits[:, -1].float().log_softmax(-1), cache, key, full_mask
+    return out.logits[:, -last:].float().log_softmax(-1), cache, key, full_mask
 
 
-def _shared_prefix(ids: Any, lengths: Any) -> int:
-    """How many first tokens every (left-padded) prompt has in common, leaving each at least one
-    token of its own (the last position's logits are each row's)."""
+def _shared_prefix(ids: Any, lengths: Any, own: int = 1) -> int:
+    """How many first tokens every (left-padded) prompt has in common, leaving each at least
+    `own` tokens of its own (the last positions' logits are each row's)."""
     width = ids.shape[1]
-    return _common_prefix([ids[r, width - int(n):].tolist() for r, n in enumerate(lengths)])
+    return _common_prefix([ids[r, width - int(n):].tolist() for r, n in enumerate(lengths)], own)
 
 
 def _cache_of(model: Any, out: Any) -> tuple[Any, str]:

@@ -236,8 +236,9 @@ class ZeroShot(Task):
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
         if self.params.method == "causal-lm":
             wanted = {answer: self._answer(answer) for answers in meta for answer in answers}
-            scores = {a: s.cpu().numpy() for a, s in likelihood.score(model, batch, wanted).items()}
             mean = self.params.label_scoring == "mean" and not self.params.multi_label
+            # A softmax over totals does not see what every answer shares; a mean over each answer's tokens does.
+            scores = {a: s.cpu().numpy() for a, s in likelihood.score(model, batch, wanted, common_counts=mean).items()}
             return [np.array([scores[a][i] / (len(wanted[a]) if mean else 1) for a in answers])
                     for i, answers in enumerate(meta)]
         if self.params.method == "nli":
