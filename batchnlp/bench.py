@@ -27,7 +27,7 @@ from batchnlp.engines.local import run_shards
 from batchnlp.model import source
 from batchnlp.read.plan import Plan, read_shards
 from batchnlp.runner import plan_job
-from batchnlp.session import Session, describe_job, open_session, probe_summary
+from batchnlp.session import Session, describe_job, library_version, open_session, probe_summary
 from batchnlp.spec import JobSpec
 from batchnlp.tasks.base import Baseline
 from batchnlp.write.folder import Folder
@@ -74,7 +74,7 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
     texts = _rows(plan).column(spec.input.text_column).to_pylist()
     naive = session.annotator.task.baseline(reference_model, texts, batch_size) if baseline else None
     if baseline and naive is None:
-        echo(f"  no pipeline baseline: transformers {_version('transformers')} has no {spec.task.name} pipeline")
+        echo(f"  no pipeline baseline: transformers {library_version('transformers')} has no {spec.task.name} pipeline")
     peer = _llama_cpp(session, texts, echo)
     measured = measure(session.annotator, naive, repeats, peer)
     _report_speed(report, session.annotator, plan, measured, naive, batch_size, echo)
@@ -130,7 +130,7 @@ def _llama_cpp(session: Session, texts: list[str], echo: Callable[[str], None]) 
                                                          top_p=1.0, repeat_penalty=1.0, stop=stop or None)
                  ["choices"][0]["text"]} for prompt in prompts]
 
-    version = _version("llama_cpp_python")
+    version = library_version("llama_cpp_python")
     return Baseline(generate, f"llama.cpp {version} (per prompt)", batches_features=False)
 
 
@@ -218,12 +218,6 @@ def _report_resources(report: Report, annotator: Annotator, reference_model: Any
         report.add("mfu", mfu, f"  model FLOPs utilisation: {100 * mfu['mfu']:.1f}% of {mfu['peak']} "
                                f"({mfu['model_flops'] / 1e9:.0f} GFLOP/s)")
         echo(report.lines[-1])
-
-
-def _version(name: str) -> str:
-    import importlib.metadata
-
-    return importlib.metadata.version(name)
 
 
 def _rows(plan: Plan) -> pa.Table:

@@ -42,15 +42,17 @@ LIBRARIES = ("batchnlp", "torch", "transformers", "tokenizers", "pyarrow", "data
              "safetensors", "numpy", "sentencepiece", "gguf", "accelerate")
 
 
+def library_version(name: str) -> str | None:
+    """An installed distribution's version (None: not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def library_versions() -> dict[str, str | None]:
     """Versions of the libraries that decide the output (None: not installed)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {"python": platform.python_version(), **{name: library_version(name) for name in LIBRARIES}}
 
 
 @dataclass
@@ -201,7 +203,7 @@ def probe_on(annotator: Annotator, table: pa.Table) -> dict[str, Any]:
 
 
 def probe_summary(probe: dict[str, Any]) -> str:
-    """One line on what the precision probe found, for `status` and `bench`."""
+    """One line on what the precision probe found, for `inspect` and `bench`."""
     if probe.get("matmul_speedup") is not None:
         return (f"{probe.get('dtype')} refused without running the model: its matmul runs at "
                 f"{probe['matmul_speedup']}x float32 on this CPU")

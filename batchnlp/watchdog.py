@@ -32,6 +32,8 @@ from batchnlp.log import FINAL, event, final_error
 #: A share of one core the process must use over a check to count as computing (the watchdog's
 #: own and the heartbeat's wake-ups use far less).
 BUSY_CPU_SHARE = 0.05
+
+
 class Stalled(UserError):
     """The run made no progress for runtime.stall_seconds."""
 

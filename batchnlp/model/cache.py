@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from batchnlp.checksums import sha256
 from batchnlp.log import event, no_load_report
-from batchnlp.write.folder import fsync_dir
+from batchnlp.write.folder import Folder, fsync_dir
 
 if TYPE_CHECKING:
     from batchnlp.model.source import ResolvedModel
@@ -93,8 +93,7 @@ def converted(resolved: ResolvedModel, model_class: str, trust_remote_code: bool
 
 def entry_key(source_hash: str, model_class: str) -> str:
     """<source sha256[:16]>-<hash of what else decides the converted bytes>[:16]."""
-    versions = {name: _version(name) for name in CONVERTERS}
-    detail = json.dumps({"format": FORMAT, "model_class": model_class, "dtype": "float32", "libraries": versions},
+    detail = json.dumps({"format": FORMAT, "model_class": model_class, "dtype": "float32", "libraries": converters()},
                         sort_keys=True)
     return f"{source_hash[:16]}-{hashlib.sha256(detail.encode()).hexdigest()[:16]}"
 
@@ -140,8 +139,8 @@ def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
             files[str(path.relative_to(tmp))] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                                                  "sha256": sha256(path)}
         meta = {"format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "libraries": {name: _version(name) for name in CONVERTERS}, **record, "files": files}
-        _write_durably(tmp / ENTRY, json.dumps(meta, indent=1))
+                "libraries": converters(), **record, "files": files}
+        Folder(tmp).write_bytes(ENTRY, json.dumps(meta, indent=1).encode())  # durable before the rename
         try:
             os.rename(tmp, entry)
         except OSError:
@@ -266,14 +265,14 @@ def _discard(path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+def converters() -> dict[str, str | None]:
+    """The versions of the libraries whose code decides the converted bytes."""
+    return {name: _version(name) for name in CONVERTERS}
 
 
 def _version(name: str) -> str | None:
+    # session.library_version's twin: session loads models through this module, and the import
+    # graph has no cycle (tests/test_structure.py)
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
