@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MODELS = {"classifier": tiny_models.sentiment_classifier, "encoder": tiny_models.encoder,
           "nli": tiny_models.nli_classifier, "mlm": tiny_models.masked_lm, "ner": tiny_models.token_classifier,
           "qa": tiny_models.span_picking_qa, "causal": tiny_models.causal_lm, "bart": tiny_models.bart,
-          "marian": tiny_models.marian}
+          "marian": tiny_models.marian, "grouped": tiny_models.grouped_causal_lm}
 
 
 @pytest.fixture(scope="session", autouse=True)

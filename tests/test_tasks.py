@@ -110,8 +110,8 @@ def test_zero_shot_causal_lm_scores_each_label_as_the_answer(tmp_path, causal_di
     from batchnlp.tasks import decoding, likelihood, zero_shot
 
     shared = []
-    spy = likelihood._shared_prefix
-    monkeypatch.setattr(likelihood, "_shared_prefix", lambda *a, **k: shared.append(spy(*a, **k)) or shared[-1])
+    spy = likelihood._shared_cache
+    monkeypatch.setattr(likelihood, "_shared_cache", lambda *a, **k: shared.append(spy(*a, **k)) or shared[-1])
     labels = ["good", "bad thing", "neutral"]
     table = run_task(tmp_path, causal_dir, {"name": "zero-shot-classification", "method": "causal-lm",
                                             "candidate_labels": labels, "chat_template": chat,
@@ -120,7 +120,7 @@ def test_zero_shot_causal_lm_scores_each_label_as_the_answer(tmp_path, causal_di
                                             **({"hypothesis_template": hypothesis} if hypothesis else {})},
                      [{"text": t} for t in MIXED], runtime={"batch_tokens": 400})
     if template:  # the shared-prefix path ran: the prompts begin with the instruction
-        assert max(shared) >= likelihood.MIN_SHARED
+        assert max(tokens for tokens, _, _ in shared) >= likelihood.MIN_SHARED
     tokenizer = AutoTokenizer.from_pretrained(causal_dir)
     model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
     end = likelihood.end_of_turn(tokenizer) if chat else []
@@ -184,6 +184,52 @@ def test_causal_lm_one_token_labels_cost_the_prompt_forward_alone(causal_dir):
             assert full[label][row].item() == pytest.approx(_answer_logprob(model, prompt, tokens), abs=1e-3)
             assert (full[label][row] - without[label][row]).item() == pytest.approx(
                 _answer_logprob(model, prompt, lead), abs=1e-3)
+
+
+def test_prefix_cache_runs_the_shared_beginning_once_for_all_batches(causal_dir):
+    """A job's prompts share their template's beginning: it runs once (here from the first batch,
+    a lone row) and later batches reuse its KV cache, one forward each, with the same totals as
+    each prompt run whole (GPT-2's learned positions show any slip in the reused part). A cache
+    computed under bfloat16 autocast is not reused without it, nor the other way round."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import likelihood
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    instruction = "Read the review below and say what it is mostly about.\n"
+    batches = [["great battery"], ["the coffee machine broke after a week", "fine"], ["ok", "a good movie", "das"]]
+    answers = {"a": [30], "b": [31, 32]}
+    prefix = likelihood.PrefixCache()
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+
+    def run(texts, **autocast):
+        forwards.clear()
+        batch = tokenizer([instruction + t for t in texts], padding=True, return_tensors="pt")
+        with torch.inference_mode(), torch.autocast("cpu", **autocast):
+            return likelihood.score(model, batch, answers, prefix=prefix), len(forwards)
+
+    def assert_brute_force(texts, scores):
+        for row, text in enumerate(texts):
+            prompt = tokenizer(instruction + text)["input_ids"]
+            for label, tokens in answers.items():
+                assert scores[label][row].item() == pytest.approx(_answer_logprob(model, prompt, tokens), abs=1e-3)
+
+    # The lone row runs its prompt but the last token first, then that token and label b's second.
+    scores, count = run(batches[0], enabled=False)
+    assert count == 3 and len(prefix.tokens) == len(tokenizer(instruction + batches[0][0])["input_ids"]) - 1
+    assert_brute_force(batches[0], scores)
+    for texts in batches[1:]:
+        scores, count = run(texts, enabled=False)
+        assert count == 2  # the rows' own tokens, then label b's second token: no forward of the beginning
+        assert_brute_force(texts, scores)
+    assert tokenizer.decode(prefix.tokens) == instruction  # shortened to what every batch shares
+    _, count = run(batches[1], dtype=torch.bfloat16)
+    assert count == 3  # computed again under autocast
+    scores, count = run(batches[2], enabled=False)
+    assert count == 3  # and again without it
+    assert_brute_force(batches[2], scores)
 
 
 @pytest.mark.parametrize("task,message", [
@@ -380,10 +426,11 @@ def test_greedy_generation_matches_pipeline(tmp_path, causal_dir, budget):
 def test_own_greedy_loop_matches_generate_as_rows_end(causal_dir):
     """batchnlp's greedy loop against model.generate on a left-padded batch whose rows end at
     different steps (end tokens chosen from the rows' own continuations), with a shared prompt
-    beginning: the same tokens up to each row's end, whatever rows have left the batch."""
+    beginning: the same tokens up to each row's end, whatever rows have left the batch, and when
+    that beginning's cache is kept from batch to batch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from batchnlp.tasks import decoding
+    from batchnlp.tasks import decoding, likelihood
 
     tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
@@ -401,6 +448,74 @@ def test_own_greedy_loop_matches_generate_as_rows_end(causal_dir):
     assert len(made[0]) <= 3 and len(made[1]) <= 6 and len({len(t) for t in made}) >= 3  # ended at 3+ steps
     for row, tokens in zip(expected.tolist(), made):
         assert tokens == row[:len(tokens)] and all(t == tokenizer.pad_token_id for t in row[len(tokens):])
+    # The same prompts in batches of one, two and three, the shared beginning kept from the first.
+    prefix, again = likelihood.PrefixCache(), []
+    with torch.inference_mode():
+        for part in ([1], [0, 3], [2, 4, 5]):
+            rows = dict(tokenizer([prompts[i] for i in part], return_tensors="pt", padding=True))
+            again += zip(part, decoding.greedy(model, rows, 12, eos, None, tokenizer, prefix))
+    assert tokenizer.decode(prefix.tokens).startswith("Summarise this in a few words please:")
+    assert [tokens for _, tokens in sorted(again)] == made
+
+
+def test_grouped_attention_on_cpu_matches_transformers(tmp_path, grouped_dir, monkeypatch):
+    """A model with grouped key/value heads (Llama, SmolLM2) runs batchnlp's attention on a CPU,
+    where SDPA takes the groups itself instead of copies: greedy texts and label scores as with
+    transformers' eager attention, over batches of padded prompts whose shared beginning is kept
+    from batch to batch (RoPE positions and the padding mask must both come through)."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import decoding
+
+    grouped = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **k: grouped.append(k.get("enable_gqa") and k["attn_mask"] is not None)
+                        or sdpa(*a, **k))
+    template = "Read the review below and say what it is mostly about.\n{text}"
+    short = [t for t in MIXED if t != LONG]  # LONG is cut to the model's 128 positions, which the pipeline is not
+    rows = [{"text": t} for t in short]
+    (tmp_path / "gen").mkdir(), (tmp_path / "zs").mkdir()
+    texts = run_task(tmp_path / "gen", grouped_dir, {"name": "text-generation", "max_new_tokens": 6,
+                                                     "prompt_template": template}, rows, runtime={"batch_tokens": 80})
+    assert any(grouped)  # the grouped path ran under a padding mask (transformers groups only without one)
+    pipe = oracle("text-generation", grouped_dir, model_kwargs={"attn_implementation": "eager"})
+    for text, got in zip(short, texts.column("generated_text").to_pylist()):
+        prompt = template.format(text=text)
+        assert got == pipe(prompt, max_new_tokens=6, do_sample=False, return_full_text=False)[0]["generated_text"]
+
+    labels = ["good", "bad thing"]
+    table = run_task(tmp_path / "zs", grouped_dir, {"name": "zero-shot-classification", "method": "causal-lm",
+                                                    "candidate_labels": labels, "prompt_template": template},
+                     rows, runtime={"batch_tokens": 80})
+    tokenizer = AutoTokenizer.from_pretrained(grouped_dir)
+    eager = AutoModelForCausalLM.from_pretrained(grouped_dir, attn_implementation="eager").eval()
+    answers = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+    for text, got_labels, got_scores in zip(short, table.column("labels").to_pylist(),
+                                            table.column("scores").to_pylist()):
+        ids = tokenizer(decoding.build_prompt(tokenizer, template, text, False, None))["input_ids"]
+        values = np.array([_answer_logprob(eager, ids, a) for a in answers])
+        expected = dict(zip(labels, values - np.logaddexp.reduce(values)))
+        np.testing.assert_allclose(np.log(got_scores), [expected[label] for label in got_labels], atol=2e-3)
+
+
+def test_greedy_row_that_ends_at_its_first_token(causal_dir):
+    """A row whose first token is an end token leaves the batch before the cache has been written
+    to (the preallocated buffer does not exist yet): it crashed the batch of three at stop 24."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import decoding
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    batch = dict(tokenizer(["a good movie", "fine", "ok then"], return_tensors="pt", padding=True))
+    with torch.inference_mode():
+        free = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        made = decoding.greedy(model, batch, 4, {free[0, -4].item()}, None, tokenizer)
+    assert made[0] == [free[0, -4].item()]
+    for row, tokens in zip(free[1:, -4:].tolist(), made[1:]):
+        assert tokens == row[:len(tokens)]
 
 
 def test_generation_options(tmp_path, causal_dir):

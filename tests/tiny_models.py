@@ -175,6 +175,22 @@ def causal_lm(directory: Path) -> Path:
     return save(GPT2LMHeadModel(config), directory)
 
 
+def grouped_causal_lm(directory: Path) -> Path:
+    """A Llama with grouped-query attention (4 query heads on 2 key/value heads) and RoPE, like
+    SmolLM2 and the Llama family."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = bpe_tokenizer(directory)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(6)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return save(LlamaForCausalLM(config), directory)
+
+
 def bart(directory: Path) -> Path:
     from transformers import BartConfig, BartForConditionalGeneration
 

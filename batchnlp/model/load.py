@@ -9,6 +9,7 @@ from typing import Any
 
 from batchnlp.errors import ModelUnavailableError
 from batchnlp.log import no_load_report
+from batchnlp.model.attention import use_grouped_attention
 from batchnlp.model.device import Placement
 from batchnlp.model.source import ResolvedModel
 
@@ -83,6 +84,7 @@ def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, 
             "random and every answer meaningless; use a checkpoint trained for this task, or set "
             "model.allow_missing_weights: true (speed benchmarks only)")
     model = model.to(placement.device).eval()
+    use_grouped_attention(model)
     if placement.quantize_int8:
         import torch
 

@@ -138,12 +138,13 @@ def own_greedy(model: Any, params: Any) -> str | None:
 
 
 def greedy(model: Any, batch: dict[str, Any], new_tokens: int, eos: set[int], stops: list[str] | None,
-           tokenizer: Any) -> list[list[int]]:
+           tokenizer: Any, prefix: Any = None) -> list[list[int]]:
     """Greedy decoding of a left-padded batch: the new tokens of each prompt, its end token
     included. What model.generate does with do_sample=False, but cheaper on a CPU:
 
-    - the prompts' shared beginning (system prompt, instruction) runs once for the batch
-      (likelihood's prefill), and only the last position's logits are computed;
+    - the prompts' shared beginning (system prompt, instruction) runs once for all the batches
+      that share it (likelihood's prefill and its PrefixCache `prefix`), and only the last
+      position's logits are computed;
     - a row that has ended (end token, or a stop string in its text) leaves the batch, and its
       slice of the KV cache goes with it: the steps after it cost what the rows still running
       cost, where generate carries every row, padded, until the longest ends. On 64 SST-2
@@ -153,7 +154,7 @@ def greedy(model: Any, batch: dict[str, Any], new_tokens: int, eos: set[int], st
 
     from batchnlp.tasks import likelihood
 
-    after, cache, key, mask = likelihood.prefill(model, batch["input_ids"], batch["attention_mask"].long())
+    after, cache, key, mask = likelihood.prefill(model, batch["input_ids"], batch["attention_mask"].long(), prefix=prefix)
     grow_in_place(cache, new_tokens)
     following = after[:, -1].argmax(-1)
     lengths = mask.sum(-1, keepdim=True)
@@ -232,6 +233,8 @@ def _growing_layer() -> type:
             return self.keys, self.values
 
         def batch_select_indices(self, indices: Any) -> None:
+            if getattr(self, "_keys", None) is None:  # rows left before the first update: no buffer yet
+                return super().batch_select_indices(indices)
             # one copy, room included (the base class's would leave keys outside the buffer)
             used = self.get_seq_length()
             self._keys, self._values = self._keys[indices], self._values[indices]

@@ -13,7 +13,9 @@ Position ids count real tokens only, so a left-padded prompt sees the same posit
 
 from __future__ import annotations
 
+import copy
 import inspect
+import weakref
 from typing import Any, Sequence
 
 
@@ -38,12 +40,13 @@ def end_of_turn(tokenizer: Any) -> list[int]:
     return [ids[0]] if ids and ids[0] in special else []
 
 
-def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]], common_counts: bool = True
-          ) -> dict[Any, Any]:
+def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]], common_counts: bool = True,
+          prefix: PrefixCache | None = None) -> dict[Any, Any]:
     """{answer key: tensor [batch] of the summed log-probability of its tokens after each prompt}.
     `batch`: left-padded input_ids and attention_mask. `common_counts`: False leaves out the
     log-probability of the answers' common beginning, which is the same for every answer of a
-    row (a softmax over the answers' totals does not see it), and saves its logits."""
+    row (a softmax over the answers' totals does not see it), and saves its logits. `prefix`:
+    the prompts' shared beginning kept from earlier batches (see PrefixCache)."""
     import torch
 
     ids, mask = batch["input_ids"], batch["attention_mask"].long()
@@ -54,7 +57,7 @@ def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]], comm
         ids = torch.cat([ids, ids.new_tensor(lead).expand(rows, -1)], dim=1)
         mask = torch.cat([mask, mask.new_ones(rows, len(lead))], dim=1)
     last = len(lead) + 1 if lead and common_counts else 1
-    logprobs, cache, cache_key, mask = prefill(model, ids, mask, last=last)
+    logprobs, cache, cache_key, mask = prefill(model, ids, mask, last=last, prefix=prefix)
     after = logprobs[:, -1]
     base = after.new_zeros(rows)
     if last > 1:  # position j of the last ones predicts the lead's token j
@@ -106,32 +109,76 @@ def _common_prefix(sequences: Sequence[Sequence[int]], own: int = 1) -> int:
 MIN_SHARED = 4
 
 
-def prefill(model: Any, ids: Any, mask: Any, last: int = 1) -> tuple[Any, Any, str, Any]:
+class PrefixCache:
+    """The KV cache of the prompts' shared beginning, kept from one batch to the next.
+
+    Prompts made from one template share their beginning (a system prompt, the instruction
+    before {text}): every batch of a job does. It runs once, for one row, the first time it is
+    seen, and each later batch copies its cache instead of running it again. Held by the task, so
+    it lives as long as its model; `state` is what its tensors were computed under (the model, its
+    dtype, autocast), and a cache computed under another is not used."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.cache: Any = None
+        self.key = ""
+        self.state: tuple = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A task sent to another process (Ray workers) starts with nothing kept: the cache is its
+        # model's, and the model reference is a weak one, which does not pickle.
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def shared_with(self, rows: list[list[int]], own: int, state: tuple) -> int:
+        """How many of the cached tokens begin every row, leaving each row `own` tokens of its own."""
+        if state != self.state or not self.tokens:
+            return 0
+        limit = min(len(row) for row in rows) - own
+        return _common_prefix([self.tokens[:max(limit, 0)]] + rows, own=0)
+
+    def keep(self, tokens: list[int], cache: Any, key: str, state: tuple) -> None:
+        self.tokens, self.cache, self.key, self.state = tokens, cache, key, state
+
+    def shorten(self, length: int) -> None:
+        """Keep only the first `length` tokens: what the batches have shown they share (a lone
+        row's whole prompt, kept at first, shrinks to its template's part)."""
+        if length < len(self.tokens):
+            self.cache.crop(length - len(self.tokens))  # negative: tokens to drop from the end
+            self.tokens = self.tokens[:length]
+
+    def repeated(self, rows: int) -> Any:
+        """A copy of the cache for each of `rows` rows: the batch's to extend, the kept one unchanged."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
+def prefill(model: Any, ids: Any, mask: Any, last: int = 1, prefix: PrefixCache | None = None
+            ) -> tuple[Any, Any, str, Any]:
     """Run the prompts, keeping their KV cache: (log-probabilities of the token after each of
     the `last` positions [batch, last, vocabulary], the cache, its keyword, the attention mask
     over the cache's positions).
 
-    Prompts made from one template share their beginning (a system prompt, the instruction
-    before {text}), often half their tokens: that prefix runs once, for one row, and its cache is
-    repeated for the batch; each row then runs only its own tokens, after the prefix and a gap
-    of masked positions (left padding). The result is the same as running each prompt whole."""
+    The prompts' shared beginning (often half their tokens) runs once, for one row, and its cache
+    is repeated for the batch; with `prefix`, it runs once for all the batches that share it (see
+    PrefixCache). Each row then runs only its own tokens, after the prefix and a gap of masked
+    positions (left padding). The result is the same as running each prompt whole."""
     import torch
 
     # Only the last position's logits: the vocabulary projection of every prompt token would cost
     # a fifth of a small model's forward and B x length x vocabulary floats of memory.
-    keep = {"logits_to_keep": last} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    keep = _one_logit(model, last)
     batch, width = ids.shape
     lengths = mask.sum(-1)
-    shared = _shared_prefix(ids, lengths, own=last)
-    if shared < MIN_SHARED:
+    shared, cache, key = _shared_cache(model, ids, lengths, last, prefix)
+    if cache is None:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
         cache, key = _cache_of(model, out)
         return out.logits[:, -last:].float().log_softmax(-1), cache, key, mask
-    start = width - int(lengths[0])
-    head = model(input_ids=ids[:1, start:start + shared], use_cache=True)
-    cache, key = _cache_of(model, head)
-    cache.batch_repeat_interleave(batch)
     own = int((lengths - shared).max())
     own_mask = (torch.arange(own, device=ids.device) >= own - (lengths - shared)[:, None]).long()
     full_mask = torch.cat([mask.new_ones(batch, shared), own_mask], dim=1)
@@ -141,11 +188,43 @@ def prefill(model: Any, ids: Any, mask: Any, last: int = 1) -> tuple[Any, Any, s
     return out.logits[:, -last:].float().log_softmax(-1), cache, key, full_mask
 
 
-def _shared_prefix(ids: Any, lengths: Any, own: int = 1) -> int:
-    """How many first tokens every (left-padded) prompt has in common, leaving each at least
-    `own` tokens of its own (the last positions' logits are each row's)."""
+def _shared_cache(model: Any, ids: Any, lengths: Any, own: int, prefix: PrefixCache | None
+                  ) -> tuple[int, Any, str]:
+    """(how many first tokens the rows share, their KV cache repeated for each row, its keyword),
+    or (0, None, "") when they share fewer than MIN_SHARED. From `prefix` when it holds them, else
+    run now (one row) and kept in `prefix`. A lone row puts all but its own last tokens there: the
+    next batch's prompts share their template's part of it."""
     width = ids.shape[1]
-    return _common_prefix([ids[r, width - int(n):].tolist() for r, n in enumerate(lengths)], own)
+    rows = [ids[r, width - int(n):].tolist() for r, n in enumerate(lengths)]
+    state = _state(model)
+    kept = prefix is not None
+    prefix = prefix or PrefixCache()
+    shared = prefix.shared_with(rows, own, state)
+    if shared < MIN_SHARED:
+        shared = _common_prefix(rows, own) if len(rows) > 1 else (len(rows[0]) - own) * kept
+        if shared < MIN_SHARED:
+            return 0, None, ""
+        start = width - len(rows[0])
+        head = model(input_ids=ids[:1, start:start + shared], use_cache=True, **_one_logit(model))
+        prefix.keep(rows[0][:shared], *_cache_of(model, head), state)
+    prefix.shorten(shared)
+    return shared, prefix.repeated(len(rows)), prefix.key
+
+
+def _one_logit(model: Any, last: int = 1) -> dict[str, int]:
+    """The keyword that has a forward compute the logits of its `last` positions only (none where
+    the model does not take it)."""
+    return {"logits_to_keep": last} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def _state(model: Any) -> tuple:
+    """What a KV cache computed now depends on besides the tokens: the model, its weights' dtype,
+    autocast (the precision probe runs the same model under bfloat16 autocast and without)."""
+    import torch
+
+    device = model.device.type
+    return (weakref.ref(model), model.dtype, torch.is_autocast_enabled(device),
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
 
 
 def _cache_of(model: Any, out: Any) -> tuple[Any, str]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks import decoding
+from batchnlp.tasks import decoding, likelihood
 from batchnlp.tasks.base import Baseline, Feature, RowError, make_pipeline
 
 
@@ -105,10 +105,12 @@ class TextGeneration(decoding.Generative):
     def prepare(self, model: Any) -> None:
         self.own_greedy = decoding.own_greedy(model, self.params) is None
         self.eos = decoding.eos_ids(model)
+        self.prefix = likelihood.PrefixCache()
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
         if self.own_greedy:
-            made = decoding.greedy(model, batch, self.new_tokens, self.eos, self.params.stop, self.tokenizer)
+            made = decoding.greedy(model, batch, self.new_tokens, self.eos, self.params.stop, self.tokenizer,
+                                   self.prefix)
             texts = self.tokenizer.batch_decode(made, skip_special_tokens=True)
             return [([decoding.cut_at_stop(t, self.params.stop)], [None]) for t in texts]
         kwargs = decoding.generate_kwargs(self.params)

@@ -153,6 +153,7 @@ class ZeroShot(Task):
     def prepare(self, model: Any) -> None:
         if self.params.method == "causal-lm" and (why := likelihood.check_croppable(model)) is not None:
             raise ModelUnavailableError(f"model: method causal-lm scores labels on the prompt's KV cache, and {why}")
+        self.prefix = likelihood.PrefixCache()
 
     def batch_length(self, feature: Feature) -> int:
         extra = 0
@@ -238,7 +239,7 @@ class ZeroShot(Task):
             wanted = {answer: self._answer(answer) for answers in meta for answer in answers}
             mean = self.params.label_scoring == "mean" and not self.params.multi_label
             # A softmax over totals does not see what every answer shares; a mean over each answer's tokens does.
-            scores = {a: s.cpu().numpy() for a, s in likelihood.score(model, batch, wanted, common_counts=mean).items()}
+            scores = {a: s.cpu().numpy() for a, s in likelihood.score(model, batch, wanted, mean, self.prefix).items()}
             return [np.array([scores[a][i] / (len(wanted[a]) if mean else 1) for a in answers])
                     for i, answers in enumerate(meta)]
         if self.params.method == "nli":
