@@ -7,6 +7,12 @@ label, whether the twins agree, accuracy against the reviews' star ratings, and 
 causal-lm scores sum to 1.
 
     python benchmarks/smollm2_twins.py [--rounds 2] [--rows 40]
+
+With --warm N: both jobs' annotators instead open in this one process, and N alternating rounds
+of the first --rows rows run through them (the runner's shards of 50), so that each round's ratio
+compares the two on the same warm process, without Python's start, the load or the first forward.
+
+    python benchmarks/smollm2_twins.py --warm 6 [--rows 40]
 """
 
 from __future__ import annotations
@@ -66,11 +72,45 @@ def compare(generated: Path, labelled: Path) -> None:
           f"max |sum(scores) - 1| = {max(abs(sum(r['scores']) - 1) for r in lab.values()):.1e}")
 
 
+def warm(rounds: int, rows: int) -> None:
+    import statistics
+
+    import pyarrow.csv as pc
+
+    import batchnlp
+    from batchnlp.model import source
+    from batchnlp.runner import plan_job
+    from batchnlp.session import describe_job, open_session
+
+    annotators = {}
+    for job in JOBS:
+        spec = batchnlp.load_job(str(ROOT / "jobs" / f"{job}.yaml"))
+        annotators[job] = open_session(describe_job(spec, plan_job(spec, None), source.resolve(spec.model),
+                                                    quiet=True)).annotator
+    table = pc.read_csv(ROOT / "data" / "reviews.csv").slice(0, rows)
+    seconds: dict[str, list[float]] = {job: [] for job in JOBS}
+    for _ in range(rounds):
+        for job, annotator in annotators.items():
+            began = time.perf_counter()
+            for start in range(0, table.num_rows, 50):  # the jobs' rows_per_shard
+                annotator(table.slice(start, 50), start)
+            seconds[job].append(time.perf_counter() - began)
+    for job in JOBS:
+        print(f"{job:22} {table.num_rows} rows, warm: {' '.join(f'{t:.2f}' for t in seconds[job])} s "
+              f"(median {statistics.median(seconds[job]):.2f})")
+    ratios = [b / a for a, b in zip(*seconds.values())]
+    print(f"{JOBS[1]} / {JOBS[0]} per round: {' '.join(f'{r:.2f}' for r in ratios)} "
+          f"(median {statistics.median(ratios):.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=40)
+    parser.add_argument("--warm", type=int, metavar="N", help="N alternating rounds in this process instead")
     args = parser.parse_args()
+    if args.warm:
+        return warm(args.warm, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         outs = {}
         for n, limit in enumerate([args.rows] * args.rounds + [None]):
