@@ -125,9 +125,10 @@ def _check_model_files(spec: JobSpec, directory: Path) -> None:
     wants = task_cls.model_class_of(spec.task.params)
     if wants == "AutoModelForCausalLM" and architectures and not headless and \
             not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        method = getattr(spec.task.params, "method", None)
         raise ModelUnavailableError(f"model: {directory} is a {architectures[0]}, not a causal language model, which "
-                                    f"{spec.task.name}" + (" with method: causal-lm" if spec.task.name.startswith(
-                                        "zero") else "") + " needs (an ...ForCausalLM checkpoint)")
+                                    f"{spec.task.name}{f' with method: {method}' if method else ''} needs (an "
+                                    "...ForCausalLM checkpoint)")
     if task_cls.needs_head(spec.task.params) and headless and not spec.model.allow_missing_weights:
         raise ModelUnavailableError(
             f"model: {directory} is a bare {architectures[0]} with no head for {spec.task.name}: its answers would "

@@ -51,13 +51,32 @@ def test_classification_equals_the_local_engine(tmp_path, classifier_dir, review
     assert run_info["engine"] == "ray" and run_info["ray_version"] == ray.__version__ and run_info["actors"] >= 1
     # The same fields as a local run's entry (issue 16: a Ray entry had no device or dtype).
     local_info = record(tmp_path / "local" / "out")["runs"][0]
-    for key in ("device", "dtype", "precision", "precision_probe", "batch_tokens", "max_batch_size", "rows",
-                "seconds", "status", "parts_added"):
+    for key in ("device", "dtype", "precision", "precision_probe", "probe_seconds", "batch_tokens", "max_batch_size",
+                "rows", "seconds", "status", "parts_added"):
         assert key in run_info and key in local_info, key
     assert (run_info["device"], run_info["dtype"]) == (local_info["device"], local_info["dtype"]) == ("cpu", "float32")
     assert {(p["device"], p["dtype"]) for p in manifest["parts"]} == {("cpu", "float32")}
     assert manifest["status"] == "complete" and [s["shard"] for s in manifest["parts"]] == [0, 1, 2]
     assert all(len(s["sha256"]) == 64 for s in manifest["parts"])
+
+
+def test_the_drivers_probe_records_its_load_apart(monkeypatch):
+    """dtype auto on a CPU with bfloat16: the driver loads the model once to probe; the entry keeps
+    that load apart from the probe's own seconds, as a local run's does (it once counted both as
+    the probe's)."""
+    from types import SimpleNamespace
+
+    from batchnlp.engines import ray as ray_engine
+    from batchnlp.model import device
+
+    monkeypatch.setattr(device, "choose", lambda runtime: SimpleNamespace(needs_probe=True, name="bfloat16"))
+    session = SimpleNamespace(annotator=SimpleNamespace(placement=SimpleNamespace(name="float32")),
+                              probe={"refused": "slower than float32"}, probe_seconds=0.7, load_seconds=2.5)
+    monkeypatch.setattr(ray_engine, "open_session", lambda job, done: session)
+    ctx = SimpleNamespace(pinned=None, job=SimpleNamespace(spec=SimpleNamespace(runtime=None)), done=set())
+    assert ray_engine.settle_precision(ctx, on_gpus=False) == (
+        "float32", session.probe, {"probe_seconds": 0.7, "probe_load_seconds": 2.5})
+    assert ray_engine.settle_precision(SimpleNamespace(pinned="float32"), on_gpus=False)[2]["probe_seconds"] == 0
 
 
 def test_generation_equals_the_local_engine(tmp_path, causal_dir, reviews_csv):

@@ -257,7 +257,8 @@ def test_validate_refuses_a_classifier_for_causal_lm(tmp_path, nli_dir, reviews_
                     task={"name": "zero-shot-classification", "candidate_labels": ["a", "b"], "method": "causal-lm"},
                     model={"path": str(nli_dir)})
     result = CliRunner().invoke(main, ["validate", str(job)])
-    assert result.exit_code == 2 and "not a causal language model" in result.output
+    assert result.exit_code == 2 and "not a causal language model, which zero-shot-classification with method: " \
+        "causal-lm needs" in result.output
 
 
 def test_zero_shot_embedding_method(tmp_path, encoder_dir):

@@ -20,7 +20,6 @@ environment's credentials.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from batchnlp import watchdog
@@ -92,16 +91,14 @@ def run(ctx: RunContext) -> RunResult:
                                           "dataset), not a streamed hub dataset")
     ray = ray_cluster.init(ctx.address, ctx.quiet)
     actors, remote_args, threads = ray_cluster.pool(ray, ctx.job.spec)
-    began = time.perf_counter()
-    precision, probe = settle_precision(ctx, on_gpus="num_gpus" in remote_args)
-    load_seconds = round(time.perf_counter() - began, 3)
+    precision, probe, probe_timing = settle_precision(ctx, on_gpus="num_gpus" in remote_args)
     pending = [key for key in plan.shard_keys() if key not in ctx.done]
     committer = ctx.committer()
     ctx.start_run(committer, {
         "engine": "ray", "ray_version": ray.__version__, "ray_address": ctx.address or "local",
         "cluster_resources": ray.cluster_resources(), "actors": actors, **remote_args,
         "torch_threads_per_actor": threads, "dtype": precision, "precision": precision, "precision_probe": probe,
-        "probe_seconds": load_seconds, "model_cache": ctx.job.model_cache,
+        **probe_timing, "model_cache": ctx.job.model_cache,
         "batch_tokens": ctx.job.spec.runtime.batch_tokens,
         "max_batch_size": ctx.job.spec.runtime.max_batch_size}, probe, precision)
     progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
@@ -125,22 +122,26 @@ def run(ctx: RunContext) -> RunResult:
                      plan.shard_count, len(ctx.done))
 
 
-def settle_precision(ctx: RunContext, on_gpus: bool) -> tuple[str, dict[str, Any] | None]:
-    """(the precision every actor runs in, the probe that chose it): the output's pinned one; on
-    its first run, `dtype: auto`'s probe here on the driver, once, instead of once per actor
-    (GPU actors: float16, as `auto` takes on CUDA, with no probe)."""
+def settle_precision(ctx: RunContext, on_gpus: bool) -> tuple[str, dict[str, Any] | None, dict[str, float]]:
+    """(the precision every actor runs in, the probe that chose it, its seconds): the output's
+    pinned one; on its first run, `dtype: auto`'s probe here on the driver, once, instead of once
+    per actor (GPU actors: float16, as `auto` takes on CUDA, with no probe). The seconds are the
+    probe's and the driver's model load for it (`probe_load_seconds`), kept apart as the local
+    engine keeps its load and probe apart."""
+    none = {"probe_seconds": 0.0, "probe_load_seconds": 0.0}
     if ctx.pinned is not None:
-        return ctx.pinned, None
+        return ctx.pinned, None, none
     runtime = ctx.job.spec.runtime
     if on_gpus:
-        return ("float16" if runtime.dtype == "auto" else runtime.dtype), None
+        return ("float16" if runtime.dtype == "auto" else runtime.dtype), None, none
     from batchnlp.model import device
 
     placement = device.choose(runtime)
     if not placement.needs_probe:
-        return placement.name, None
+        return placement.name, None, none
     session = open_session(ctx.job, ctx.done)
-    return session.annotator.placement.name, session.probe
+    return (session.annotator.placement.name, session.probe,
+            {"probe_seconds": session.probe_seconds, "probe_load_seconds": session.load_seconds})
 
 
 def _results(ray: Any, ctx: RunContext, pending: list[ShardKey], actors: int, remote_args: dict[str, Any],
