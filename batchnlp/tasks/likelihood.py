@@ -114,7 +114,7 @@ class PrefixCache:
 
     Prompts made from one template share their beginning (a system prompt, the instruction
     before {text}): every batch of a job does. It runs once, for one row, the first time it is
-    seen, and each later batch copies its cache instead of running it again. Held by the task, so
+    seen, and each later batch starts from its cache instead of running it again. Held by the task, so
     it lives as long as its model; `state` is what its tensors were computed under (the model, its
     dtype, autocast), and a cache computed under another is not used."""
 
