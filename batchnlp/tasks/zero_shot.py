@@ -239,7 +239,8 @@ class ZeroShot(Task):
             wanted = {answer: self._answer(answer) for answers in meta for answer in answers}
             mean = self.params.label_scoring == "mean" and not self.params.multi_label
             # A softmax over totals does not see what every answer shares; a mean over each answer's tokens does.
-            scores = {a: s.cpu().numpy() for a, s in likelihood.score(model, batch, wanted, mean, self.prefix).items()}
+            scored = likelihood.score(model, batch, wanted, common_counts=mean, prefix=self.prefix)
+            scores = {a: s.cpu().numpy() for a, s in scored.items()}
             return [np.array([scores[a][i] / (len(wanted[a]) if mean else 1) for a in answers])
                     for i, answers in enumerate(meta)]
         if self.params.method == "nli":
