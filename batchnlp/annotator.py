@@ -88,7 +88,7 @@ class Annotator:
             owners.extend([i] * len(encoded))
         lengths = [self.task.batch_length(f) for f in features]
         batches = token_budget_batches(lengths, self.batch_tokens, self.spec.runtime.max_batch_size,
-                                       self.task.batch_overhead_tokens())
+                                       self.task.batch_overhead_tokens(), grouped=self.task.groups_by_length)
         return Prepared(rows, records, errors, features, owners, batches, time.perf_counter() - began)
 
     def records(self, rows: pa.Table) -> list[dict[str, Any]]:

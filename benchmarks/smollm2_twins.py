@@ -54,7 +54,9 @@ def compare(generated: Path, labelled: Path) -> None:
 
     stars = {r["id"]: r["rating"] for r in pc.read_csv(ROOT / "data" / "reviews.csv").to_pylist()}
     gen = {r["id"]: r for r in batchnlp.dataset(str(generated)).to_table().to_pylist()}
-    lab = {r["id"]: r for r in batchnlp.dataset(str(labelled)).to_table().to_pylist()}
+    # Labels compare as lower case: the twin may write them as the model does ("Positive").
+    lab = {r["id"]: {**r, "labels": [x.lower() for x in r["labels"]]}
+           for r in batchnlp.dataset(str(labelled)).to_table().to_pylist()}
     exact = sum(r["generated_text"].strip().lower().strip(".!") in ("positive", "negative") for r in gen.values())
     named = {i: label_named(r["generated_text"]) for i, r in gen.items()}
     agree = sum(named[i] == lab[i]["labels"][0] for i in gen if named[i])

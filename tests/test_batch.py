@@ -37,3 +37,15 @@ def test_less_padding_than_greedy_filling():
     greedy = [sorted(range(100), key=lambda i: -lengths[i])]  # everything fits one greedy batch
     assert sum(lengths) / padded(batches, lengths) > 0.9
     assert padded(batches, lengths) < 0.6 * padded(greedy, lengths)
+
+
+def test_a_task_that_groups_by_length_pays_its_tokens_not_its_padding():
+    """A task that runs a batch's rows in groups of similar length itself (greedy generation):
+    one long row costs nothing extra beside short ones, so they share a batch; the padded batch
+    must still fit the budget (its memory)."""
+    lengths = [100, 10, 10, 10]
+    assert token_budget_batches(lengths, batch_tokens=1000, max_batch_size=8) == [[0], [1, 2, 3]]
+    assert token_budget_batches(lengths, batch_tokens=1000, max_batch_size=8, grouped=True) == [[0, 1, 2, 3]]
+    tight = token_budget_batches(lengths, batch_tokens=250, max_batch_size=8, grouped=True)
+    assert len(tight) == 2 and padded(tight, lengths) <= 2 * 250
+    assert all(len(b) * max(lengths[i] for i in b) <= 250 for b in tight)

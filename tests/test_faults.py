@@ -250,6 +250,9 @@ def test_the_watchdog_beats_while_a_batch_computes_and_stops_a_wait_that_never_e
     logger = logging.getLogger("batchnlp")
     monkeypatch.setattr(logger, "handlers", [handler])
     monkeypatch.setattr(logger, "level", logging.INFO)
+    # A logger caches its isEnabledFor answers; setting .level does not clear them (setLevel does),
+    # and an earlier `run -q` in this process leaves INFO cached as off.
+    monkeypatch.setattr(logger, "_cache", {})
 
     with watchdog.watching(stall_seconds=0.6, heartbeat_seconds=0.2, file_only=False) as dog:
         with watchdog.doing("annotating part-00000-00000.parquet"):

@@ -459,6 +459,53 @@ def test_own_greedy_loop_matches_generate_as_rows_end(causal_dir):
     assert [tokens for _, tokens in sorted(again)] == made
 
 
+def test_greedy_prefills_prompts_of_different_lengths_in_groups_and_decodes_them_as_one(causal_dir, monkeypatch):
+    """A batch of one long and three short prompts: the long one's padding would triple the short
+    ones' forward, so they prefill in two groups, whose caches are merged (each row right-aligned,
+    the gap masked) into one batch that decodes together. Tokens must be each prompt's own greedy
+    continuation (model.generate, one prompt at a time, no padding; GPT-2's learned positions show
+    any slip), with rows ending early, and again when the prompts' beginning is kept from before."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import decoding, likelihood
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    prompts = ["Summarise this in a few words please: " + t for t in [LONG[:120], "ok", "great battery", "fine"]]
+    with torch.inference_mode():
+        alone = [model.generate(**tokenizer(p, return_tensors="pt"), max_new_tokens=10, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)[0, len(tokenizer(p)["input_ids"]):].tolist()
+                 for p in prompts]
+    eos = {alone[1][3], alone[2][6]}
+    expected = []
+    for tokens in alone:  # each up to and with its first end token
+        ends = [i for i, t in enumerate(tokens) if t in eos]
+        expected.append(tokens[:ends[0] + 1] if ends else tokens)
+    assert len({len(t) for t in expected}) >= 2
+    groups = []
+    prefill = likelihood.prefill
+    monkeypatch.setattr(likelihood, "prefill", lambda model, ids, *a, **k: groups.append(ids.shape) or
+                        prefill(model, ids, *a, **k))
+    batch = dict(tokenizer(prompts, return_tensors="pt", padding=True))
+    prefix = likelihood.PrefixCache()
+    with torch.inference_mode():
+        assert decoding.greedy(model, batch, 10, eos, None, tokenizer) == expected
+        assert [rows for rows, _ in groups] == [1, 3]  # the long prompt alone, the short ones together
+        assert groups[1][1] < batch["input_ids"].shape[1] // 2
+        for _ in range(2):  # the first keeps the long prompt's beginning, the second the shared part
+            assert decoding.greedy(model, batch, 10, eos, None, tokenizer, prefix) == expected
+    assert tokenizer.decode(prefix.tokens).startswith("Summarise this in a few words please:")
+    # Cache layers of another kind (sliding window, quantised) are not merged: after the first
+    # group shows them, the batch runs as one.
+    import transformers.cache_utils
+
+    monkeypatch.setattr(transformers.cache_utils, "DynamicLayer", type("OtherLayer", (), {}))
+    groups.clear()
+    with torch.inference_mode():
+        assert decoding.greedy(model, batch, 10, eos, None, tokenizer) == expected
+    assert [rows for rows, _ in groups] == [1, 4]
+
+
 def test_grouped_attention_on_cpu_matches_transformers(tmp_path, grouped_dir, monkeypatch):
     """A model with grouped key/value heads (Llama, SmolLM2) runs batchnlp's attention on a CPU,
     where SDPA takes the groups itself instead of copies: greedy texts and label scores as with

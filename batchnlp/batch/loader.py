@@ -20,17 +20,20 @@ from torch.utils.data import DataLoader, Dataset
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int,
-                         overhead_tokens: int = 64) -> list[list[int]]:
+                         overhead_tokens: int = 64, grouped: bool = False) -> list[list[int]]:
     """Row indices grouped into batches, longest rows first, each within the token budget.
 
     Greedy filling up to the budget pads short rows to the longest of a wide length range when a
     shard is small. Instead the sorted rows are cut where it is cheapest: each batch costs its
     padded tokens (rows x longest) plus a fixed `overhead_tokens` (the per-forward cost in token
     equivalents), minimised exactly by dynamic programming over the sorted order. A row longer
-    than the whole budget gets a batch of its own rather than being dropped.
+    than the whole budget gets a batch of its own rather than being dropped. `grouped`: the task
+    runs a batch's rows in groups of similar length itself, so a batch costs its rows' tokens
+    (padded rows x longest still has to fit the budget).
     """
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")  # ties keep input order
     sorted_lengths = np.asarray(lengths, dtype=np.int64)[order]
+    summed = np.concatenate([[0], np.cumsum(sorted_lengths)])  # summed[j]: the first j sorted rows' tokens
     n = len(order)
     best = np.zeros(n + 1)  # best[j]: cheapest cost of batching the first j sorted rows
     cut = np.zeros(n + 1, dtype=np.int64)
@@ -39,9 +42,11 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch_si
         low = max(0, j - max_batch_size)
         starts = np.arange(low, j)
         rows = j - starts
-        fits = rows * sorted_lengths[starts] <= batch_tokens
+        padded = rows * sorted_lengths[starts]
+        fits = padded <= batch_tokens
         fits[-1] = True  # a single row always forms a batch
-        cost = np.where(fits, best[starts] + rows * sorted_lengths[starts] + overhead_tokens, np.inf)
+        tokens = summed[j] - summed[starts] if grouped else padded
+        cost = np.where(fits, best[starts] + tokens + overhead_tokens, np.inf)
         k = int(np.argmin(cost))
         best[j], cut[j] = cost[k], starts[k]
     batches = []

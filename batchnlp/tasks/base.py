@@ -59,6 +59,10 @@ class Task:
     padding_side: ClassVar[str] = "right"
     #: Long inputs are split into overlapping windows rather than truncated.
     windowed: ClassVar[bool] = False
+    #: The task runs a batch's inputs in groups of similar length itself (set by `prepare` where
+    #: it does): padding costs it nothing, so the batcher counts a batch's cost as its tokens, and
+    #: only keeps rows x longest within the budget (the memory a padded batch takes).
+    groups_by_length: bool = False
     #: The longest input when runtime.max_length is not set, if shorter than the model's limit.
     default_max_length: ClassVar[int | None] = None
     #: The share of rows that must give the same answer as float32 for a faster precision to be

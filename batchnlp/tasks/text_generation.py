@@ -104,6 +104,7 @@ class TextGeneration(decoding.Generative):
 
     def prepare(self, model: Any) -> None:
         self.own_greedy = decoding.own_greedy(model, self.params) is None
+        self.groups_by_length = self.own_greedy  # its greedy loop prefills in groups (decoding.prefill_in_groups)
         self.eos = decoding.eos_ids(model)
         self.prefix = likelihood.PrefixCache()
 
