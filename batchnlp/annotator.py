@@ -141,7 +141,8 @@ class Annotator:
             self.oom_splits += 1
             self._halves(prepared, indices, batch, meta)
             return
-        prepared.padded += rows * width
+        mask = batch.get("attention_mask")
+        prepared.padded += self.task.padded_tokens(mask.sum(-1).tolist() if mask is not None else [width] * rows)
         for i, output in zip(indices, outputs):
             prepared.outputs[i] = output
 

@@ -49,3 +49,13 @@ def test_a_task_that_groups_by_length_pays_its_tokens_not_its_padding():
     tight = token_budget_batches(lengths, batch_tokens=250, max_batch_size=8, grouped=True)
     assert len(tight) == 2 and padded(tight, lengths) <= 2 * 250
     assert all(len(b) * max(lengths[i] for i in b) <= 250 for b in tight)
+
+
+def test_grouped_generation_counts_the_positions_its_groups_run():
+    """A greedy batch prefills its long prompt alone and its short ones together: its padded
+    tokens (the record's, the bench's padding efficiency) are those, not rows x longest."""
+    from types import SimpleNamespace
+
+    from batchnlp.tasks.text_generation import TextGeneration
+
+    assert TextGeneration.padded_tokens(SimpleNamespace(groups_by_length=True), [100, 10, 10, 12]) == 100 + 3 * 12

@@ -132,6 +132,11 @@ class Task:
     def start_shard(self, index: int) -> None:
         """Called before each shard (generation reseeds here so a resumed run samples the same)."""
 
+    def padded_tokens(self, lengths: list[int]) -> int:
+        """The positions a batch of inputs of these lengths runs through the model, padding
+        included (the output's `padded_tokens`, the bench's padding efficiency)."""
+        return len(lengths) * max(lengths)
+
     def batch_overhead_tokens(self) -> int:
         """What one more batch costs beyond its padded tokens, in tokens (the batcher cuts where
         padding plus this is least): one forward's fixed cost for most tasks."""

@@ -206,12 +206,10 @@ def prefill_in_groups(model: Any, ids: Any, mask: Any, prefix: Any = None) -> tu
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    from batchnlp.batch.loader import token_budget_batches
     from batchnlp.tasks import likelihood
 
     lengths = mask.sum(-1)
-    groups = token_budget_batches(lengths.tolist(), batch_tokens=ids.numel(), max_batch_size=ids.shape[0],
-                                  overhead_tokens=GROUP_OVERHEAD)
+    groups = length_groups(lengths.tolist())
     if len(groups) == 1:
         return likelihood.prefill(model, ids, mask, prefix=prefix)
     parts = []
@@ -223,6 +221,14 @@ def prefill_in_groups(model: Any, ids: Any, mask: Any, prefix: Any = None) -> tu
                                        for layer in parts[0][2].layers):
             return likelihood.prefill(model, ids, mask, prefix=prefix)  # seen on the first group: one wasted
     return _merged(parts, ids.shape[0])
+
+
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """The groups of rows (indices) a batch of prompts of these lengths prefills in."""
+    from batchnlp.batch.loader import token_budget_batches
+
+    return token_budget_batches(lengths, batch_tokens=len(lengths) * max(lengths), max_batch_size=len(lengths),
+                                overhead_tokens=GROUP_OVERHEAD)
 
 
 def _merged(parts: list[tuple], rows: int) -> tuple[Any, Any, str, Any]:

@@ -108,6 +108,11 @@ class TextGeneration(decoding.Generative):
         self.eos = decoding.eos_ids(model)
         self.prefix = likelihood.PrefixCache()
 
+    def padded_tokens(self, lengths: list[int]) -> int:
+        if not self.groups_by_length:
+            return super().padded_tokens(lengths)
+        return sum(len(rows) * max(lengths[i] for i in rows) for rows in decoding.length_groups(lengths))
+
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
         if self.own_greedy:
             made = decoding.greedy(model, batch, self.new_tokens, self.eos, self.params.stop, self.tokenizer,
