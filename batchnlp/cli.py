@@ -444,8 +444,9 @@ def report(output_dir: str, path: str, threshold: float) -> None:
 
 @main.command("random-model")
 @click.argument("output_dir", type=click.Path(file_okay=False))
-@click.option("--shape", type=click.Choice(["distilbert-base", "bert-base"]), default="distilbert-base",
-              show_default=True, help="DistilBertConfig() or BertConfig() defaults (768 dim; 6 or 12 layers).")
+@click.option("--shape", type=click.Choice(["distilbert-base", "bert-base", "smollm2-135m"]), default="distilbert-base",
+              show_default=True, help="DistilBertConfig() or BertConfig() defaults (768 dim; 6 or 12 layers), or "
+                                      "SmolLM2-135M's Llama shape (a causal LM, for text-generation; --labels unused).")
 @click.option("--labels", default="NEGATIVE,POSITIVE", show_default=True,
               help="Comma-separated labels; contradiction,neutral,entailment makes a zero-shot (NLI) model.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -454,11 +455,15 @@ def report(output_dir: str, path: str, threshold: float) -> None:
                    "(e.g. on a machine without the demo extra).")
 @user_errors
 def random_model(output_dir: str, shape: str, labels: str, seed: int, tokenizer_dir: str | None) -> None:
-    """Save a randomly initialised sequence classifier of a real model's shape, with the real
-    bert-base-uncased WordPiece tokenizer that the demo extra's MiniLM ships: the same speed as the
-    trained model, for `bench` (its answers are meaningless)."""
-    from batchnlp.model.random import save_random_classifier
+    """Save a randomly initialised sequence classifier (or causal LM) of a real model's shape, with
+    the real bert-base-uncased WordPiece tokenizer that the demo extra's MiniLM ships: the same
+    speed as the trained model, for `bench` (its answers are meaningless)."""
+    from batchnlp.model.random import save_random_causal_lm, save_random_classifier
 
+    if shape == "smollm2-135m":
+        path = save_random_causal_lm(Path(output_dir), seed, Path(tokenizer_dir) if tokenizer_dir else None)
+        click.echo(f"{path}: random causal LM of SmolLM2-135M's shape")
+        return
     path = save_random_classifier(Path(output_dir), shape, [label.strip() for label in labels.split(",")], seed,
                                   Path(tokenizer_dir) if tokenizer_dir else None)
     click.echo(f"{path}: random {shape} classifier with labels {labels}")

