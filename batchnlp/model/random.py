@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from batchnlp.errors import ModelUnavailableError
 
@@ -18,19 +19,13 @@ def save_random_classifier(directory: Path, shape: str, labels: list[str], seed:
     whose tokenizer is bert-base-uncased's)."""
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
-    from transformers.utils import logging
 
     tokenizer_dir = _checked_tokenizer(tokenizer_dir or _minilm_tokenizer())
     config_class = DistilBertConfig if shape == "distilbert-base" else BertConfig
     config = config_class(num_labels=len(labels), id2label=dict(enumerate(labels)),
                           label2id={label: i for i, label in enumerate(labels)})
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    logging.disable_progress_bar()  # a bar for writing one file is noise in a one-line command
-    model.eval().save_pretrained(directory)
-    _copy_tokenizer(tokenizer_dir, directory)
-    return directory
+    return _save(AutoModelForSequenceClassification.from_config(config), directory, tokenizer_dir)
 
 
 #: SmolLM2-135M's shape (its config.json): the model of issue 20's generation bench, whose weights
@@ -47,7 +42,6 @@ def save_random_causal_lm(directory: Path, seed: int = 0, tokenizer_dir: Path | 
     ends early: a generation bench measures the full token budget."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
-    from transformers.utils import logging
 
     tokenizer_dir = _checked_tokenizer(tokenizer_dir or _minilm_tokenizer())
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -56,11 +50,7 @@ def save_random_causal_lm(directory: Path, seed: int = 0, tokenizer_dir: Path | 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    logging.disable_progress_bar()
-    model.eval().save_pretrained(directory)
-    _copy_tokenizer(tokenizer_dir, directory)
-    return directory
+    return _save(model, directory, tokenizer_dir)
 
 
 def _checked_tokenizer(tokenizer_dir: Path) -> Path:
@@ -70,10 +60,17 @@ def _checked_tokenizer(tokenizer_dir: Path) -> Path:
     return tokenizer_dir
 
 
-def _copy_tokenizer(tokenizer_dir: Path, directory: Path) -> None:
+def _save(model: Any, directory: Path, tokenizer_dir: Path) -> Path:
+    """The model's weights and config, and the tokenizer's files beside them."""
+    from transformers.utils import logging
+
+    directory.mkdir(parents=True, exist_ok=True)
+    logging.disable_progress_bar()  # a bar for writing one file is noise in a one-line command
+    model.eval().save_pretrained(directory)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, directory / name)
+    return directory
 
 
 def _minilm_tokenizer() -> Path:
