@@ -41,9 +41,12 @@ def load_job(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | N
 
 def run(job: JobSpec | str | Path | Mapping[str, Any], *, overwrite: bool = False, limit: int | None = None,
         engine: Literal["local", "ray"] | None = None, quiet: bool = True, reprocess_changed: bool = False,
-        removed: Literal["refuse", "drop", "keep"] = "refuse", retry_errors: bool = False) -> RunResult:
+        removed: Literal["refuse", "drop", "keep"] | None = None, retry_errors: bool = False) -> RunResult:
     """Run (or continue) a job, as `batchnlp run` does; `quiet` (default) draws no progress bar.
-    The result's `status` is `complete`, or `partial` when a `limit` left input rows out."""
+    `reprocess_changed` and `removed` override the job's output.on_changed / on_removed. The
+    result's `status` is `complete`, or `partial` when a `limit` left input rows out; the input
+    files the run found are in `changes` (`changes["skipped"]`: changed files that
+    output.on_changed: skip left as annotated, where the command line exits 3)."""
     from batchnlp.runner import run as run_job
 
     spec = job if isinstance(job, JobSpec) else load_job(job)

@@ -28,6 +28,7 @@ from batchnlp.model import source
 from batchnlp.read.plan import Plan, read_shards
 from batchnlp.runner import plan_job
 from batchnlp.session import Session, describe_job, library_version, open_session, probe_summary
+from batchnlp.tasks.agreement import compare
 from batchnlp.spec import JobSpec
 from batchnlp.tasks.base import Baseline
 from batchnlp.write.folder import Folder
@@ -194,6 +195,15 @@ def _report_agreement(report: Report, reference: Annotator, measured: Measured,
     report.add("agreement_float32", value, f"  agreement with batchnlp float32: {task.describe_agreement(value)} "
                                            f"(threshold {task.agreement_threshold})")
     echo(report.lines[-1])
+    refused, figures = compare(task, measured.rows, exact)
+    if "scores" in figures:  # the probe's view of the scores: ties, distinct values, margins
+        scores = figures["scores"]
+        report.add("scores_float32", scores,
+                   f"  scores against float32: {scores['ties']} ties ({scores['float32_ties']}), "
+                   f"{scores['distinct']} distinct ({scores['float32_distinct']}), margin error median "
+                   f"{scores['margin_error_median']:g}, max {scores['margin_error_max']:g}; "
+                   + (f"the precision probe would refuse: {refused}" if refused else "as fine as float32's"))
+        echo(report.lines[-1])
     if measured.baseline_rows is not None:
         value = task.agreement(measured.rows, measured.baseline_rows)
         report.add("agreement_pipeline", value,

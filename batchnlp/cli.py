@@ -1,5 +1,6 @@
-"""The `batchnlp` command. Exit status: 0 success, 2 a user error (one line on stderr), 75 the
-output is busy (another live run holds it: try later), 130/143 stopped by a signal, 1 a bug.
+"""The `batchnlp` command. Exit status: 0 success, 2 a user error (one line on stderr), 3 a run
+that finished but skipped changed input files (output.on_changed: skip; one line names them), 75
+the output is busy (another live run holds it: try later), 130/143 stopped by a signal, 1 a bug.
 
 torch and transformers are imported inside `run` only, so `--help`, `validate`, `inspect` and
 `tasks` answer at once.
@@ -17,9 +18,9 @@ from typing import Any, Callable, Iterator
 import click
 
 from batchnlp import __version__
-from batchnlp.errors import BUSY, USER_ERROR, RunFailed, UserError, exit_code, is_disk_full
+from batchnlp.errors import BUSY, SKIPPED, USER_ERROR, RunFailed, UserError, exit_code, is_disk_full
 
-__all__ = ["BUSY", "main"]
+__all__ = ["BUSY", "SKIPPED", "main"]
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -108,7 +109,8 @@ def _setup_logging(quiet: bool, log_level: str | None, log_file: str | None, log
                                                           "with a larger limit, or none, continues).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines; only warnings are logged.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), help="Override runtime.engine.")
-@click.option("--address", help="engine ray: the cluster to use (e.g. ray://head:10001); default a local one.")
+@click.option("--address", help="engine ray: an existing cluster's GCS address (head-host:6379, or auto on a node "
+                                "where `ray start` ran); default a local one. ray:// (Ray Client) is refused.")
 @click.option("--reprocess-changed", is_flag=True,
               help="Annotate again the input files whose content changed since they were annotated.")
 @click.option("--drop-removed", "removed", flag_value="drop",
@@ -134,7 +136,7 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
     from batchnlp.spec import load_spec
 
     spec = load_spec(job, overrides)
-    policy = Policy(reprocess_changed, removed or "refuse", retry_errors)
+    policy = Policy(reprocess_changed, removed, retry_errors)
     if dry_run:
         _dry_run(spec, limit, policy, overwrite, engine, address)
         return
@@ -143,6 +145,16 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
                          policy=policy, progress_interval=progress_interval,
                          faults=Faults.from_environment(), exit_at_once=True)
     _report(result)
+    skipped = (result.changes or {}).get("skipped")
+    if skipped:  # output.on_changed: skip — the night's work is done, and it is not what the input says
+        from batchnlp.log import final_error
+
+        final_error(f"input.path: {skipped[0]}{f' (and {len(skipped) - 1} more)' if len(skipped) > 1 else ''} "
+                    f"changed since {'it was' if len(skipped) == 1 else 'they were'} annotated and "
+                    f"{'was' if len(skipped) == 1 else 'were'} skipped (output.on_changed: skip): the earlier "
+                    "annotations are kept, the other files annotated; restore it, or run with --reprocess-changed",
+                    SKIPPED)
+        sys.exit(SKIPPED)
 
 
 def _dry_run(spec: Any, limit: int | None, policy: Any, overwrite: bool, engine: str | None,
@@ -175,7 +187,8 @@ def _report(result: Any) -> None:
         done = "already complete" if result.status == "complete" else "already partial (the --limit is reached)"
         click.echo(f"{result.output}: {done} ({result.resumed_from} parts); nothing to do{noted}")
         return
-    resumed = f", resumed after {result.resumed_from} committed parts" if result.resumed_from else ""
+    resumed = f", resumed after {result.resumed_from} committed parts" if result.resumed and result.resumed_from \
+        else f", after the {result.resumed_from} parts the output held" if result.resumed_from else ""
     if result.status == "partial":
         noted += "; partial: run without --limit (or with a larger one) to continue"
     click.echo(f"{result.output}: wrote {result.rows_written} rows in {written} parts{resumed}{noted}")
@@ -313,11 +326,20 @@ def cache_command(clear: bool) -> None:
             shutil.rmtree(entry["entry"], ignore_errors=True)
         click.echo(f"removed {count} ({mib}) from {cache.root()}")
         return
-    click.echo(f"model cache: {cache.root()} (BATCHNLP_CACHE)")
+    import os
+
+    where = "set by BATCHNLP_CACHE" if os.environ.get("BATCHNLP_CACHE") else \
+        "the default; set BATCHNLP_CACHE to use another folder"
+    click.echo(f"model cache: {cache.root()} ({where})")
     for entry in found:
         click.echo(f"  {entry['entry']}  {entry['bytes'] / 2**20:.0f} MiB  {entry['source'] or '?'}"
                    + (f"  ({entry['problem']}: rebuilt when next needed)" if entry["problem"] else ""))
     click.echo(f"{count}, {mib}")
+    for calibration in cache.calibrations():
+        hardware = calibration.get("hardware", {})
+        click.echo(f"precision calibration (dtype auto): {hardware.get('cpu')}, torch {hardware.get('torch')}: "
+                   f"bfloat16 at {calibration.get('bf16_speedup')}x float32 per core, measured "
+                   f"{calibration.get('measured_at')}")
 
 
 @main.command()
@@ -338,7 +360,7 @@ def inspect(output_dir: str, as_json: bool, history: bool) -> None:
         click.echo(json.dumps(state.to_json(), indent=2, default=str))
         return
     if history:
-        click.echo("\n".join(_history_lines(state)))
+        click.echo("\n".join(_history_lines(state, output_dir)))
         return
     directory = Folder(output_dir)
     missing = state.missing_parts(directory.sizes())
@@ -350,7 +372,8 @@ def inspect(output_dir: str, as_json: bool, history: bool) -> None:
     totals, planned, model = state.summary(), state.planned, state.model
     model_name = model.get("id") or model.get("package") or model.get("path")
     pinned = model.get("commit_sha") or model.get("version") or ""
-    last_run = state.runs[-1].to_json() if state.runs else {}
+    # The last run that loaded the model (a night with nothing to do loads none).
+    last_run = next((r.to_json() for r in reversed(state.runs) if r.info.get("device")), {})
     precision = state.pinned.precision
     probe = state.pinned.probe
     lines = [
@@ -370,23 +393,38 @@ def inspect(output_dir: str, as_json: bool, history: bool) -> None:
         f"padding efficiency {totals.get('padding_efficiency')}",
         f"precision: {precision} (pinned at the first run"
         + (f"; {probe_summary(probe)}" if probe else "") + ")",
-        f"device:    {last_run.get('device')} {last_run.get('dtype')}"
-        + (" (autocast)" if last_run.get("autocast_dtype") else "") + f", engine {last_run.get('engine')}",
+        (f"device:    {last_run.get('device')} {last_run.get('dtype')}"
+         + (" (autocast)" if last_run.get("autocast_dtype") else "") + f", engine {last_run.get('engine')}")
+        if last_run else "device:    no run loaded the model",
         f"runs:      {len(state.runs)}, started {state.started_at}, finished {state.finished_at}",
     ]
+    skipped = state.runs[-1].inputs.get("skipped") if state.runs else None
+    if skipped:
+        lines.append(f"skipped:   {len(skipped)} changed input file(s) left as annotated by the last run "
+                     f"(output.on_changed: skip): {', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}")
     click.echo("\n".join(lines))
 
 
-def _history_lines(state: Any) -> list[str]:
+def _history_lines(state: Any, output: str) -> list[str]:
+    from batchnlp.write.state import base_of_output, resolved_name
+
+    # Input names are recorded relative to the job's folder (a moved project keeps them); an input
+    # the job named by an absolute path is shown as one, not as ../../../../data/x.csv.
+    absolute = "input.path" not in (state.job.get("paths_as_written") or {})
+    base = base_of_output(state, output) if absolute else None
+
+    def shown(name: str) -> str:
+        return resolved_name(name, base) if base is not None else name
+
     lines = []
     for run in state.runs:
         info = run.info
-        inputs = "; ".join(f"{kind} {len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        inputs = "; ".join(f"{kind} {len(names)} ({', '.join(map(shown, names[:3]))}{', ...' if len(names) > 3 else ''})"
                            for kind, names in run.inputs.items() if names)
+        device = f"{info['device']} {info.get('dtype')}" if info.get("device") else "no model loaded"
         lines.append(f"run {run.number}: {run.started_at} -> {run.finished_at or '-'} {run.status}"
-                     f"{f' ({run.error})' if run.error else ''}; engine {run.engine}, {info.get('device')} "
-                     f"{info.get('dtype')}; {run.parts_added} parts added ({run.rows} rows), {run.parts_removed} "
-                     f"removed{f'; inputs: {inputs}' if inputs else ''}")
+                     f"{f' ({run.error})' if run.error else ''}; engine {run.engine}, {device}; {run.parts_added} "
+                     f"parts added ({run.rows} rows), {run.parts_removed} removed{f'; inputs: {inputs}' if inputs else ''}")
     return lines
 
 

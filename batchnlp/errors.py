@@ -69,8 +69,9 @@ class RunFailed(BatchNLPError):
     naming the original exception (exit status 1), the committed parts kept."""
 
 
-#: Exit statuses: a user error (one line), another live run holds the output (EX_TEMPFAIL: try later).
-USER_ERROR, BUSY = 2, 75
+#: Exit statuses: a user error (one line), a run that finished but skipped changed input files
+#: (output.on_changed: skip), another live run holds the output (EX_TEMPFAIL: try later).
+USER_ERROR, SKIPPED, BUSY = 2, 3, 75
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -88,14 +88,14 @@ class Annotator:
 
         if pair in self._stages:
             return self._stages[pair]
-        job = self._job(pair)
-        with self.placement.context():
-            job.task.prepare(self._model)
-        stages = Stages(job, self._model, self.placement)
-        if self.placement.needs_probe and self.probe is None:
-            from batchnlp.session import probe_on
+        from batchnlp.session import decided_without_rows, prepare_model, probe_on
 
-            self.probe = probe_on(stages, first)  # once per Annotator, on the first call's first rows
+        job = self._job(pair)
+        prepare_model(job, self._model, self.placement)
+        stages = Stages(job, self._model, self.placement)
+        if self.probe is None:
+            # once per Annotator, on the first call's first rows (as a run's, on its first rows)
+            self.probe = probe_on(stages, first) if self.placement.needs_probe else decided_without_rows(self.placement)
         if self.probe is not None and not self.probe["kept"]:
             stages = stages.in_float32()
         self._stages[pair] = stages
@@ -216,17 +216,19 @@ def as_rows(data: Any, text_column: str, pair_column: str | None) -> tuple[Any, 
         frame = data.to_frame(name=data.name if data.name is not None else text_column)
         return as_rows(frame, frame.columns[0], None)
     if module == "pandas" and type(data).__name__ == "DataFrame":
-        table = pa.Table.from_pandas(data[[c for c in (text_column, pair_column) if c and c in data.columns]],
-                                     preserve_index=False)
         _need(list(data.columns), text_column, pair_column)
+        for key, column in (("text_column", text_column), ("text_pair_column", pair_column)):
+            if column is not None:
+                _texts_only(key, column, data[column].tolist(), data.index)
+        table = pa.Table.from_pandas(data[[c for c in (text_column, pair_column) if c]], preserve_index=False)
         return _renamed(table, text_column, pair_column), Attach(list(map(str, data.columns)),
                                                                    lambda a, names: _onto_frame(data, a, names))
     if isinstance(data, pa.Table):
-        _need(data.column_names, text_column, pair_column)
+        _need(data.column_names, text_column, pair_column, data.schema)
         return (_renamed(data.select([c for c in (text_column, pair_column) if c]), text_column, pair_column),
                 Attach(data.column_names, lambda a, names: _onto_table(data, a, names)))
     if module == "datasets" and type(data).__name__ == "Dataset":
-        _need(data.column_names, text_column, pair_column)
+        _need(data.column_names, text_column, pair_column, data.data.schema)
         picked = data.select_columns([c for c in (text_column, pair_column) if c]).with_format("arrow")[:]
         return _renamed(picked, text_column, pair_column), Attach(data.column_names,
                                                                   lambda a, names: _onto_dataset(data, a, names))
@@ -234,11 +236,34 @@ def as_rows(data: Any, text_column: str, pair_column: str | None) -> tuple[Any, 
                     "DataFrame, a pyarrow Table or a datasets.Dataset")
 
 
-def _need(columns: list[str], text_column: str, pair_column: str | None) -> None:
+def _need(columns: list[str], text_column: str, pair_column: str | None, schema: Any = None) -> None:
+    """The named columns exist (and, given the data's Arrow schema, hold text: a job refuses
+    other types in the same words)."""
+    import pyarrow as pa
+
     for key, column in (("text_column", text_column), ("text_pair_column", pair_column)):
         if column is not None and column not in columns:
             raise UserError(f"{key}: no column {column!r} in the data; its columns are: "
                             f"{', '.join(map(str, columns))}")
+        if column is not None and schema is not None:
+            kind = schema.field(column).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+                    or pa.types.is_null(kind)):
+                raise UserError(f"{key}: column {column!r} holds {kind}, not text; convert it to strings first")
+
+
+def _texts_only(key: str, column: str, values: list[Any], index: Any) -> None:
+    """A pandas column to annotate holds texts (str), or nothing (None, NaN): a dict, a list or a
+    number in it is one line naming the row, not an Arrow error."""
+    for position, value in enumerate(values):
+        if isinstance(value, str) or value is None or (isinstance(value, float) and value != value):
+            continue
+        if type(value).__name__ == "NAType":  # pandas.NA
+            continue
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise UserError(f"{key}: column {column!r}, row {index[position]}: {shown} (type {type(value).__name__}) is "
+                        "not a text; annotate texts (str), e.g. convert the column with .astype(str) first")
 
 
 def _texts(texts: list[str | None]) -> Any:

@@ -27,10 +27,13 @@ FORMAT = {"value": "text"}
 FINAL = {"printed": False}
 
 
-def event(name: str, message: str, level: int = logging.INFO, file_only: bool = False, **fields: Any) -> None:
-    """A structured log line. `file_only`: for the log file (and JSON logs), not the terminal, where
-    the run's life (started, planned, finished) would only repeat what the command prints."""
-    LOGGER.log(level, message, extra={"event": name, "fields": fields, "file_only": file_only})
+def event(name: str, message: str, level: int = logging.INFO, file_only: bool = False, terminal: bool = True,
+          **fields: Any) -> None:
+    """A structured log line. `file_only`: for the log file alone (a run's failure, which the
+    command's final line says). `terminal` False: not on a terminal, where the run's life
+    (started, planned, finished) would only repeat what the command and its progress bar show;
+    on a stderr that is not a terminal (cron's mail, a CI log: often the only log) it is written."""
+    LOGGER.log(level, message, extra={"event": name, "fields": fields, "file_only": file_only, "terminal": terminal})
 
 
 def final_error(message: str, exit_code: int) -> None:
@@ -62,11 +65,13 @@ class JsonFormatter(logging.Formatter):
 
 class StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a record is logged (click's test runner swaps it);
-    lifecycle events (`file_only`) are for the log file."""
+    `file_only` events never, lifecycle events (`terminal` False) only where stderr is not a
+    terminal (with no --log-file, an unattended run's stderr is its only log)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
-        self.addFilter(lambda record: not getattr(record, "file_only", False))
+        self.addFilter(lambda record: not getattr(record, "file_only", False)
+                       and (getattr(record, "terminal", True) or not _is_terminal(sys.stderr)))
 
     @property
     def stream(self) -> Any:
@@ -75,6 +80,13 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
 
 
 def _time(record: logging.LogRecord) -> str:

@@ -51,7 +51,9 @@ def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), 
         _same_job(spec, state, out, identify_model, result)
     _inputs(spec, plan.changes, policy, state, result)
     stored = out.sizes()
-    again = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])} if policy.reprocess_changed else set()
+    on_changed = policy.on_changed(spec)
+    again = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])} \
+        if on_changed == "reprocess" else set()
     done = {k for k in state.done_shards(plan, stored) if k[0] not in again} if state.job else set()
     missing = state.missing_parts(stored) if state.job else []
     if missing:
@@ -61,10 +63,18 @@ def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), 
     if keys is None or rows is None:
         result.lines.append("to do: the rows of a streamed dataset (its length is known once read)")
     else:
-        to_do = [k for k in keys if k not in done]
+        skipped = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])} \
+            if on_changed == "skip" else set()
+        to_do = [k for k in keys if k not in done and k[0] not in skipped]
         result.rows_to_do, result.parts_to_do = sum(rows[k] for k in to_do), len(to_do)
         result.lines.append(f"to do: {result.rows_to_do} rows in {result.parts_to_do} parts (of {len(keys)}"
                             f"{'; --limit ' + str(limit) if limit else ''})")
+    if policy.retry_errors:
+        failing = [p for p in state.part_list() if p.stats.get("errors")] if state.job else []
+        rows = sum(int(p.stats["errors"]) for p in failing)
+        result.lines.append(f"retry: {rows} rows with an error in {len(failing)} parts would be annotated again "
+                            f"(--retry-errors){': ' + ', '.join(p.name for p in failing[:3]) if failing else ''}"
+                            f"{', ...' if len(failing) > 3 else ''}")
     if spec.input.incremental == "ids" and state.job:
         result.lines.append("input.incremental: ids — the rows of new and grown files whose id the output holds are "
                             "skipped when run; the figures count whole files")
@@ -109,7 +119,11 @@ def _inputs(spec: JobSpec, changes: dict[str, list[str]], policy: Policy, state:
              for kind, names in changes.items() if names]
     result.lines.append("input files: " + ("; ".join(shown) if shown else "no change"))
     if state.job:
-        result.refusals += policy_view(state, changes, policy, spec.base_dir or None)[2]
+        result.refusals += policy_view(state, changes, policy.on_changed(spec), policy.on_removed(spec),
+                                       spec.base_dir or None)[2]
+        if changes.get("changed") and policy.on_changed(spec) == "skip":
+            result.lines.append(f"would skip (output.on_changed: skip; exit 3): {', '.join(changes['changed'])} "
+                                "(changed; its earlier annotations kept)")
 
 
 def _estimate(state: OutputState, result: Preview) -> None:

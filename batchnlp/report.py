@@ -21,6 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import pyarrow as pa
+
+from batchnlp.errors import UserError
 from batchnlp.tasks import task_class
 
 #: Rows below this confidence are counted as unsure (the seed tutorial's rule of thumb).
@@ -79,13 +82,25 @@ def report(output: str, threshold: float = THRESHOLD) -> str:
     from batchnlp.api import dataset_of
     from batchnlp.verification import load
 
+    from batchnlp.write.folder import Folder
+
     state = load(output)
     job = state.job.get("resolved", {})
     prefix = job.get("output", {}).get("prefix", "")
     text_column = job.get("input", {}).get("text_column", "text")
     kind = task_class(job.get("task", {}).get("name", "")).__name__
+    missing = state.missing_parts(Folder(output).sizes())
+    if missing:  # a report on part of the rows would pass for the whole output's
+        raise UserError(f"{output}: {missing[0]}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} "
+                        "is missing or altered on disk, so no report is written; run the job again to annotate "
+                        "its rows anew (batchnlp verify lists what is wrong)")
     data = dataset_of(output, state)  # (the state read once)
-    tally = _gather(data, kind, prefix, text_column, threshold)
+    try:
+        tally = _gather(data, kind, prefix, text_column, threshold)
+    except (OSError, pa.ArrowException) as e:  # a part with the recorded size and other bytes
+        raise UserError(f"{output}: a part cannot be read ({str(e).strip().splitlines()[0]}), so no report is "
+                        "written; batchnlp verify names the damaged part: delete it and run the job again to "
+                        "annotate its rows anew") from None
     sections = [_header(output, state), _annotations(kind, tally, job), _health(state, tally)]
     return PAGE.format(title=html.escape(f"batchnlp report: {output}"), body="\n".join(sections))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any, Literal, Sequence
 
 from batchnlp import __version__, watchdog
 from batchnlp.engines.context import RunContext
-from batchnlp.errors import OutputConflictError, SpecError, UserError, exit_code, is_disk_full
+from batchnlp.errors import SKIPPED, OutputConflictError, SpecError, UserError, exit_code, is_disk_full
 from batchnlp.log import bars_allowed, event
 from batchnlp.model import source
 from batchnlp.read import columns, ids
@@ -43,14 +44,26 @@ __all__ = ["Policy", "RunResult", "clear", "fingerprint", "plan_job", "run"]
 
 @dataclass(frozen=True)
 class Policy:
-    """What to do with input files that differ from what the output annotated."""
+    """What this run does with input files that differ from what the output annotated: the job's
+    `output.on_changed` / `output.on_removed` (the unattended policy), unless the command line
+    says otherwise for this run."""
 
-    #: Annotate a file whose content changed again (its parts are replaced); else refuse.
+    #: --reprocess-changed: annotate a file whose content changed again (its parts are replaced),
+    #: whatever output.on_changed says.
     reprocess_changed: bool = False
-    #: A file that was annotated and is gone: refuse, drop its parts, or keep them.
-    removed: Literal["refuse", "drop", "keep"] = "refuse"
+    #: --drop-removed / --keep-removed: a file that was annotated and is gone: refuse, drop its
+    #: parts, or keep them (None: output.on_removed).
+    removed: Literal["refuse", "drop", "keep"] | None = None
     #: Annotate again the rows whose annotation failed (`error` set), in place in their parts.
     retry_errors: bool = False
+
+    def on_changed(self, spec: JobSpec) -> str:
+        """refuse, reprocess or skip."""
+        return "reprocess" if self.reprocess_changed else spec.output.on_changed
+
+    def on_removed(self, spec: JobSpec) -> str:
+        """refuse, drop or keep."""
+        return self.removed or spec.output.on_removed
 
 
 def fingerprint(spec: JobSpec, model_identity: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +106,7 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
     began = time.perf_counter()
     event("started", f"run {spec.source_file or 'a job'} into {out} (engine {engine or spec.runtime.engine}, "
                      f"batchnlp {__version__})", job=spec.source_file, output=str(out),
-          engine=engine or spec.runtime.engine, version=__version__, file_only=True)
+          engine=engine or spec.runtime.engine, version=__version__, terminal=False)
     seen: dict[str, CommitLog] = {}  # the output's log, once opened: what the run committed
     with watchdog.watching(spec.runtime.stall_seconds, progress_interval, bars_allowed(quiet), exit_at_once):
         try:
@@ -102,9 +115,11 @@ def run(spec: JobSpec, overwrite: bool = False, limit: int | None = None, quiet:
                 result = _locked_run(spec, out, overwrite, limit, quiet, engine, address, policy, unit_order,
                                      progress_interval, faults, pin, seen)
             seconds = round(time.perf_counter() - began, 1)
+            skipped = (result.changes or {}).get("skipped", [])
             event("finished", f"{result.status}: {result.rows_written} rows in {result.shards_written} parts, "
-                              f"{seconds} s", status=result.status, rows=result.rows_written,
-                  parts=result.shards_written, seconds=seconds, exit_code=0, file_only=True)
+                              f"{seconds} s" + (f"; {len(skipped)} changed input file(s) skipped" if skipped else ""),
+                  status=result.status, rows=result.rows_written, parts=result.shards_written, seconds=seconds,
+                  skipped=skipped, exit_code=SKIPPED if skipped else 0, terminal=False)
             return result
         except BaseException as e:
             error = _output_error(out, e) if isinstance(e, OSError) else e
@@ -136,10 +151,11 @@ def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
         return error
     out = folder.directory
     where = Path(error.filename) if error.filename else None
-    if isinstance(error, PermissionError) and where is not None and (where == out or out in where.parents
-                                                                     or where in out.parents):
-        return OutputConflictError(f"output.path: {out} cannot be written ({error.strerror}: {where}); fix its "
-                                   "permissions or choose another output.path")
+    refused = isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if refused and where is not None and (where == out or out in where.parents or where in out.parents):
+        return OutputConflictError(f"output.path: {out} cannot be written ({error.strerror}: {where}); make it "
+                                   "writable (permissions, a read-only mount) or choose another output.path; "
+                                   "its committed parts are kept")
     if isinstance(error, FileNotFoundError) and where is not None and (where == out or out in where.parents):
         return OutputConflictError(f"output.path: {out} vanished while this run wrote it ({where}); the run is not "
                                    "complete: run the job again to annotate what is missing")
@@ -156,6 +172,7 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     seen["log"] = log
     log.on_point = faults.point
     state, base = log.state, spec.base_dir or None
+    resumed = bool(state.runs) and state.runs[-1].status in ("running", "killed", "failed", "interrupted")
     if state.runs and state.runs[-1].status == "running":  # we hold the lock: that run is dead
         log.stage({"run_finished": {"status": "killed", "at": now(), "final": False}})
     plan, complete = plan_against(spec, state, limit, unit_order)
@@ -167,11 +184,12 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     log.stage({"run_started": {"started_at": now(), "engine": chosen_engine, "pid": os.getpid(),
                                "host": socket.gethostname()}})
     if spec.input.incremental == "ids":
-        _increments(spec, log, out, plan, policy, complete)
+        _increments(spec, log, out, plan, policy.on_changed(spec), complete)
         for unit in plan.units:  # a resumed night reads the rows its selection fixed
             if unit.selection and not unit.superseded and unit.key not in plan.selections:
                 plan.selections[unit.key] = ids.read_selection(out.read_table(unit.selection))
-    doomed = _apply_policy(log, plan, policy, base) if state.job else []
+    doomed = _apply_policy(log, plan, policy.on_changed(spec), policy.on_removed(spec), base, complete) \
+        if state.job else []
     _record_plan(log, plan, limit, base)
     if doomed:  # no commit may list them by the time they go; their names are written again soon
         log.commit()
@@ -179,12 +197,13 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
     stored = out.sizes()
     event("planned", "planned: " + (", ".join(f"{len(v)} {k}" for k, v in plan.changes.items() if v) or "no change")
           + f" input file(s); {plan.total_rows} rows in {plan.shard_count} parts", rows=plan.total_rows,
-          parts=plan.shard_count, file_only=True, **{k: len(v) for k, v in plan.changes.items()})
-    retry = [p for p in state.part_list() if p.stats.get("errors")] if policy.retry_errors else []
+          parts=plan.shard_count, terminal=False, **{k: len(v) for k, v in plan.changes.items()})
+    done = state.done_shards(plan, stored)
+    retry = _to_retry(out, state, done) if policy.retry_errors else []
     if retry and chosen_engine == "ray":
         raise SpecError("--retry-errors", "rows are retried on the local engine; run with --engine local")
-    done = state.done_shards(plan, stored)
     if state.job and not retry and (finished := _nothing_to_do(log, plan, stored, done)) is not None:
+        finished.resumed = resumed
         return finished
     plan.schema = _input_columns(spec, state, plan, done)
     job = describe_job(spec, plan, resolved, quiet)
@@ -206,7 +225,7 @@ def _locked_run(spec: JobSpec, out: Folder, overwrite: bool, limit: int | None, 
             with contextlib.suppress(Exception):
                 log.commit({"run_finished": {"status": status, "at": now(), "error": f"{type(e).__name__}: {e}"}})
         raise
-    result.changes = plan.changes
+    result.changes, result.resumed = plan.changes, resumed
     return result
 
 
@@ -229,13 +248,17 @@ def plan_job(spec: JobSpec, limit: int | None = None, previous: Sequence[Unit] =
                      previous, recheck)
 
 
-def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) -> list[str]:
-    """Refuse, or handle as asked, the files that changed or went away since they were annotated;
-    return the parts to delete once a commit no longer lists them (before any is written again)."""
+def _apply_policy(log: CommitLog, plan: Plan, on_changed: str, on_removed: str, base: str | None,
+                  complete: set[int]) -> list[str]:
+    """Refuse, or handle as the policy says, the files that changed or went away since they were
+    annotated; return the parts to delete once a commit no longer lists them (before any is
+    written again)."""
     state = log.state
-    named, removed, refusals = policy_view(state, plan.changes, policy, base)
+    named, removed, refusals = policy_view(state, plan.changes, on_changed, on_removed, base)
     if refusals:
         raise refusals[0]
+    if on_changed == "skip":
+        _skip_changed(state, plan, list(plan.changes["changed"]), base, complete)
     changed = plan.changes["changed"]
     keys = {named[u.key]: u.key for u in state.unit_list() if not u.superseded}
     doomed = []
@@ -249,41 +272,64 @@ def _apply_policy(log: CommitLog, plan: Plan, policy: Policy, base: str | None) 
         event("input", f"{name} changed: its rows are annotated again", level=30, file=name)
     for name in removed:
         for key in [key for key, file in named.items() if file == name]:  # (ids: every version)
-            if policy.removed == "drop":
+            if on_removed == "drop":
                 doomed += _remove_parts(log, key)
-            log.stage({"unit_removed": {"key": key, "kept": policy.removed != "drop"}})
-    plan.changes["dropped" if policy.removed == "drop" else "kept"] = removed
+            log.stage({"unit_removed": {"key": key, "kept": on_removed != "drop"}})
+    plan.changes["dropped" if on_removed == "drop" else "kept"] = removed
     return doomed
 
 
-def policy_view(state: OutputState, changes: dict[str, list[str]], policy: Policy,
+def _skip_changed(state: OutputState, plan: Plan, names: list[str], base: str | None, complete: set[int]) -> None:
+    """output.on_changed: skip — each of these changed files stays as the output annotated it:
+    its recorded unit stands in for it in the plan (its parts are done: nothing is read, and the
+    record keeps the content that was annotated, so the next run finds it changed again), the
+    other files are annotated, and the run names it (event `input_skipped`, exit status 3)."""
+    for name in names:
+        unit = next(u for u in plan.units if u.name == name and not u.superseded)
+        if unit.key not in complete:  # its missing rows exist only in the content that is gone
+            raise OutputConflictError(f"input.path: {name} changed while its earlier rows were not all annotated, "
+                                      "so it cannot be skipped; restore it and run again to finish them, or pass "
+                                      "--reprocess-changed to annotate it again")
+        recorded = unit_of(state.units[unit.key], base)
+        for units in {id(each): each for each in (plan.units, plan.read_units)}.values():  # (often one list)
+            units[:] = [recorded if u.key == unit.key and not u.superseded else u for u in units]
+        plan.changes["changed"].remove(name)
+        plan.changes.setdefault("skipped", []).append(name)
+        event("input_skipped", f"{name} changed since it was annotated: skipped (output.on_changed: skip); its "
+                               "earlier annotations are kept and its new content is not annotated: restore it, or "
+                               "run with --reprocess-changed", level=logging.WARNING, file=name)
+
+
+def policy_view(state: OutputState, changes: dict[str, list[str]], on_changed: str, on_removed: str,
                 base: str | None) -> tuple[dict[int, str], list[str], list[OutputConflictError]]:
     """(each recorded unit's file as listed now, the removed files whose rows go or are noted, what
-    the policy refuses: changed files without --reprocess-changed, removed ones without
-    --drop-removed / --keep-removed). `run` raises the first refusal; `--dry-run` lists them."""
+    the policy refuses: changed files with on_changed refuse, removed ones with on_removed
+    refuse). `run` raises the first refusal; `--dry-run` lists them."""
     named = {u.key: unit_of(u, base).name for u in state.unit_list()}
     kept = {named[u.key] for u in state.kept_removed()}
     changed = changes["changed"]
-    removed = [name for name in changes["removed"] if name not in kept or policy.removed == "drop"]
+    removed = [name for name in changes["removed"] if name not in kept or on_removed == "drop"]
     refusals = []
-    if changed and not policy.reprocess_changed:
+    if changed and on_changed == "refuse":
         refusals.append(OutputConflictError(
             f"input.path: {_names(changed)} changed since {_it(changed)} annotated (other content); pass "
-            "--reprocess-changed to annotate it again, or restore it"))
-    if removed and policy.removed == "refuse":
+            "--reprocess-changed to annotate it again, or restore it (unattended: output.on_changed: reprocess, or "
+            "skip to annotate the other files and report it)"))
+    if removed and on_removed == "refuse":
         one = len(removed) == 1
         refusals.append(OutputConflictError(
             f"input.path: {_names(removed)} {'was' if one else 'were'} annotated but no longer "
             f"{'exists' if one else 'exist'}; pass --drop-removed to drop {'its' if one else 'their'} rows from the "
-            "output, or --keep-removed to keep them"))
+            "output, or --keep-removed to keep them (unattended: output.on_removed: drop or keep)"))
     return named, removed, refusals
 
 
-def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, policy: Policy, complete: set[int]) -> None:
+def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, on_changed: str, complete: set[int]) -> None:
     """input.incremental: ids — a new or changed file's rows whose id the output holds (same
     text) are skipped: the rows to annotate become a unit of their own, with its selection; a
-    changed file's earlier unit is kept, superseded. A duplicate id, or a changed text (unless
-    --reprocess-changed, which annotates the whole file again), is refused in one line."""
+    changed file's earlier unit is kept, superseded. A duplicate or null id is refused in one
+    line; so is a changed text, unless the policy reprocesses (the whole file again) or skips
+    (the whole file left as annotated) such a file."""
     state = log.state
     held = _held_indexes(out, state)
     next_key = max([u.key + 1 for u in plan.units] + [k + 1 for k in state.units], default=0)
@@ -291,8 +337,12 @@ def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, policy: 
         unit = next(u for u in plan.units if u.name == name and not u.superseded)
         delta = ids.classify(spec.input, plan.source, unit, held)
         changed = name in plan.changes["changed"]
-        if delta.changed_count and changed and policy.reprocess_changed and delta.duplicate is None:
-            continue  # the whole file again, as with input.incremental: files
+        if delta.changed_count and changed and delta.duplicate is None and delta.null_row is None:
+            if on_changed == "reprocess":
+                continue  # the whole file again, as with input.incremental: files
+            if on_changed == "skip":
+                _skip_changed(state, plan, [name], spec.base_dir or None, complete)
+                continue
         ids.refuse(name, delta, spec.input)
         if not changed and len(delta.new_rows) == delta.rows:
             continue  # a new file, every id new: annotated whole
@@ -329,6 +379,24 @@ def _held_indexes(out: Folder, state: OutputState) -> Any:
     if out.local:
         return [str(out.directory / n) for n in names]
     return ds.dataset([out.key(n) for n in names], format="parquet", filesystem=out.fs)
+
+
+def _to_retry(out: Folder, state: OutputState, done: set) -> list[Any]:
+    """--retry-errors: the parts with error rows to read back and rewrite. A part missing or
+    altered on disk is not among them: this run annotates its shard whole (it is not in `done`),
+    and so it does a part whose size is right and bytes are not (hashed here, as it is read
+    anyway): it leaves `done`."""
+    retry = []
+    for part in state.part_list():
+        if not part.stats.get("errors") or part.key not in done:
+            continue
+        if out.sha256(part.name) != part.sha256:
+            event("verify", f"{part.name} is not the bytes the output's log recorded (damaged); its rows are "
+                            "annotated again", level=logging.WARNING, part=part.name)
+            done.discard(part.key)
+            continue
+        retry.append(part)
+    return retry
 
 
 def _remove_parts(log: CommitLog, unit: int) -> list[str]:
@@ -400,6 +468,11 @@ def _existing(out: Folder, overwrite: bool) -> CommitLog:
         return migrate.migrate(out, *legacy)
     if out.names():
         raise foreign_parts(out)
+    if stray := out.names_in(LOG_DIR):  # a log without its first commit, and no part: nothing to keep
+        event("log", f"{out}: {LOG_DIR} holds {len(stray)} file(s) but not the log's first commit (left by a run "
+                     "that wrote while the output was deleted); they are removed and the output starts afresh",
+              level=logging.WARNING, files=stray[:5])
+        out.remove_tree(LOG_DIR)
     return CommitLog(out, OutputState())
 
 

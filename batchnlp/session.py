@@ -31,13 +31,11 @@ from batchnlp.write.parts import check_collisions, output_schema
 if TYPE_CHECKING:
     from batchnlp.annotator import Annotator
 
+#: The precision probe's rows: the first rows to do, at most this many and this many tokens (as
+#: the batcher counts them: generation adds the tokens it will make), so its cost is bounded by
+#: the job, not by the night (two forwards of at most 4,096 tokens).
 PROBE_ROWS = 32
-#: `dtype: auto` keeps the faster precision unless the probe's rows took more than this times
-#: float32's time (a few batches' timings are noisy).
-PROBE_SLOWER = 1.1
-#: Below this speed-up over float32 of one bfloat16 linear layer, bfloat16 is refused without
-#: running the model: 1/PROBE_SLOWER, and far from the 0.56x of the Xeon that prompted it.
-MATMUL_FLOOR = 1 / PROBE_SLOWER
+PROBE_TOKENS = 4096
 LIBRARIES = ("batchnlp", "torch", "transformers", "tokenizers", "pyarrow", "datasets", "huggingface_hub",
              "safetensors", "numpy", "sentencepiece", "gguf", "accelerate")
 
@@ -67,6 +65,8 @@ class RunResult:
     changes: dict[str, list[str]] | None = None
     #: --retry-errors: rows annotated again, and how many of them still fail.
     retried: dict[str, Any] | None = None
+    #: The output's previous run did not finish (killed, failed, interrupted): this one resumed it.
+    resumed: bool = False
 
 
 @dataclass
@@ -132,8 +132,10 @@ class Session:
 
 def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = None) -> Session:
     """Load the weights once onto the chosen device and precision. `pinned`: the precision the
-    output settled on at its first commit, used as is; else, with `dtype: auto` on a bf16 CPU,
-    keep bfloat16 only if the probe (on the first shard not `done`) agrees with float32."""
+    output settled on at its first commit, used as is; else `dtype: auto` on a CPU decides from
+    the hardware and this machine's calibration (`model/precision.py`), and keeps bfloat16 only if
+    the probe (on the first shard not `done`) agrees with float32."""
+    from batchnlp import watchdog
     from batchnlp.annotator import Annotator
     from batchnlp.model import device, load
 
@@ -143,14 +145,17 @@ def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = 
         import torch
 
         torch.set_num_threads(spec.runtime.threads)
-    placement = device.choose(spec.runtime, pinned)
+    if spec.runtime.dtype == "auto" and pinned is None:
+        with watchdog.doing("deciding the precision (this CPU's bfloat16 calibration, once per machine)"):
+            placement = device.choose(spec.runtime, pinned)
+    else:
+        placement = device.choose(spec.runtime, pinned)
     model = load.load_model(job.model, job.task.model_class, placement, spec.model.trust_remote_code,
                             spec.model.allow_missing_weights)
-    with placement.context():
-        job.task.prepare(model)
+    prepare_model(job, model, placement)
     annotator = Annotator(job, model, placement)
     loaded = time.perf_counter()
-    probe = None
+    probe = decided_without_rows(placement)
     if placement.needs_probe:
         probe = precision_probe(annotator, done)
         if not probe["kept"]:
@@ -160,53 +165,79 @@ def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = 
                    round(time.perf_counter() - loaded, 3))
 
 
+def prepare_model(job: Job, model: Any, placement: Any) -> None:
+    """What a loaded model needs before it annotates: the task's own preparation, and under
+    bfloat16 autocast its scoring head in float32 (`device.head_in_float32`)."""
+    from batchnlp.model import device
+
+    if placement.autocast_dtype is not None:
+        device.head_in_float32(job.task.float32_head(model))
+    with placement.context():
+        job.task.prepare(model)
+
+
+def decided_without_rows(placement: Any) -> dict[str, Any] | None:
+    """`dtype: auto` on a CPU that float32 won before any row ran (no native bfloat16, or its
+    calibration under the margin): the record says so, and why. None otherwise."""
+    if placement.decision is None or placement.needs_probe:
+        return None
+    return {"dtype": "bfloat16", "rows": 0, "kept": False, "refused": placement.decision["refused"],
+            **{k: v for k, v in placement.decision.items() if k != "refused"}}
+
+
 def precision_probe(annotator: Annotator, done: Container[ShardKey] = ()) -> dict[str, Any]:
     """Annotate the first rows in the chosen precision and in float32; keep the faster precision
-    only if the answers agree as well as the task requires (its agreement_threshold)."""
+    only if the answers agree as well as the task requires (`tasks/agreement.py`)."""
     _, table = next(read_shards(annotator.job.plan, done), (None, None))
     if table is None:  # nothing left to annotate: probe on the first shard
         _, table = next(read_shards(annotator.job.plan, ()))
     return probe_on(annotator, table)
 
 
+def probe_rows(annotator: Annotator, table: pa.Table) -> tuple[pa.Table, int]:
+    """The probe's rows: the first of `table`, at most PROBE_ROWS and PROBE_TOKENS (at least one
+    row), and their tokens as the batcher counts them."""
+    sample = table.slice(0, PROBE_ROWS)
+    prepared = annotator.prepare(sample)
+    per_row = [0] * sample.num_rows
+    for owner, feature in zip(prepared.owners, prepared.features):
+        per_row[owner] += annotator.task.batch_length(feature)
+    rows, tokens = 0, 0
+    while rows < len(per_row) and (rows == 0 or tokens + per_row[rows] <= PROBE_TOKENS):
+        tokens += per_row[rows]
+        rows += 1
+    return sample.slice(0, rows), tokens
+
+
 def probe_on(annotator: Annotator, table: pa.Table) -> dict[str, Any]:
     """The precision probe on the first rows of `table`: the faster precision is kept if its
-    answers agree with float32's as well as the task requires and it is not slower than float32
-    (a CPU may advertise bfloat16 and still run it slower than float32: measured 150 against
-    276 GFLOP/s on the Xeon that later ran our CI). Where one linear layer already runs slower in
-    bfloat16 than float32 here, it is refused without running the model (the rows' probe cost
-    5-9 s a first run with SmolLM2 on that Xeon)."""
+    answers agree with float32's as well as the task requires — labels, and scores' resolution
+    and margins (`tasks/agreement.py`). No timing decides it: that was settled for this machine
+    before (`model/precision.py`), so a loaded machine decides as a quiet one does. Its seconds
+    are recorded, not used."""
+    from batchnlp import watchdog
     from batchnlp.annotator import annotation_rows
-    from batchnlp.model.device import bf16_speedup
+    from batchnlp.tasks.agreement import compare
 
     task = annotator.task
-
-    def verdict(refused: str | None, **measured: Any) -> dict[str, Any]:
-        return {"dtype": annotator.placement.name, "threshold": task.agreement_threshold, **measured,
-                "kept": refused is None, "refused": refused}
-
-    if annotator.placement.autocast_dtype is not None and (speedup := bf16_speedup()) < MATMUL_FLOOR:
-        return verdict("slower than float32", rows=0, matmul_speedup=round(speedup, 3))
-    sample = table.slice(0, PROBE_ROWS)
+    sample, tokens = probe_rows(annotator, table)
     reference = annotator.in_float32()
-    # float32 first: it pays the process's first-call costs, so a tie goes to the faster precision.
-    began = time.perf_counter()
-    exact, _ = reference(sample, 0)
-    exact_seconds = time.perf_counter() - began
-    fast, _ = annotator(sample, 0)
-    fast_seconds = time.perf_counter() - began - exact_seconds
-    agreement = task.agreement(annotation_rows(fast, annotator), annotation_rows(exact, reference))
-    agrees, faster = agreement >= task.agreement_threshold, fast_seconds <= exact_seconds * PROBE_SLOWER
-    return verdict(None if agrees and faster else "disagrees with float32" if not agrees else "slower than float32",
-                   rows=sample.num_rows, agreement=round(agreement, 5), seconds=round(fast_seconds, 3),
-                   float32_seconds=round(exact_seconds, 3))
+    with watchdog.doing(f"checking {annotator.placement.name} against float32 on the first {sample.num_rows} rows "
+                        f"({tokens} tokens; the precision probe)"):
+        began = time.perf_counter()
+        exact, _ = reference(sample, 0)
+        fast, _ = annotator(sample, 0)
+        seconds = time.perf_counter() - began
+    refused, figures = compare(task, annotation_rows(fast, annotator), annotation_rows(exact, reference))
+    return {"dtype": annotator.placement.name, "threshold": task.agreement_threshold, "rows": sample.num_rows,
+            "tokens": tokens, **figures, "kept": refused is None, "refused": refused, "seconds": round(seconds, 3),
+            **(annotator.placement.decision or {})}
 
 
 def probe_summary(probe: dict[str, Any]) -> str:
-    """One line on what the precision probe found, for `inspect` and `bench`."""
-    if probe.get("matmul_speedup") is not None:
-        return (f"{probe.get('dtype')} refused without running the model: its matmul runs at "
-                f"{probe['matmul_speedup']}x float32 on this CPU")
+    """One line on what `dtype: auto` found, for `inspect` and `bench`."""
+    if not probe.get("rows"):
+        return f"{probe.get('dtype')} refused before any row ran: {probe.get('refused')}"
     verdict = f"{probe.get('dtype')} kept" if probe.get("kept") else f"{probe.get('dtype')} refused, {probe.get('refused')}"
     return f"{verdict}; probe agreement {probe.get('agreement')} on {probe.get('rows')} rows"
 

@@ -134,6 +134,14 @@ class OutputSpec:
     storage_options: dict[str, Any] | None = doc(
         "For an output in object storage: fsspec options, as for input.storage_options (never recorded).",
         default=None, identity=False)
+    on_changed: Literal["refuse", "reprocess", "skip"] = doc(
+        "An input file whose content changed since it was annotated: refuse the run (exit 2, nothing done), "
+        "reprocess it (its parts are replaced), or skip it (its earlier annotations are kept, the other files "
+        "are annotated, and the run names it and exits 3). --reprocess-changed overrides it for one run.",
+        default="refuse", identity=False)
+    on_removed: Literal["refuse", "drop", "keep"] = doc(
+        "An input file that was annotated and is gone: refuse the run, drop its rows, or keep them. "
+        "--drop-removed / --keep-removed override it for one run.", default="refuse", identity=False)
 
 
 @dataclass(frozen=True)

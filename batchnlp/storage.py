@@ -10,7 +10,10 @@ An outage is ridden out, not fatal: every S3 request has a connect and a read ti
 30 s unless `storage_options.config_kwargs` says otherwise), and a request that fails for a
 transient reason (refused, reset or timed-out connections, 5xx, throttling) is retried with
 exponential backoff and full jitter until the store has been failing for `runtime.retry_seconds`;
-each retry is a log line. One chokepoint does it: s3fs sends every request (listings, reads,
+each retry is a log line. The budget counts from the first try, and no try outlives it (a store
+that takes requests and never answers would otherwise spend the client's own timeouts and
+retries on each: 370 s for a budget of 30); once a request has given up, the client's other
+requests (recording the run's end, releasing the lease) get `DOWN_GRACE_S` each. One chokepoint does it: s3fs sends every request (listings, reads,
 uploads, the log's conditional commits, the lease) through `_call_s3`, which `RetryingS3` wraps.
 A retried conditional write can find its own first attempt applied (the answer was lost): the log
 and the lease read the object back and recognise their own bytes. Other stores (gs://, az://)
@@ -151,6 +154,8 @@ def bucket_exists(fs: Any, path: str) -> bool:
 
 #: How long a store may keep failing before a run gives up (runtime.retry_seconds sets it).
 RETRY = {"seconds": 300.0}
+#: A request's budget while its client is down (another request gave up): the run's last words.
+DOWN_GRACE_S = 5.0
 #: The longest wait between two tries, and the first one's scale.
 BACKOFF_CAP_S, BACKOFF_BASE_S = 30.0, 0.5
 #: Timeouts of every S3 request unless the job's config_kwargs set them: connecting, then each read.
@@ -198,20 +203,37 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+class BudgetSpent(TimeoutError):
+    """A try cut short because its request's retry budget ran out (a transient failure)."""
+
+
 class Outage:
-    """The retries of one request: since when it fails, how many times it was tried again. Each
+    """The tries of one request: since when it runs, how many times it was tried again. Each
     request has its own budget (another request's answer, a lease renewal's, says nothing of
-    this one); a client whose request gave up is `down`, and its other requests that fail then
-    give up at once instead of spending a budget each (the run's end is recorded, or not, fast)."""
+    this one); a client whose request gave up is `down`, and its other requests then get
+    DOWN_GRACE_S in all (the run's end is recorded, or not, fast)."""
 
     def __init__(self, what: str, client: dict[str, Any]):
         self.what, self.client = what, client
-        self.since: float | None = None
+        self.since = time.monotonic()  # the first try's start: a hung try counts against the budget
+        self.failed_once = False
         self.retries = 0
+        self.store_said: str | None = None  # the last failure that came from the store, not the budget
+
+    def budget(self) -> float:
+        down = self.client.get("down")
+        grace = down is not None and time.monotonic() - down < RETRY["seconds"]
+        return min(RETRY["seconds"], DOWN_GRACE_S) if grace else RETRY["seconds"]
+
+    def time_left(self) -> float | None:
+        """How long the next try may take (None: no budget, the client's own timeouts only)."""
+        if RETRY["seconds"] <= 0:
+            return None
+        return self.budget() - (time.monotonic() - self.since)
 
     def answered(self) -> None:
         self.client.pop("down", None)
-        if self.since is not None:
+        if self.failed_once:
             event("retried", f"{self.what}: the store answers again after {time.monotonic() - self.since:.0f} s and "
                              f"{self.retries} retries", what=self.what, seconds=round(time.monotonic() - self.since, 1),
                   retries=self.retries)
@@ -219,19 +241,22 @@ class Outage:
     def failed(self, error: BaseException) -> float | None:
         """The wait before trying again; StoreUnavailable once the budget is spent; None with no
         budget at all (`validate`: the store's error as it is)."""
-        budget = RETRY["seconds"]
-        if budget <= 0:
+        budget = self.budget()
+        if RETRY["seconds"] <= 0:
             return None
+        self.failed_once = True
         now = time.monotonic()
-        self.since = self.since if self.since is not None else now
         spent, reason = now - self.since, one_line(error)
-        down = self.client.get("down")
-        if spent >= budget or (down is not None and now - down < budget):
+        if not isinstance(error, BudgetSpent):
+            self.store_said = reason
+        if spent >= budget:
             self.client["down"] = now
+            last = reason if self.store_said is None or self.store_said == reason else \
+                f"{self.store_said}, then {reason}"
             raise StoreUnavailable(
-                f"{self.what}: the store kept failing for {max(spent, now - (down or now)):.0f} s ({self.retries} "
-                f"retries; last: {reason}); gave up after runtime.retry_seconds ({budget:g} s); the committed "
-                "parts are kept: run the job again to resume once the store answers")
+                f"{self.what}: the store kept failing for {spent:.0f} s ({self.retries} retries; last: {last}); "
+                f"gave up after runtime.retry_seconds ({RETRY['seconds']:g} s); the committed parts are kept: run "
+                "the job again to resume once the store answers")
         self.retries += 1
         # Full jitter: runs that failed together do not come back together.
         wait = min(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** self.retries)), budget - spent)
@@ -282,8 +307,15 @@ def retrying_s3() -> type:
             # The lease's renewals run beside the run: their answers are not its progress.
             progress = not str(kwargs.get("Key", "")).endswith(LEASE_KEY)
             while True:
+                left = outage.time_left()
                 try:
-                    answer = await super()._call_s3(method, *akwarglist, **kwargs)
+                    if left is not None and left <= 0:
+                        raise BudgetSpent(f"no answer within runtime.retry_seconds ({outage.budget():g} s)")
+                    call = super()._call_s3(method, *akwarglist, **kwargs)
+                    try:  # no try outlives the budget: the client's own timeouts and retries add up past it
+                        answer = await (call if left is None else asyncio.wait_for(call, timeout=left))
+                    except asyncio.TimeoutError:
+                        raise BudgetSpent(f"no answer in {left:.1f} s, the rest of runtime.retry_seconds") from None
                 except Exception as e:
                     if progress:
                         watchdog.tick()  # an answer, if a failing one: the budget bounds the retries

@@ -4,6 +4,7 @@ and invoking the CLI."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def record(output) -> dict:
 def invoke(*args):
     """The CLI in-process (click's runner); stdout and stderr together in `.output`."""
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00 (DEBUG|INFO|WARNING|ERROR) ")
+
+
+def printed(output: str) -> str:
+    """What a command printed besides its log lines (a stderr that is not a terminal, as click's
+    runner's, gets the run's life as timestamped log lines; the rest is the command's own)."""
+    return "".join(line for line in output.splitlines(keepends=True) if not LOG_LINE.match(line))
 
 
 def marked(mark: str) -> list[int]:

@@ -3,6 +3,8 @@ verify, and annotate in memory for each kind of data it takes."""
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pytest
 
@@ -110,6 +112,33 @@ def test_an_annotator_loads_once_and_keeps_the_data_as_it_came(classifier_dir, m
         pass
     with pytest.raises(batchnlp.UserError, match="closed"):
         clf("again")
+
+
+def test_a_text_column_of_other_things_is_one_user_error(classifier_dir):
+    """Dicts, lists or a mix of texts and numbers in the text column: one UserError naming the
+    column and the row (it was pyarrow's ArrowTypeError / ArrowInvalid); NaN and None are missing
+    texts, annotated as such."""
+    import datasets
+    import pandas as pd
+    import pyarrow as pa
+
+    clf = batchnlp.Annotator("text-classification", model=classifier_dir, dtype="float32", progress=False)
+    for values, shown in [(["good", {"a": 1}], "{'a': 1} (type dict)"), (["good", ["x", "y"]], "['x', 'y'] (type list)"),
+                          (["good", 5], "5 (type int)")]:
+        frame = pd.DataFrame({"text": values}, index=[10, 11])
+        with pytest.raises(batchnlp.UserError, match=re.escape(f"text_column: column 'text', row 11: {shown} is not a "
+                                                               "text")):
+            clf(frame)
+        with pytest.raises(batchnlp.UserError, match=re.escape(f"row 11: {shown} is not a text")):
+            clf(frame["text"])
+    for table in (pa.table({"text": [["x"], ["y"]]}), pa.table({"text": [{"a": 1}, {"a": 2}]}), pa.table({"text": [1, 2]})):
+        with pytest.raises(batchnlp.UserError, match="text_column: column 'text' holds .*, not text"):
+            clf(table)
+        with pytest.raises(batchnlp.UserError, match="text_column: column 'text' holds .*, not text"):
+            clf(datasets.Dataset(table))
+    missing = clf(pd.DataFrame({"text": ["good", None, float("nan")]}))
+    assert missing["error"].isna().tolist() == [True, False, False]
+    assert missing["error"].tolist()[1:] == ["null text", "null text"]
 
 
 def test_an_annotator_takes_sentence_pairs(qa_dir):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import TEXTS, gone, invoke, marked, read_output, write_job, record
+from helpers import TEXTS, gone, invoke, marked, printed, read_output, write_job, record
 
 
 def snapshot(*directories: Path) -> dict[str, bytes]:
@@ -26,11 +26,13 @@ def snapshot(*directories: Path) -> dict[str, bytes]:
 
 
 def one_line_error(result, *fragments: str) -> str:
+    """Exit 2 and one line `error: ...`, nothing else but log lines (no traceback, no stray output)."""
     assert result.exit_code == 2, result.output
-    assert result.output.count("\n") == 1 and result.output.startswith("error: "), result.output
+    own = printed(result.output)
+    assert own.count("\n") == 1 and own.startswith("error: "), result.output
     for fragment in fragments:
-        assert fragment in result.output, result.output
-    return result.output
+        assert fragment in own, result.output
+    return own
 
 
 def job_for(tmp_path, model_dir, path, task=None, **sections):
@@ -143,6 +145,43 @@ def test_an_output_that_cannot_be_written(tmp_path, reviews_csv, classifier_dir,
     monkeypatch.setattr(lock.OutputLock, "__enter__", denied)
     one_line_error(invoke("run", job_for(tmp_path, classifier_dir, reviews_csv), "-q"), "cannot be written",
                    "Permission denied")
+
+
+@pytest.fixture
+def read_only():
+    """Make a folder read-only for real: a read-only bind mount over it as root (root writes
+    through permissions), its permissions otherwise; undone at the end."""
+    import subprocess
+
+    mounted, changed = [], []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() == 0:
+            done = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount read-only here: {done.stderr.decode().strip()}")
+            mounted.append(folder)
+        else:
+            for path in [folder, *folder.rglob("*")]:
+                changed.append((path, path.stat().st_mode))
+                path.chmod(path.stat().st_mode & ~0o222)
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+    for path, mode in reversed(changed):
+        path.chmod(mode)
+
+
+def test_resuming_into_a_read_only_output_is_one_line(tmp_path, reviews_csv, classifier_dir, read_only):
+    """An output on a read-only mount (an EROFS, not a PermissionError: it was a traceback)."""
+    job = job_for(tmp_path, classifier_dir, reviews_csv)
+    assert invoke("run", job, "-q", "--limit", "4").exit_code == 0
+    before = snapshot(tmp_path / "out")
+    read_only(tmp_path / "out")
+    own = one_line_error(invoke("run", job, "-q"), f"output.path: {tmp_path / 'out'} cannot be written",
+                         "choose another output.path")
+    assert "Traceback" not in own and snapshot(tmp_path / "out") == before
 
 
 def test_a_full_disk_keeps_the_committed_parts_and_resumes(tmp_path, reviews_csv, classifier_dir, monkeypatch):

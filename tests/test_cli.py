@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import TEXTS, invoke, read_output, record, write_job
+from helpers import TEXTS, invoke, printed, read_output, record, write_job
 
 
 def test_run_then_inspect(tmp_path, classifier_dir, reviews_csv):
@@ -36,8 +36,10 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, reviews_csv):
     for command, lines in (("validate", 2), ("run", 1)):  # validate lists the missing model too
         result = invoke(command, job)
         assert result.exit_code == 2
-        assert result.output.count("\n") == lines
-        assert result.output.startswith('error: input.text_column: column "review" not found')
+        assert printed(result.output).count("\n") == lines  # (and log lines, on a stderr that is no terminal)
+        assert printed(result.output).startswith('error: input.text_column: column "review" not found')
+    quiet = invoke("run", job, "-q")
+    assert quiet.exit_code == 2 and quiet.output.count("\n") == 1 and quiet.output.startswith("error: ")
 
 
 def test_hub_model_unavailable_offline_is_one_line(tmp_path, reviews_csv):
@@ -46,9 +48,9 @@ def test_hub_model_unavailable_offline_is_one_line(tmp_path, reviews_csv):
                     model={"id": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "revision": "main"})
     for command in ("validate", "run"):  # validate looks in the cache too: no "ok" for what run cannot do
         result = invoke(command, job)
-        assert result.exit_code == 2 and result.output.count("\n") == 1
-        assert result.output.startswith("error: model.id: distilbert/distilbert-base-uncased-finetuned-sst-2-english "
-                                        "at revision main is not in the local cache")
+        assert result.exit_code == 2 and printed(result.output).count("\n") == 1
+        assert printed(result.output).startswith("error: model.id: distilbert/distilbert-base-uncased-finetuned-"
+                                                 "sst-2-english at revision main is not in the local cache")
 
 
 def test_missing_model_directory_and_package(tmp_path, reviews_csv):
@@ -106,8 +108,8 @@ def test_example_hub_jobs_validate_and_stop_with_one_line_offline(monkeypatch):
         for command in ("validate", "run"):
             result = invoke(command, job)
             assert result.exit_code == 2, (job, result.output)
-            assert result.output.count("\n") == 1 and " is not in the local cache and the hub cannot be reached" \
-                in result.output, (job, result.output)
+            assert printed(result.output).count("\n") == 1 and " is not in the local cache and the hub cannot be " \
+                "reached" in printed(result.output), (job, result.output)
 
 
 def test_a_busy_output_exits_75_and_a_broken_job_2(tmp_path, classifier_dir, reviews_csv):
@@ -267,3 +269,34 @@ output: {{path: {tmp_path}/out}}
     reviews_csv.write_text(reviews_csv.read_text().replace("love it", "hate it"))
     changed = invoke("validate", good)
     assert changed.exit_code == 2 and "changed since it was annotated" in changed.output, changed.output
+
+
+def test_the_small_things_a_nightly_user_reads(tmp_path, classifier_dir, reviews_csv, monkeypatch):
+    """run --help names an address that works; a night that adds a file does not say "resumed";
+    inspect --history shows an input named by an absolute path as that path (not ../../../..)
+    and a run that loaded no model as such (not "None None"); --dry-run --retry-errors counts the
+    rows it would retry; `batchnlp cache` says where its folder comes from."""
+    helped = invoke("run", "--help").output
+    assert "ray://head" not in helped and "head-host:6379" in helped
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.csv").write_text("id,text\na0,good\na1,\na2,bad\n")  # a1: an empty text, an error row
+    job = write_job(tmp_path, input={"path": str(inbox), "format": "csv", "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)},
+                    output={"path": str(tmp_path / "out"), "rows_per_shard": 2})
+    assert invoke("run", job, "-q").exit_code == 0
+    (inbox / "b.csv").write_text("id,text\nb0,fine\n")
+    second = invoke("run", job, "-q")
+    assert second.exit_code == 0 and "resumed" not in second.output, second.output
+    assert "wrote 1 rows in 1 parts, after the 2 parts the output held (1 new input file(s))" in second.output
+    assert invoke("run", job, "-q").exit_code == 0  # nothing to do: no model loaded
+    history = invoke("inspect", tmp_path / "out", "--history").output.splitlines()
+    assert f"inputs: new 1 ({inbox / 'b.csv'})" in history[1] and "../" not in "".join(history)
+    assert "engine local, no model loaded; 0 parts added" in history[2] and "None" not in history[2]
+    assert "device:    cpu float32" in invoke("inspect", tmp_path / "out").output
+    dry = invoke("run", job, "--dry-run", "--retry-errors")
+    assert dry.exit_code == 0 and "retry: 1 rows with an error in 1 parts would be annotated again" in dry.output
+    monkeypatch.delenv("BATCHNLP_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    listed = invoke("cache").output
+    assert f"model cache: {tmp_path / 'xdg' / 'batchnlp'} (the default; set BATCHNLP_CACHE" in listed

@@ -197,3 +197,32 @@ def test_retry_errors_annotates_exactly_the_error_rows_again_in_place(job, tmp_p
     assert kept["part-00000-00001.parquet"] == untouched["part-00000-00001.parquet"]  # no error rows: untouched
     assert invoke("verify", tmp_path / "out").exit_code == 0
     assert record(tmp_path / "out")["runs"][-1]["rows"] == 3
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled", "truncated"])
+def test_retry_errors_with_a_missing_or_damaged_part_annotates_it_whole(job, tmp_path, monkeypatch, damage):
+    """--retry-errors where a part holding error rows is gone, or damaged (garbage of the same size,
+    or cut short): it was a traceback. The part's shard is annotated whole again, the other error
+    rows are retried in place, and the output verifies."""
+    import batchnlp.annotator as annotator
+
+    texts = ["good", "flaky one", "bad", "ok", "flaky two", "fine"]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(6)], "text": texts}), tmp_path / "inbox" / "a.parquet")
+    real = annotator.row_error
+    monkeypatch.setattr(annotator, "row_error", lambda r: "service unavailable" if "flaky" in (r["text"] or "")
+                        else real(r))
+    assert invoke("run", job(), "-q").exit_code == 0
+    monkeypatch.undo()
+    part = tmp_path / "out" / "part-00000-00000.parquet"  # rows r0 r1: "flaky one" failed
+    if damage == "missing":
+        part.unlink()
+    elif damage == "garbled":
+        part.write_bytes(b"\0" * part.stat().st_size)
+    else:
+        part.write_bytes(part.read_bytes()[:100])
+    result = invoke("run", job(), "-q", "--retry-errors")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    after = read_output(tmp_path / "out")
+    assert after.column("id").to_pylist() == [f"r{i}" for i in range(6)]
+    assert after.column("error").to_pylist() == [None] * 6
+    assert invoke("verify", tmp_path / "out").exit_code == 0

@@ -108,6 +108,20 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path, monkeypatch):
                             chat_template=True, max_new_tokens=16, dtype="float32", progress=False) as annotator:
         assert annotator(["What is the capital of France?"])[0]["generated_text"] == answers[0]
 
+    # The LLM labeller (jobs/label_reviews_smollm2.yaml) in bfloat16: its scores keep float32's
+    # resolution (the LM head that scores the answers runs in float32). With the head in bfloat16
+    # the first 60 reviews got 18 distinct scores and 5 exact 0.5 ties.
+    import pyarrow.csv as pv
+    import yaml
+
+    labeller = yaml.safe_load((Path(__file__).parent.parent / "jobs" / "label_reviews_smollm2.yaml").read_text())
+    params = {k: v for k, v in labeller["task"].items() if k != "name"}
+    reviews = pv.read_csv(Path(__file__).parent.parent / "data" / "reviews.csv").column("review").to_pylist()[:60]
+    with batchnlp.Annotator("zero-shot-classification", labeller["model"], dtype="bfloat16", progress=False,
+                            **params) as annotator:
+        scores = [row["scores"] for row in annotator(reviews)]
+    assert sum(s[0] == s[1] for s in scores) == 0 and len({s[0] for s in scores}) == len(reviews)
+
 
 def test_the_readme_nightly_example(tmp_path):
     """README "Scheduled runs": the three nights, run as written (in a temporary folder)."""

@@ -106,6 +106,24 @@ def test_a_store_that_never_answers_ends_the_run_within_the_retry_budget(tmp_pat
     assert s3.read_output(out).select(["id", "label", "score"]).equals(reference)
 
 
+def test_a_store_that_takes_requests_and_never_answers_is_ended_by_its_budget_not_the_watchdog(
+        tmp_path, s3, proxy, classifier_dir, reviews_csv):
+    """Every request hangs (read timeout 30 s, the default; budget 3 s): the client's own timeouts
+    and retries, then the run's last requests (its end in the log, the lease), each spent its full
+    timeouts, and the run went past the watchdog (370 s with a budget of 30). Now no try outlives
+    the budget and, once it is spent, the last requests get a few seconds: one line naming the
+    budget, well before the watchdog's 120 s."""
+    job, out = bucket_job(tmp_path, s3, proxy, classifier_dir, reviews_csv, read_timeout=30, retry_seconds=3,
+                          stall_seconds=120)
+    proxy.add("stall", method="PUT", path="part-00000-00001", seconds=600, everything=True)
+    done = cli("run", job, "-q")
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "part-00000-00001.parquet (put_object)" in lines[0], done.stderr
+    assert "gave up after runtime.retry_seconds (3 s)" in lines[0] and "no progress" not in lines[0]
+    assert done.seconds < 60, done.seconds
+
+
 def test_a_stalled_run_is_stopped_by_the_watchdog(tmp_path, s3, proxy, classifier_dir, reviews_csv, reference):
     """A call that would wait longer than runtime.stall_seconds (here a read timeout of 60 s on a
     store that never answers): the watchdog stops the run as failed, with one line naming what it

@@ -116,3 +116,42 @@ output: {{path: out}}
 """)
     result = invoke("validate", job)
     assert result.exit_code == 2 and "input.incremental: ids needs input.id_column" in result.output
+
+
+def test_a_row_without_an_id_is_refused_in_one_line(export, tmp_path):
+    """A null (or blank) id never matches a held one: the row would be annotated again every
+    night (152 rows for 150, and verify passed). Refused, naming the row; nothing is written."""
+    write(tmp_path / "inbox" / "export.csv", ROWS[:3] + [("", "a review without its id")] + ROWS[3:6])
+    result = invoke("run", export, "-q")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "export.csv: data row 4 has no id (input.id_column id is null or blank there)" in result.output
+    assert not (tmp_path / "out" / ".batchnlp" / "log").exists()
+    write(tmp_path / "inbox" / "export.csv", ROWS[:6])
+    assert invoke("run", export, "-q").exit_code == 0
+    write(tmp_path / "inbox" / "export.csv", ROWS[:8] + [("  ", "blank")])
+    result = invoke("run", export, "-q")
+    assert result.exit_code == 2 and "data row 9 has no id" in result.output, result.output
+    assert len(read_output(tmp_path / "out")) == 6
+
+
+def test_on_changed_skip_leaves_a_file_with_edited_texts_and_annotates_the_others(export, tmp_path):
+    """output.on_changed: skip — a nightly export whose held id got another text is left as it was
+    annotated (its new ids too, until someone decides); another file's rows are annotated; the
+    run exits 3 with one line naming the file, and says so again the next night."""
+    export.write_text(export.read_text().replace("rows_per_shard: 4}", "rows_per_shard: 4, on_changed: skip}"))
+    write(tmp_path / "inbox" / "export.csv", ROWS[:8])
+    assert invoke("run", export, "-q").exit_code == 0
+    write(tmp_path / "inbox" / "export.csv", ROWS[:5] + [("e5", "an edited review")] + ROWS[6:12])
+    write(tmp_path / "inbox" / "other.csv", ROWS[20:23])
+    before = parts(tmp_path / "out")
+    for night in (1, 2):
+        result = invoke("run", export, "-q")
+        assert result.exit_code == 3, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "inbox/export.csv changed since it was annotated and was skipped" in errors[0]
+        assert {k: v for k, v in parts(tmp_path / "out").items() if k in before} == before
+        ids = read_output(tmp_path / "out").column("id").to_pylist()
+        assert ids == [i for i, _ in ROWS[:8]] + [i for i, _ in ROWS[20:23]]
+    runs = record(tmp_path / "out")["runs"]
+    assert runs[1]["inputs"] == {"new": ["inbox/other.csv"], "skipped": ["inbox/export.csv"]}
+    assert runs[2]["inputs"] == {"skipped": ["inbox/export.csv"]}

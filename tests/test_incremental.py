@@ -154,6 +154,63 @@ def test_removed_files_are_refused_then_kept_or_dropped(nightly, tmp_path):
     verified(out)
 
 
+def unattended(job, **output):
+    """The job with these keys added to its output section (the unattended policy)."""
+    extra = "".join(f", {k}: {v}" for k, v in output.items())
+    job.write_text(job.read_text().replace("rows_per_shard: 2}", f"rows_per_shard: 2{extra}}}"))
+
+
+def test_one_changed_file_does_not_stop_the_night_with_on_changed_skip(nightly, seen, tmp_path):
+    """A cron job with output.on_changed: skip — one edited file and two new ones: the new files
+    are annotated, the edited one keeps its earlier annotations (not a row of it is read), the run
+    names it in one line and exits 3 (a monitored failure, not silence), the log has an
+    `input_skipped` event, and the next night says it again until the file is restored."""
+    inbox, out = tmp_path / "inbox", tmp_path / "annotated"
+    unattended(nightly, on_changed="skip")
+    write_csv(inbox / "a.csv", TEXTS["a.csv"])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    before = parts(out)
+    original = (inbox / "a.csv").read_text()
+    write_csv(inbox / "a.csv", ["edited"] + TEXTS["a.csv"][1:] + ["one more"])
+    write_csv(inbox / "b.csv", TEXTS["b.csv"])
+    write_csv(inbox / "c.csv", TEXTS["c.csv"])
+    seen.clear()
+    log = tmp_path / "night.log"
+    result = invoke("run", nightly, "-q", "--log-format", "json", "--log-file", log)
+    assert result.exit_code == 3, result.output
+    assert sorted(seen) == sorted(TEXTS["b.csv"] + TEXTS["c.csv"])
+    said = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in said] == ["input_skipped", "error"] and said[1]["exit_code"] == 3
+    assert f"input.path: {inbox / 'a.csv'} changed since it was annotated and was skipped (output.on_changed: " \
+        "skip)" in said[1]["message"]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["file"] for e in events if e["event"] == "input_skipped"] == [str(inbox / "a.csv")]
+    assert [e["exit_code"] for e in events if e["event"] == "finished"] == [3]
+    assert {k: v for k, v in parts(out).items() if k in before} == before
+    assert read_output(out).column("text").to_pylist() == TEXTS["a.csv"] + TEXTS["b.csv"] + TEXTS["c.csv"]
+    assert "a.csv: input file changed since it was annotated" in invoke("verify", out).output  # still told
+    again = invoke("run", nightly, "-q")
+    assert again.exit_code == 3 and "a.csv changed since it was annotated and was skipped" in again.output
+    (inbox / "a.csv").write_text(original)
+    assert invoke("run", nightly, "-q").exit_code == 0
+    verified(out)
+    assert "skipped 1 (../inbox/a.csv)" in invoke("inspect", out, "--history").output
+
+
+def test_on_changed_reprocess_and_on_removed_drop_run_unattended(nightly, seen, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "annotated"
+    unattended(nightly, on_changed="reprocess", on_removed="drop")
+    write_csv(inbox / "a.csv", TEXTS["a.csv"])
+    write_csv(inbox / "c.csv", TEXTS["c.csv"])
+    assert invoke("run", nightly, "-q").exit_code == 0
+    write_csv(inbox / "a.csv", ["edited"] + TEXTS["a.csv"][1:])
+    (inbox / "c.csv").unlink()
+    result = invoke("run", nightly, "-q")
+    assert result.exit_code == 0, result.output
+    assert read_output(out).column("text").to_pylist() == ["edited"] + TEXTS["a.csv"][1:]
+    verified(out)
+
+
 def test_an_edit_that_keeps_size_and_time_is_caught_by_verify(nightly, tmp_path):
     inbox, out = tmp_path / "inbox", tmp_path / "annotated"
     write_csv(inbox / "a.csv", TEXTS["a.csv"])
@@ -219,9 +276,9 @@ def test_a_piped_run_logs_readable_lines(nightly, tmp_path):
     shards = [e for e in events if e["event"] == "shard"]
     assert len(shards) == 5 and sum(e["rows"] for e in shards) == 8
     assert all({"time", "level", "rows_per_s", "tokens_per_s", "errors", "eta_s"} <= set(e) for e in shards)
-    logged = (tmp_path / "run.log").read_text().splitlines()  # the same, and the run's life besides
-    life = ("started", "planned", "model", "finished")  # (a heartbeat goes to both)
-    assert [line for line in logged if json.loads(line)["event"] not in life] == lines
+    logged = (tmp_path / "run.log").read_text().splitlines()  # the same lines
+    life = ("started", "planned", "model", "finished")  # the run's life: on a piped stderr too (cron's only log)
+    assert logged == lines
     assert [json.loads(line)["event"] for line in logged if json.loads(line)["event"] in life] == [
         "started", "planned", "model", "finished"]
     text = cli("run", nightly, "--overwrite")

@@ -171,12 +171,45 @@ def test_an_unwritable_cache_falls_back_to_the_source(tmp_path, gguf, builds, mo
     assert "cannot write" in caplog.text and "BATCHNLP_CACHE" in caplog.text
 
 
-def test_a_new_library_version_replaces_the_old_entry(fresh, gguf, builds, monkeypatch):
+def test_a_new_library_version_replaces_the_old_entry_once_unused(fresh, gguf, builds, monkeypatch):
+    """Two environments sharing one cache folder (other transformers versions) each keep their
+    entry; an entry no run has used for KEEP_UNUSED_DAYS goes when a newer one is built."""
+    real = cache.converters
     old, _ = cache.converted(gguf, "AutoModelForCausalLM", False)
     monkeypatch.setattr(cache, "converters", lambda: {**dict.fromkeys(cache.CONVERTERS), "transformers": "99.0"})
     new, info = cache.converted(gguf, "AutoModelForCausalLM", False)
     assert info["hit"] is False and new.directory != old.directory
-    assert not old.directory.exists() and cache.check_entry(new.directory) is None
+    assert old.directory.exists() and cache.check_entry(new.directory) is None  # used just now: kept
+    monkeypatch.setattr(cache, "converters", real)
+    assert cache.converted(gguf, "AutoModelForCausalLM", False)[1]["hit"] is True  # the first environment's
+    assert len(builds) == 2
+    month_ago = (old.directory / cache.LAST_USED).stat().st_mtime - 30 * 86400
+    os.utime(old.directory / cache.LAST_USED, (month_ago, month_ago))
+    monkeypatch.setattr(cache, "converters", lambda: {**dict.fromkeys(cache.CONVERTERS), "transformers": "100.0"})
+    newest, _ = cache.converted(gguf, "AutoModelForCausalLM", False)
+    assert not old.directory.exists() and new.directory.exists() and newest.directory.exists()
+
+
+def test_an_entry_altered_in_place_keeping_size_and_mtime_is_rebuilt_not_loaded(fresh, gguf, builds):
+    """Bytes changed, size and mtime put back: the first use by a process hashes the entry's
+    files, so it is rebuilt rather than loaded, and `batchnlp cache` does not call it sound."""
+    from click.testing import CliRunner
+
+    from batchnlp.cli import main
+
+    model, _ = cache.converted(gguf, "AutoModelForCausalLM", False)
+    weights = model.directory / "model.safetensors"
+    stat = weights.stat()
+    with open(weights, "r+b") as f:
+        f.seek(1000)
+        f.write(b"X")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    listed = CliRunner().invoke(main, ["cache"])
+    assert "model.safetensors has changed since it was written: rebuilt when next needed" in listed.output
+    cache._VERIFIED.clear()  # a later process
+    again, info = cache.converted(gguf, "AutoModelForCausalLM", False)
+    assert info["hit"] is False and len(builds) == 2
+    assert weights.read_bytes() == b"w" * (1 << 20)
 
 
 def test_file_hashes_are_remembered_by_size_and_mtime(fresh, tmp_path, monkeypatch):

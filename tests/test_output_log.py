@@ -111,7 +111,7 @@ def project(tmp_path, classifier_dir):
 input: {{path: ../inbox, format: csv, text_column: text, id_column: id}}
 task: {{name: text-classification}}
 model: {{path: {classifier_dir}}}
-runtime: {{dtype: auto}}
+runtime: {{dtype: float32}}
 output: {{path: ../annotated, rows_per_shard: 2}}
 """)
     return root
@@ -153,12 +153,17 @@ def test_kill_9_during_a_commit_or_a_checkpoint_resumes_to_the_same_output(proje
     assert invoke("verify", project / "annotated").exit_code == 0
 
 
-def pinned_probe(monkeypatch, kept: bool | None):
-    """Make `dtype: auto` probe on any CPU, with this verdict (None: the probe must not run)."""
-    import batchnlp.model.device as device
+def pinned_probe(monkeypatch, kept: bool | None, project: Path | None = None):
+    """Make `dtype: auto` probe on any CPU, with this verdict (None: the probe must not run);
+    `project`: its job asks for dtype auto (the fixture's pins float32, as tests that compare
+    outputs do)."""
+    import batchnlp.model.precision as precision
     import batchnlp.session as session
 
-    monkeypatch.setattr(device, "native_bf16", lambda: True)
+    if project is not None:
+        job = project / "jobs" / "nightly.yaml"
+        job.write_text(job.read_text().replace("dtype: float32", "dtype: auto"))
+    monkeypatch.setattr(precision, "cpu_candidate", lambda: (True, {"margin": 1.25}))
 
     def probe(annotator, done=()):
         if kept is None:
@@ -174,7 +179,7 @@ def test_the_precision_is_pinned_at_the_first_commit(project, monkeypatch, first
     opposite answer), and its parts would mix precisions with the first night's."""
     job = project / "jobs" / "nightly.yaml"
     write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine"])
-    pinned_probe(monkeypatch, first)
+    pinned_probe(monkeypatch, first, project)
     assert invoke("run", job, "-q").exit_code == 0
     expected = "bfloat16" if first else "float32"
     state = record(project / "annotated")
@@ -213,7 +218,7 @@ def test_three_nights_rerun_byte_identical_in_the_pinned_precision(project, tmp_
     """Three nights (a file each, one changed and reprocessed), dtype auto pinned to bfloat16:
     rerun makes the same bytes, part by part, without probing again."""
     job = project / "jobs" / "nightly.yaml"
-    pinned_probe(monkeypatch, True)
+    pinned_probe(monkeypatch, True, project)
     write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine"])
     assert invoke("run", job, "-q").exit_code == 0
     monkeypatch.undo()
@@ -230,7 +235,7 @@ def test_three_nights_rerun_byte_identical_in_the_pinned_precision(project, tmp_
 
 def test_the_history_says_what_each_night_did(project, monkeypatch):
     job = project / "jobs" / "nightly.yaml"
-    pinned_probe(monkeypatch, False)
+    pinned_probe(monkeypatch, False, project)
     write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine"])
     write_csv(project / "inbox" / "b.csv", ["love it"])
     assert invoke("run", job, "-q").exit_code == 0
@@ -270,7 +275,7 @@ def test_readers_see_exactly_the_current_rows(project):
 
 def test_a_migrated_commit_log_reads_the_same_through_inspect_json(project, monkeypatch):
     """`inspect --json` prints the documented state (the same as batchnlp.inspect)."""
-    pinned_probe(monkeypatch, False)
+    pinned_probe(monkeypatch, False, project)
     write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine"])
     assert invoke("run", project / "jobs" / "nightly.yaml", "-q").exit_code == 0
     printed = json.loads(invoke("inspect", project / "annotated", "--json").output)
@@ -282,22 +287,27 @@ def test_a_migrated_commit_log_reads_the_same_through_inspect_json(project, monk
     assert pa.Table.from_pylist(printed["parts"]).num_rows == 2
 
 
-def test_an_output_removed_under_a_run_is_never_complete(project, monkeypatch):
-    """The output folder deleted while a run writes: one line, exit 2, never `complete` (0.2 exited
-    0 saying it wrote every part while most were gone)."""
+def removed_at_the_second_part(monkeypatch, folder: Path) -> None:
+    """`folder` deleted (shutil.rmtree) as the run writes its second part."""
     import batchnlp.engines.local as local
 
-    write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine", "love it", "awful"])
     real = local.write_part
     calls = []
 
     def write_part(out, shard, *args, **kwargs):
         calls.append(shard.number)
         if len(calls) == 2:
-            shutil.rmtree(project / "annotated")
+            shutil.rmtree(folder)
         return real(out, shard, *args, **kwargs)
 
     monkeypatch.setattr(local, "write_part", write_part)
+
+
+def test_an_output_removed_under_a_run_is_never_complete(project, monkeypatch):
+    """The output folder deleted while a run writes: one line, exit 2, never `complete` (0.2 exited
+    0 saying it wrote every part while most were gone)."""
+    write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine", "love it", "awful"])
+    removed_at_the_second_part(monkeypatch, project / "annotated")
     result = invoke("run", project / "jobs" / "nightly.yaml", "-q")
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "vanished while this run wrote it" in result.output and "not complete" in result.output
@@ -317,3 +327,71 @@ def test_a_part_removed_before_the_run_ends_keeps_it_from_complete(tmp_path):
         with committer.recording():
             pass
     assert CommitLog.read(Folder(tmp_path)).state.status == "failed"
+
+
+@pytest.mark.parametrize("garbage", [b"not a number", b"\xff\xfe 7"])
+def test_a_garbled_checkpoint_pointer_is_passed_over(project, garbage, monkeypatch):
+    """`_last_checkpoint` holding garbage made run, inspect and verify crash with a traceback. A
+    checkpoint only saves replaying the commits: the state is read from them (a warning says so),
+    and the next checkpoint is written over it."""
+    job = project / "jobs" / "nightly.yaml"
+    monkeypatch.setenv("BATCHNLP_CHECKPOINT_EVERY", "2")
+    write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine", "love it", "awful"])
+    assert invoke("run", job, "-q").exit_code == 0
+    out = project / "annotated"
+    before = record(out)
+    (out / POINTER).write_bytes(garbage)
+    for command in (["inspect", out], ["inspect", out, "--json"], ["verify", out]):
+        shown = invoke(*command)
+        assert shown.exit_code == 0 and "Traceback" not in shown.output, shown.output
+    assert record(out) == before
+    write_csv(project / "inbox" / "b.csv", ["meh", "great"])
+    result = invoke("run", job, "-q")
+    assert result.exit_code == 0, result.output
+    assert "not a checkpoint's number; the output's state is read from its commits" in result.output
+    assert read_output(out).column("id").to_pylist() == ["a0", "a1", "a2", "a3", "a4", "b0", "b1"]
+    assert invoke("verify", out).exit_code == 0
+    assert int((out / POINTER).read_text().split()[0]) == record(out)["version"]  # a good one again
+
+
+def test_a_damaged_checkpoint_is_passed_over_for_the_commits(project, monkeypatch):
+    job = project / "jobs" / "nightly.yaml"
+    write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine", "love it", "awful"])
+    monkeypatch.setenv("BATCHNLP_CHECKPOINT_EVERY", "2")
+    assert invoke("run", job, "-q").exit_code == 0
+    out = project / "annotated"
+    before = record(out)
+    version = int((out / POINTER).read_text().split()[0])
+    (out / LOG_DIR / f"{version:020d}.checkpoint.json").write_text('{"format": 3, "version": ')
+    assert record(out) == before and invoke("verify", out).exit_code == 0
+
+
+def test_a_log_deleted_under_a_run_is_not_made_again(project, monkeypatch):
+    """`rm -r` of the output while a run commits: the log folder goes first, the run's next commit
+    must not make it again (it would hold commit N without 0..N-1: an orphan that the output's
+    next run collides with, "another run committed"). The run stops in one line; once the folder
+    is gone the next run starts afresh, every row once."""
+    out = project / "annotated"
+    write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine", "love it", "awful"])
+    removed_at_the_second_part(monkeypatch, out / ".batchnlp")  # rm -r, halfway: the log gone, parts not yet
+    result = invoke("run", project / "jobs" / "nightly.yaml", "-q")
+    assert result.exit_code == 2 and "vanished while this run wrote it" in result.output, result.output
+    assert not (out / LOG_DIR).exists()
+    monkeypatch.undo()
+    shutil.rmtree(out)  # rm -r, finished
+    assert invoke("run", project / "jobs" / "nightly.yaml", "-q").exit_code == 0
+    assert read_output(out).column("id").to_pylist() == ["a0", "a1", "a2", "a3", "a4"]
+
+
+def test_an_orphan_commit_left_by_a_deleted_output_does_not_block_the_next_run(project):
+    """A folder holding only a stray commit (no first commit, no part): what an older batchnlp
+    left when the output was deleted mid-run. The next run was refused as "another run
+    committed"; it now clears the stray log and starts afresh."""
+    out = project / "annotated"
+    (out / LOG_DIR).mkdir(parents=True)
+    (out / LOG_DIR / "00000000000000000003.json").write_text('{"format": 3, "version": 3, "actions": []}')
+    write_csv(project / "inbox" / "a.csv", ["good", "bad", "fine", "love it", "awful"])
+    result = invoke("run", project / "jobs" / "nightly.yaml", "-q")
+    assert result.exit_code == 0, result.output
+    assert read_output(out).column("id").to_pylist() == ["a0", "a1", "a2", "a3", "a4"]
+    assert invoke("verify", out).exit_code == 0 and record(out)["runs"][0]["status"] == "complete"

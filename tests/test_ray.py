@@ -145,6 +145,27 @@ def test_input_and_output_in_a_bucket_need_no_shared_file_system(tmp_path, s3, c
     assert outputs["ray"].column("label").to_pylist() == outputs["local"].column("label").to_pylist()
 
 
+def test_a_growing_export_by_id_into_a_bucket_on_both_engines(tmp_path, s3, classifier_dir):
+    """input.incremental: ids with the output in a bucket: its id indexes and selections live under
+    .batchnlp/ids/, which the upload staged without its sub-folder (a traceback on the first
+    night, on both engines). Two nights, each engine: every id once, in order."""
+    import batchnlp
+
+    bucket = s3.bucket()
+    for engine in ("local", "ray"):
+        out = f"s3://{bucket}/{engine}"
+        s3.put_texts(bucket, f"{engine}-in/export.parquet", "parquet", TEXTS[:5])
+        job = write_job(tmp_path, input={"path": f"s3://{bucket}/{engine}-in/*.parquet", "text_column": "text",
+                                         "id_column": "id", "incremental": "ids", "storage_options": s3.options()},
+                        task={"name": "text-classification"}, model={"path": str(classifier_dir)},
+                        output={"path": out, "rows_per_shard": 2, "storage_options": s3.options()})
+        assert run(load_spec(job), quiet=True, engine=engine).rows_written == 5
+        s3.put_texts(bucket, f"{engine}-in/export.parquet", "parquet", TEXTS[:9])  # night 2: grown
+        assert run(load_spec(job), quiet=True, engine=engine).rows_written == 4
+        assert s3.read_output(out).column("id").to_pylist() == [f"r{i}" for i in range(9)]
+        assert batchnlp.verify(out) == []
+
+
 def test_a_killed_driver_takes_its_cluster_along_and_q_is_quiet(tmp_path, classifier_dir, reviews_csv):
     """kill -9 of the driver: the local cluster it started (GCS, raylet, agents, workers) is gone
     within seconds, not the minute Ray's agents take on their own. Then a -q rerun prints its one

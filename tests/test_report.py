@@ -70,6 +70,27 @@ def test_a_classification_report(tmp_path, classifier_dir, reviews_csv):
     rendered(path, "classification", charts)
 
 
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_a_report_on_an_output_with_a_missing_or_damaged_part_is_one_line(tmp_path, classifier_dir, reviews_csv,
+                                                                         damage):
+    """A report over the parts that happen to be readable would pass for the whole output's (and
+    it was a traceback): one line naming the part or what to run, exit 2, no page."""
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    assert invoke("run", job, "-q").exit_code == 0
+    part = tmp_path / "out" / "part-00000-00001.parquet"
+    if damage == "missing":
+        part.unlink()
+    else:
+        part.write_bytes(b"\0" * part.stat().st_size)
+    result = invoke("report", tmp_path / "out", "-o", tmp_path / "report.html")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and result.output.startswith("error: "), \
+        result.output
+    assert ("part-00000-00001.parquet is missing or altered" if damage == "missing" else "a part cannot be read") \
+        in result.output and "run the job again" in result.output
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_an_embeddings_report(tmp_path, encoder_dir, reviews_csv):
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"}, task={"name": "embeddings"},
                     model={"path": str(encoder_dir)})

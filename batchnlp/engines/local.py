@@ -33,7 +33,7 @@ def run(ctx: RunContext) -> RunResult:
           + f", precision probe {session.probe_seconds:.1f} s: {placement.device} {placement.name}",
           seconds=round(time.perf_counter() - began, 2), load_seconds=session.load_seconds,
           probe_seconds=session.probe_seconds, model_cache=cached, device=str(placement.device),
-          precision=placement.name, probe=session.probe, file_only=True)
+          precision=placement.name, probe=session.probe, terminal=False)
     committer = ctx.committer()
     ctx.start_run(committer, {"engine": "local", **session.run_info()},
                   session.probe, session.annotator.placement.name)

@@ -135,10 +135,11 @@ def settle_precision(ctx: RunContext, on_gpus: bool) -> tuple[str, dict[str, Any
     if on_gpus:
         return ("float16" if runtime.dtype == "auto" else runtime.dtype), None, none
     from batchnlp.model import device
+    from batchnlp.session import decided_without_rows
 
     placement = device.choose(runtime)
     if not placement.needs_probe:
-        return placement.name, None, none
+        return placement.name, decided_without_rows(placement), none
     session = open_session(ctx.job, ctx.done)
     return (session.annotator.placement.name, session.probe,
             {"probe_seconds": session.probe_seconds, "probe_load_seconds": session.load_seconds})

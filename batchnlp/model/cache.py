@@ -8,8 +8,11 @@ the libraries that converted it, and holds `entry.json` (written last) with ever
 mtime and sha256. It is built in a private temporary folder and published by one rename, so a run
 killed mid-write leaves no entry, and two runs converting at once both end up using one complete
 entry. An entry whose files do not match its `entry.json` (truncated, edited, half deleted) is
-never loaded: it is removed and rebuilt. A new entry for the same source file replaces older
-ones (other library versions), so the cache holds one copy per model file.
+never loaded: it is removed and rebuilt. Size and mtime are checked on every use; the bytes
+themselves (sha256, ~0.35 s for SmolLM2's 540 MB) the first time a process uses the entry, so an
+edit that kept both is caught too. A new entry for the same source file replaces the entries of
+other library versions that no run has used for `KEEP_UNUSED_DAYS` (each use touches the entry's
+`last_used`): two environments sharing one cache folder keep one entry each.
 
 Also here: sha256 of large files remembered by path, size and mtime (as input files are), so the
 weights' hash that pins the model in the output's record is not recomputed on every run.
@@ -39,6 +42,12 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 ENTRY = "entry.json"
+#: Touched by each use of an entry (not one of its recorded files).
+LAST_USED = "last_used"
+#: Entries of other library versions for the same source file go once unused this long.
+KEEP_UNUSED_DAYS = 7
+#: Entries whose bytes this process has hashed and found as recorded.
+_VERIFIED: set[str] = set()
 #: The libraries whose versions decide the converted bytes.
 CONVERTERS = ("transformers", "gguf", "torch", "safetensors", "tokenizers")
 
@@ -66,15 +75,17 @@ def converted(resolved: ResolvedModel, model_class: str, trust_remote_code: bool
     key = entry_key(source_hash, model_class)
     folder = root() / "converted"
     entry = folder / key
-    problem = check_entry(entry)
+    problem = check_entry(entry, hashed=str(entry) not in _VERIFIED)
     if problem is None:
+        _VERIFIED.add(str(entry))
+        _touch(entry)
         return _use(resolved, entry), _info(True, began, entry)
     if entry.exists():
         event("model_cache", f"model cache: rebuilding {entry} ({problem})", level=logging.WARNING,
               entry=str(entry), problem=problem)
         _discard(entry)
     event("model_cache", f"converting {source.name} once into the model cache {folder} (later runs load it "
-          "in about a second)", entry=str(entry), file_only=True)
+          "in about a second)", entry=str(entry), terminal=False)
 
     def build(into: Path) -> None:
         _convert(resolved, model_class, trust_remote_code, into)
@@ -98,9 +109,10 @@ def entry_key(source_hash: str, model_class: str) -> str:
     return f"{source_hash[:16]}-{hashlib.sha256(detail.encode()).hexdigest()[:16]}"
 
 
-def check_entry(entry: Path) -> str | None:
+def check_entry(entry: Path, hashed: bool = False) -> str | None:
     """None if `entry` is complete and its files are the bytes it recorded, else what is wrong.
-    A file whose size and mtime match is trusted; one whose mtime moved is hashed again."""
+    A file whose size and mtime match is trusted unless `hashed` (every file's sha256 is then
+    compared); one whose mtime moved is hashed again."""
     try:
         record = json.loads((entry / ENTRY).read_text())
     except FileNotFoundError:
@@ -117,9 +129,27 @@ def check_entry(entry: Path) -> str | None:
             return f"{name} is missing"
         if stat.st_size != meta["size"]:
             return f"{name} is {stat.st_size} bytes, {meta['size']} expected (truncated or replaced)"
-        if stat.st_mtime_ns != meta["mtime_ns"] and sha256(path) != meta["sha256"]:
+        if (hashed or stat.st_mtime_ns != meta["mtime_ns"]) and sha256(path) != meta["sha256"]:
             return f"{name} has changed since it was written"
     return None
+
+
+def _touch(entry: Path) -> None:
+    """Mark the entry used now (an unwritable cache only loses the mark)."""
+    try:
+        (entry / LAST_USED).touch()
+    except OSError:
+        pass
+
+
+def last_used(entry: Path) -> float:
+    """When a run last used the entry (its creation, if never)."""
+    for path in (entry / LAST_USED, entry / ENTRY, entry):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
@@ -149,10 +179,12 @@ def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
             _discard(tmp)  # another run published the same conversion first
         else:
             fsync_dir(entry.parent)
+            _VERIFIED.add(str(entry))  # its bytes were hashed as they were recorded
             _replace_older(entry)
     except BaseException:
         _discard(tmp)
         raise
+    _touch(entry)
     return entry
 
 
@@ -180,7 +212,8 @@ def file_sha256(path: Path) -> str:
 
 
 def entries() -> list[dict[str, Any]]:
-    """Every entry in the cache: path, size in bytes, source file, whether it is complete."""
+    """Every entry in the cache: path, size in bytes, source file, what is wrong with it (its
+    bytes hashed: `batchnlp cache` calls an entry sound only if they are what it recorded)."""
     folder = root() / "converted"
     out = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
@@ -191,9 +224,21 @@ def entries() -> list[dict[str, Any]]:
             source = json.loads((entry / ENTRY).read_text()).get("source", {}).get("file")
         except (OSError, ValueError):
             source = None
-        problem = "unfinished (temporary)" if entry.name.startswith(".") else check_entry(entry)
+        problem = "unfinished (temporary)" if entry.name.startswith(".") else check_entry(entry, hashed=True)
         out.append({"entry": str(entry), "bytes": size, "source": source, "problem": problem})
     return out
+
+
+def calibrations() -> list[dict[str, Any]]:
+    """The precision calibrations kept in the cache folder (`model/precision.py`), one per
+    machine and torch version that used it."""
+    found = []
+    for path in sorted((root() / "precision").glob("*.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _convert(resolved: ResolvedModel, model_class: str, trust_remote_code: bool, into: Path) -> None:
@@ -238,10 +283,13 @@ def _sweep(entry: Path) -> None:
 
 
 def _replace_older(entry: Path) -> None:
-    """Entries for the same source file made by other library versions: the new one replaces them."""
+    """Entries for the same source file made by other library versions: the new one replaces those
+    that no run used for KEEP_UNUSED_DAYS (another environment that shares this cache folder keeps
+    the entry it uses, instead of each replacing the other's on every run)."""
     prefix = entry.name.split("-")[0]
+    stale = time.time() - KEEP_UNUSED_DAYS * 86400
     for other in entry.parent.glob(f"{prefix}-*"):
-        if other != entry and other.is_dir():
+        if other != entry and other.is_dir() and last_used(other) < stale:
             _discard(other)
 
 

@@ -3,9 +3,11 @@
 CUDA: weights cast to float16 by default (bfloat16 when asked and supported), which is both
 faster and lighter than autocast. CPU: bfloat16 runs under autocast, which keeps numerically
 delicate ops (softmax, layer norm) in float32; `auto` takes it only where the CPU computes
-bfloat16 natively (AVX512-BF16 or AMX; elsewhere it is emulated and slower) and only if it
-agrees with float32 on the first rows (the runner's probe). int8 quantises the weights of the
-linear layers dynamically. Measured on the 2-core AVX512-BF16 EPYC of our CI, one forward of a
+bfloat16 natively, multiplies in it decisively faster than in float32 (a per-machine
+calibration, `precision.py`) and agrees with float32 on the job's first rows (the runner's
+probe). A task's scoring head (`Task.float32_head`) runs in float32 under autocast: its logits
+are the scores, and bfloat16's 8 bits of mantissa would tie them. int8 quantises the weights of
+the linear layers dynamically. Measured on the 2-core AVX512-BF16 EPYC of our CI, one forward of a
 DistilBERT-base shape over batches of 2k-4k tokens: bfloat16 1.7-2.3x float32, int8 2.2-2.9x.
 """
 
@@ -13,8 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ class Placement:
     quantize_int8: bool = False
     #: Chosen by `dtype: auto`: kept only if the first rows agree with float32.
     needs_probe: bool = False
+    #: `dtype: auto` on a CPU: the facts that decided it (hardware, calibration; for the record).
+    decision: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def name(self) -> str:
@@ -82,8 +85,12 @@ def choose(runtime: RuntimeSpec, pinned: str | None = None) -> Placement:
         return Placement(device, dtype, None)
     if runtime.dtype == "float16":
         raise SpecError("runtime.dtype", "float16 on a CPU is slow and poorly supported; use bfloat16 or float32")
-    if runtime.dtype == "auto" and native_bf16():
-        return Placement(device, torch.float32, torch.bfloat16, needs_probe=True)
+    if runtime.dtype == "auto":
+        from batchnlp.model import precision
+
+        candidate, facts = precision.cpu_candidate()
+        return Placement(device, torch.float32, torch.bfloat16 if candidate else None, needs_probe=candidate,
+                         decision=facts)
     return Placement(device, torch.float32, torch.bfloat16 if runtime.dtype == "bfloat16" else None)
 
 
@@ -95,35 +102,6 @@ def use_int8_engine() -> str:
     if "onednn" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "onednn"
     return torch.backends.quantized.engine
-
-
-@functools.cache
-def bf16_speedup() -> float:
-    """float32's time over bfloat16's for one linear layer of a base-sized model's shape on this
-    CPU (bfloat16 under autocast, as runs use it; best of three each, alternating; ~0.4 s, once
-    a process). Below 1, bfloat16 is slower here whatever the model: a CPU may advertise
-    AVX512-BF16 and still run it slower than float32 (0.56x on the Xeon of our CI)."""
-    import time
-
-    x, w = torch.randn(1024, 1024), torch.randn(4096, 1024)
-
-    def timed(bf16: bool) -> float:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            began = time.perf_counter()
-            torch.nn.functional.linear(x, w)
-            return time.perf_counter() - began
-
-    timed(False), timed(True)  # the first calls pay oneDNN's set-up
-    times = [(timed(False), timed(True)) for _ in range(3)]
-    return min(t[0] for t in times) / min(t[1] for t in times)
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (oneDNN's own check)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _device(name: str) -> torch.device:
@@ -139,3 +117,23 @@ def _device(name: str) -> torch.device:
                                               "CUDA device(s) exist")
         return device
     return torch.device("cpu")
+
+
+def head_in_float32(head: Any) -> None:
+    """Run `head` (a task's scoring head: its outputs are the scores) in float32 under bfloat16
+    autocast. Its logits would otherwise come out in bfloat16, whose 8-bit mantissa steps by 0.125
+    at 16-32: an LLM labeller's scores collapsed to 28 distinct values on 872 SST-2 rows, with 36
+    exact 0.5 ties, where float32 gave a distinct score to every row. The head is a small share of
+    the work (one projection, at the positions scored). Its forward is wrapped on the instance, as
+    accelerate's hooks do, so the module tree and its weights (tied or not) stay as they are;
+    without autocast it computes exactly as before."""
+    if head is None or getattr(head, "_batchnlp_float32", False):
+        return
+    inner = head.forward
+
+    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(x.device.type, enabled=False):
+            return inner(x.float(), *args, **kwargs)
+
+    head.forward = forward
+    head._batchnlp_float32 = True

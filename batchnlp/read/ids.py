@@ -73,6 +73,7 @@ class Delta:
     changed: list[str] = field(default_factory=list)  # ids held with another text (the first few)
     changed_count: int = 0
     duplicate: str | None = None  # the first id the file holds twice
+    null_row: int | None = None  # the first row (0-based) without an id (null or blank)
 
 
 def classify(spec: InputSpec, source: InputSource, unit: Unit, indexes: Any) -> Delta:
@@ -93,11 +94,13 @@ def classify(spec: InputSpec, source: InputSource, unit: Unit, indexes: Any) -> 
                     f"{_hash_sql(spec)} AS h FROM file_rows")
         # fetchall(), not fetchone(): DuckDB 2 refuses other work while a result is unfinished.
         rows = con.execute("SELECT count(*) FROM incoming").fetchall()[0][0]
-        duplicate = next(iter(con.execute("SELECT id FROM incoming GROUP BY id HAVING count(*) > 1 ORDER BY "
-                                          "min(row) LIMIT 1").fetchall()), None)
+        duplicate = next(iter(con.execute("SELECT id FROM incoming WHERE id IS NOT NULL GROUP BY id HAVING "
+                                          "count(*) > 1 ORDER BY min(row) LIMIT 1").fetchall()), None)
+        # A row without an id never matches a held one: it would be annotated again every night.
+        null_row = con.execute("SELECT min(row) FROM incoming WHERE id IS NULL OR trim(id) = ''").fetchall()[0][0]
         if indexes is None:
             new = _arrow(con, "SELECT row FROM incoming ORDER BY row").column(0)
-            return Delta(new.to_numpy(), rows, duplicate=duplicate[0] if duplicate else None)
+            return Delta(new.to_numpy(), rows, duplicate=duplicate[0] if duplicate else None, null_row=null_row)
         if isinstance(indexes, list):  # local files: DuckDB's own Parquet reader, streaming
             held = "read_parquet([" + ", ".join("'" + p.replace("'", "''") + "'" for p in indexes) + "])"
         else:
@@ -110,7 +113,7 @@ def classify(spec: InputSpec, source: InputSource, unit: Unit, indexes: Any) -> 
                                     ).fetchall()[0][0]
         changed = [r[0] for r in con.execute("SELECT id FROM matched WHERE h_then IS NOT NULL AND h_then != h_now "
                                              "ORDER BY row LIMIT 3").fetchall()]
-    return Delta(new.to_numpy(), rows, changed, changed_count, duplicate[0] if duplicate else None)
+    return Delta(new.to_numpy(), rows, changed, changed_count, duplicate[0] if duplicate else None, null_row)
 
 
 def _schema(source: InputSource, unit: Unit, columns: Sequence[str]) -> pa.Schema:
@@ -130,7 +133,11 @@ def _numbered(source: InputSource, unit: Unit, columns: Sequence[str]) -> Iterat
 
 
 def refuse(name: str, delta: Delta, spec: InputSpec) -> None:
-    """One line for what ids mode does not do on its own: a duplicate id, a changed text."""
+    """One line for what ids mode does not do on its own: a missing or duplicate id, a changed text."""
+    if delta.null_row is not None:
+        raise InputError(f"{name}: data row {delta.null_row + 1} has no id (input.id_column {spec.id_column} is null "
+                         "or blank there); with input.incremental: ids every row needs one, or it would be annotated "
+                         "again every night: fix the file")
     if delta.duplicate is not None:
         raise InputError(f"{name}: id {delta.duplicate!r} appears more than once (input.id_column "
                          f"{spec.id_column} must be unique with input.incremental: ids); fix the file")

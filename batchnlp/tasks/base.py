@@ -129,6 +129,11 @@ class Task:
     def prepare(self, model: Any) -> None:
         """Called once after the model is loaded, inside the inference context."""
 
+    def float32_head(self, model: Any) -> Any:
+        """The module whose outputs are this task's scores (a classifier, the LM head that scores
+        answers), run in float32 under bfloat16 autocast by the runner; None: none."""
+        return None
+
     def start_shard(self, index: int) -> None:
         """Called before each shard (generation reseeds here so a resumed run samples the same)."""
 
@@ -179,9 +184,24 @@ class Task:
         """What must be equal for two annotations of a row to agree (default: the first column)."""
         return row[self.fields()[0].name]
 
+    def scores_of(self, row: dict[str, Any]) -> list[float] | None:
+        """A row's scores, best first, where the task gives scores (the precision probe checks
+        their resolution and margins against float32's); None: the task gives none."""
+        return None
+
     def agreement(self, rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> float:
         """The share of rows whose annotation agrees with the reference's (rows with errors skipped)."""
         pairs = [(a, b) for a, b in zip(rows, reference) if a.get("error") is None and b.get("error") is None]
         if not pairs:
             return 1.0
         return sum(self.agreement_key(a) == self.agreement_key(b) for a, b in pairs) / len(pairs)
+
+
+def classifier_head(model: Any) -> Any:
+    """The last layer of a sequence or token classifier (transformers names it `classifier` in
+    BERT-like models, `score` in decoder ones), or None."""
+    for name in ("classifier", "score"):
+        head = getattr(model, name, None)
+        if head is not None:
+            return head
+    return None

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks.base import Baseline, Task, make_pipeline
+from batchnlp.tasks.base import Baseline, Task, classifier_head, make_pipeline
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,16 @@ class Classification(Task):
 
     def column_types(self) -> dict[str, pa.DataType]:
         return {"label": pa.string(), "score": pa.float32(), "scores": pa.list_(SCORE_ENTRY)}
+
+    def float32_head(self, model: Any) -> Any:
+        return classifier_head(model)
+
+    def scores_of(self, row: dict[str, Any]) -> list[float] | None:
+        if row.get("scores"):
+            return [entry["score"] for entry in row["scores"]]
+        if self.function == "softmax" and len(self.labels) == 2:
+            return [row["score"], 1 - row["score"]]  # the other label's, exactly
+        return [row["score"]]
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[dict[str, Any]]:
         return [self.row(scores) for scores in apply_function(model(**batch).logits, self.function)]

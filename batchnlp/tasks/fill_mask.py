@@ -57,6 +57,11 @@ class FillMask(Task):
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["predictions"][0]["token"]  # the top prediction
 
+    def scores_of(self, row: dict[str, Any]) -> list[float] | None:
+        # (Its head is not run in float32: it projects every position onto the vocabulary, a large
+        # share of the work; the probe refuses bfloat16 where that coarsens these scores.)
+        return [p["score"] for p in row["predictions"]] or None
+
     def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline:
         pipe = make_pipeline("fill-mask", model, self.tokenizer)
         masked = [t.replace(MASK, self.tokenizer.mask_token) for t in texts]

@@ -82,6 +82,14 @@ class QuestionAnswering(Task):
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["start"], row["end"]
 
+    def scores_of(self, row: dict[str, Any]) -> list[float] | None:
+        if row.get("answers"):
+            return [answer["score"] for answer in row["answers"]]
+        return [row["score"]] if row.get("score") is not None else None
+
+    def float32_head(self, model: Any) -> Any:
+        return getattr(model, "qa_outputs", None)
+
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         questions = [self._question(row["text"]) for row in rows]
         enc = self.tokenizer(questions, [row["pair"] for row in rows], truncation="only_second",

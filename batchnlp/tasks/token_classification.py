@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks.base import Baseline, Feature, RowError, Task, make_pipeline
+from batchnlp.tasks.base import Baseline, Feature, RowError, Task, classifier_head, make_pipeline
 
 ENTITY = pa.struct([("entity_group", pa.string()), ("score", pa.float32()), ("word", pa.string()),
                     ("start", pa.int32()), ("end", pa.int32())])
@@ -55,6 +55,9 @@ class TokenClassification(Task):
         model = getattr(self.tokenizer, "_tokenizer", None)
         self.word_aware = bool(model is not None and getattr(model.model, "continuing_subword_prefix", None))
 
+
+    def float32_head(self, model: Any) -> Any:
+        return classifier_head(model)
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]]

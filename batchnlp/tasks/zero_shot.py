@@ -25,7 +25,7 @@ import pyarrow as pa
 from batchnlp.errors import ModelUnavailableError, SpecError
 from batchnlp.settings import doc
 from batchnlp.tasks import decoding, likelihood
-from batchnlp.tasks.base import Baseline, Feature, RowError, Task, make_pipeline
+from batchnlp.tasks.base import Baseline, Feature, RowError, Task, classifier_head, make_pipeline
 from batchnlp.tasks.embeddings import pool
 
 
@@ -164,6 +164,16 @@ class ZeroShot(Task):
 
     def agreement_key(self, row: dict[str, Any]) -> Any:
         return row["labels"][0]  # the top label
+
+    def scores_of(self, row: dict[str, Any]) -> list[float] | None:
+        return list(row["scores"])
+
+    def float32_head(self, model: Any) -> Any:
+        # causal-lm: the LM head, whose log-probabilities of the answers are the scores (computed
+        # at the scored positions only); nli: the classifier; embedding: none (cosines of vectors).
+        if self.params.method == "causal-lm":
+            return model.get_output_embeddings()
+        return classifier_head(model) if self.params.method == "nli" else None
 
     def labels_of(self, row: dict[str, Any]) -> list[str]:
         if self.params.candidate_labels is not None:

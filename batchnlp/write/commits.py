@@ -30,10 +30,12 @@ actions) is this module's two hundred lines.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Callable
 
 from batchnlp.errors import OutputConflictError
+from batchnlp.log import event
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import FORMAT_VERSION, OutputState, now
 
@@ -68,6 +70,9 @@ class CommitLog:
         self.checkpointed = checkpointed  # the version of the last checkpoint (None: none yet)
         self.older = older  # the checkpoint before it, deleted once a newer one is pointed to
         self.on_point = on_point or (lambda name, number: None)  # fault injection (tests)
+        #: No commit of this log exists yet: the next one may make the log's folder (never later:
+        #: one made again while `rm -r` empties the output would hold an orphan commit).
+        self.fresh = state.version < 0
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -92,12 +97,36 @@ class CommitLog:
         pointer = folder.read_bytes(POINTER)
         if pointer is None:
             return OutputState(), None, None
-        version, *before = (int(token) for token in pointer.decode().split())
+        try:
+            version, *before = (int(token) for token in pointer.decode().split())
+        except (UnicodeDecodeError, ValueError):
+            return cls._replayed(folder, f"{POINTER} holds {pointer[:40]!r}, not a checkpoint's number")
         data = folder.read_bytes(checkpoint_name(version))
         if data is None:  # deleted by hand: replay the whole log instead
             return OutputState(), None, None
-        state = OutputState.from_json(cls._parse(folder, checkpoint_name(version), data))
+        try:
+            parsed = json.loads(data)
+        except ValueError:  # (UnicodeDecodeError too)
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("format"), int) and parsed["format"] > FORMAT_VERSION:
+            cls._parse(folder, checkpoint_name(version), data)  # "upgrade batchnlp"
+        try:
+            state = OutputState.from_json(parsed) if isinstance(parsed, dict) and \
+                parsed.get("format") == FORMAT_VERSION and parsed.get("version") == version else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            state = None
+        if state is None:
+            return cls._replayed(folder, f"{checkpoint_name(version)} is not a readable checkpoint")
         return state, version, (before[0] if before else None)
+
+    @staticmethod
+    def _replayed(folder: Folder, problem: str) -> tuple[OutputState, None, None]:
+        """A checkpoint only saves replaying the commits, which are the record: a damaged one (or
+        its pointer) is passed over, the state read from commit 0, and the next checkpoint
+        written over it."""
+        event("log", f"{folder}: {problem}; the output's state is read from its commits instead",
+              level=logging.WARNING, output=str(folder))
+        return OutputState(), None, None
 
     @staticmethod
     def _parse(folder: Folder, name: str, data: bytes) -> dict[str, Any]:
@@ -135,12 +164,13 @@ class CommitLog:
         version = self.state.version + 1
         body = _dumps({"format": FORMAT_VERSION, "version": version, "at": now(), "actions": actions_list})
         try:
-            self.folder.create_bytes(commit_name(version), body)
+            self.folder.create_bytes(commit_name(version), body, new_folder=self.fresh)
         except FileExistsError:
             raise OutputConflictError(f"output.path: {self.folder}: another run committed to this output while this "
                                       f"one ran (commit {version} exists); this run stopped, its committed parts "
                                       "are kept") from None
         self.pending = []
+        self.fresh = False
         self.state.version = version
         self.on_point("committed", version)
         if version - (self.checkpointed if self.checkpointed is not None else -1) >= interval(len(self.state.parts)):

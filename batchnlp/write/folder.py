@@ -133,6 +133,15 @@ class Folder:
     def names(self, prefix: str = "part-", suffix: str = ".parquet") -> list[str]:
         return sorted(self.sizes(prefix, suffix))
 
+    def names_in(self, sub: str) -> list[str]:
+        """The names of the files in a sub-folder (the log's); empty if it is not there."""
+        if self.local:
+            folder = self.directory / sub
+            return sorted(e.name for e in os.scandir(folder) if e.is_file()) if folder.is_dir() else []
+        fresh_listing(self.fs, self.key(sub))
+        listing = self._call(self.fs.find, self.key(sub), maxdepth=1)
+        return sorted(p.rsplit("/", 1)[-1] for p in listing)
+
     def files(self) -> list[str]:
         """Every name in the folder (a local one's sub-folders too; a prefix has only objects)."""
         if self.local:
@@ -158,10 +167,10 @@ class Folder:
         """Write a Parquet part so that it appears whole or not at all; return (size, sha256) of
         the bytes as stored (what `verify` will check)."""
         if self.local:
-            return self._write_local(name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+            return self._write_local(name, lambda tmp: pq.write_table(table, tmp, compression="zstd"), create="all")
         self._check_lease()
         with tempfile.TemporaryDirectory(prefix="batchnlp-part-") as tmp:
-            path = Path(tmp) / name
+            path = Path(tmp) / Path(name).name  # (`name` may lie in a sub-folder: .batchnlp/ids/...)
             try:
                 pq.write_table(table, path, compression="zstd")
             except OSError as e:
@@ -176,20 +185,21 @@ class Folder:
         return size, digest
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Replace a small file (a checkpoint of the log) atomically."""
+        """Replace a small file (a checkpoint of the log) atomically; its folder must exist."""
         if self.local:
             self._write_local(name, lambda tmp: tmp.write_bytes(data))
             return
         self._check_lease()
         self._call(self.fs.pipe_file, self.key(name), data)
 
-    def create_bytes(self, name: str, data: bytes) -> None:
+    def create_bytes(self, name: str, data: bytes, new_folder: bool = False) -> None:
         """Write a small file only if no file has that name (a commit of the log): FileExistsError
-        if one has. Durable before it returns; never visible half-written."""
+        if one has. Durable before it returns; never visible half-written. `new_folder`: its
+        sub-folder may be made (the log's first commit); else it must exist."""
         if self.local:
             path = self.directory / name
             tmp = path.with_name(f".{path.name}.tmp")
-            self._subfolder(path)
+            self._subfolder(path, create="all" if new_folder else "none")
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -226,19 +236,26 @@ class Folder:
                 raise FileExistsError(self / name) from None
             self._call(fs.pipe_file, key, data)
 
-    def _subfolder(self, path: Path) -> None:
-        """Make the sub-folder a file goes in (the log's), never the output folder itself: one that
-        vanished under a run must stop it, not be made again empty."""
+    def _subfolder(self, path: Path, create: str = "none") -> None:
+        """Check (and where allowed make) the folder a file goes in, never the output folder
+        itself: one that vanished under a run must stop it, not be made again empty. `create`:
+        "none" (it must exist: the log after its first commit, its checkpoints), "all" (the log's
+        first commit, parts, .batchnlp/ids/). A log folder made again while `rm -r` empties the
+        output would hold an orphan commit that the next run collides with."""
         if not self.directory.is_dir():
             raise FileNotFoundError(errno.ENOENT, "the output folder is gone", str(self.directory))
+        if path.parent.is_dir():
+            return
+        if create == "none":
+            raise FileNotFoundError(errno.ENOENT, "the output's log folder is gone", str(path.parent))
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def _write_local(self, name: str, write: Any) -> tuple[int, str]:
+    def _write_local(self, name: str, write: Any, create: str = "none") -> tuple[int, str]:
         """Write to a temporary name, flush to disk, then rename: a crash leaves either the old
-        state or the whole file."""
+        state or the whole file. `create`: as `_subfolder` (parts and id indexes: "all")."""
         path = self.directory / name
         tmp = path.with_name(f".{path.name}.tmp")
-        self._subfolder(path)
+        self._subfolder(path, create)
         try:
             write(tmp)
             with open(tmp, "rb") as f:
