@@ -46,7 +46,9 @@ def _run_on_cluster(tmp_path: Path, short: Path, ray: str, commands: list[list[s
     # The head node has no CPU for actors: every part is written on the other node, and recorded
     # by the driver only once it sees it.
     common = "--node-ip-address=127.0.0.1 --object-store-memory=100000000"
-    lines = ["set -e", "ip link set lo up", "export RAY_USAGE_STATS_ENABLED=0",
+    # (Workers at the driver's priority, as batchnlp's own local cluster has them: on a busy CI
+    # machine Ray's default nice 15 starves them.)
+    lines = ["set -e", "ip link set lo up", "export RAY_USAGE_STATS_ENABLED=0 RAY_worker_niceness=0",
              f"{ray} start --head --port={PORT} {common} --num-cpus=0 --include-dashboard=false "
              f"--disable-usage-stats --temp-dir={short}/head > {tmp_path}/head.log 2>&1",
              f"{ray} start --address=127.0.0.1:{PORT} {common} --num-cpus=4 --temp-dir={short}/worker "

@@ -60,6 +60,21 @@ def test_classification_equals_the_local_engine(tmp_path, classifier_dir, review
     assert all(len(s["sha256"]) == 64 for s in manifest["parts"])
 
 
+def test_the_local_clusters_workers_run_at_the_drivers_priority():
+    """Ray starts workers at nice 15: on a machine other work keeps busy, the actors of a local
+    cluster got ~3% of a core each (a model load took minutes) while the local engine got its
+    share. The cluster batchnlp starts runs them at the driver's own priority."""
+    @ray.remote
+    def niceness() -> int:
+        import os
+
+        return os.nice(0)
+
+    import os
+
+    assert ray.get(niceness.remote()) == os.nice(0)
+
+
 def test_the_drivers_probe_records_its_load_apart(monkeypatch):
     """dtype auto on a CPU with bfloat16: the driver loads the model once to probe; the entry keeps
     that load apart from the probe's own seconds, as a local run's does (it once counted both as

@@ -46,6 +46,10 @@ def init(address: str | None, quiet: bool) -> Any:
     else:
         # Auth off only for a cluster that lives and dies with this process on this machine.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray starts its workers at nice 15: on a machine other work keeps busy they got ~3% of a
+        # core each (an actor's model load took minutes under two busy processes), where the
+        # local engine, at the driver's own priority, gets its share. The actors are the job.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         cores = os.cpu_count() or 1
         # Twice the cores as logical CPUs: the actors take half (one thread each), which leaves
         # the scheduler room for the tasks that feed them (a pool holding every CPU deadlocks).
