@@ -335,7 +335,9 @@ def cache_command(clear: bool) -> None:
         click.echo(f"  {entry['entry']}  {entry['bytes'] / 2**20:.0f} MiB  {entry['source'] or '?'}"
                    + (f"  ({entry['problem']}: rebuilt when next needed)" if entry["problem"] else ""))
     click.echo(f"{count}, {mib}")
-    for calibration in cache.calibrations():
+    from batchnlp.model import precision
+
+    for calibration in precision.calibrations():
         hardware = calibration.get("hardware", {})
         click.echo(f"precision calibration (dtype auto): {hardware.get('cpu')}, torch {hardware.get('torch')}: "
                    f"bfloat16 at {calibration.get('bf16_speedup')}x float32 per core, measured "

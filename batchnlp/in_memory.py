@@ -239,17 +239,14 @@ def as_rows(data: Any, text_column: str, pair_column: str | None) -> tuple[Any, 
 def _need(columns: list[str], text_column: str, pair_column: str | None, schema: Any = None) -> None:
     """The named columns exist (and, given the data's Arrow schema, hold text: a job refuses
     other types in the same words)."""
-    import pyarrow as pa
+    from batchnlp.read.plan import is_text
 
     for key, column in (("text_column", text_column), ("text_pair_column", pair_column)):
         if column is not None and column not in columns:
             raise UserError(f"{key}: no column {column!r} in the data; its columns are: "
                             f"{', '.join(map(str, columns))}")
-        if column is not None and schema is not None:
-            kind = schema.field(column).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
-                    or pa.types.is_null(kind)):
-                raise UserError(f"{key}: column {column!r} holds {kind}, not text; convert it to strings first")
+        if column is not None and schema is not None and not is_text(kind := schema.field(column).type):
+            raise UserError(f"{key}: column {column!r} holds {kind}, not text; convert it to strings first")
 
 
 def _texts_only(key: str, column: str, values: list[Any], index: Any) -> None:

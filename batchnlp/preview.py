@@ -52,8 +52,9 @@ def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), 
     _inputs(spec, plan.changes, policy, state, result)
     stored = out.sizes()
     on_changed = policy.on_changed(spec)
-    again = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])} \
-        if on_changed == "reprocess" else set()
+    changed = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])}
+    again = changed if on_changed == "reprocess" else set()  # annotated whole again
+    skipped = changed if on_changed == "skip" else set()  # left as annotated
     done = {k for k in state.done_shards(plan, stored) if k[0] not in again} if state.job else set()
     missing = state.missing_parts(stored) if state.job else []
     if missing:
@@ -63,8 +64,6 @@ def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), 
     if keys is None or rows is None:
         result.lines.append("to do: the rows of a streamed dataset (its length is known once read)")
     else:
-        skipped = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])} \
-            if on_changed == "skip" else set()
         to_do = [k for k in keys if k not in done and k[0] not in skipped]
         result.rows_to_do, result.parts_to_do = sum(rows[k] for k in to_do), len(to_do)
         result.lines.append(f"to do: {result.rows_to_do} rows in {result.parts_to_do} parts (of {len(keys)}"

@@ -81,7 +81,6 @@ def report(output: str, threshold: float = THRESHOLD) -> str:
     """The page, as HTML text."""
     from batchnlp.api import dataset_of
     from batchnlp.verification import load
-
     from batchnlp.write.folder import Folder
 
     state = load(output)

@@ -151,7 +151,7 @@ def _output_error(folder: Folder, error: OSError) -> OSError | UserError:
         return error
     out = folder.directory
     where = Path(error.filename) if error.filename else None
-    refused = isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    refused = isinstance(error, PermissionError) or error.errno == errno.EROFS  # (EACCES, EPERM: PermissionError)
     if refused and where is not None and (where == out or out in where.parents or where in out.parents):
         return OutputConflictError(f"output.path: {out} cannot be written ({error.strerror}: {where}); make it "
                                    "writable (permissions, a read-only mount) or choose another output.path; "
@@ -290,9 +290,7 @@ def _skip_changed(state: OutputState, plan: Plan, names: list[str], base: str | 
             raise OutputConflictError(f"input.path: {name} changed while its earlier rows were not all annotated, "
                                       "so it cannot be skipped; restore it and run again to finish them, or pass "
                                       "--reprocess-changed to annotate it again")
-        recorded = unit_of(state.units[unit.key], base)
-        for units in {id(each): each for each in (plan.units, plan.read_units)}.values():  # (often one list)
-            units[:] = [recorded if u.key == unit.key and not u.superseded else u for u in units]
+        plan.replace_unit(unit.key, [unit_of(state.units[unit.key], base)])
         plan.changes["changed"].remove(name)
         plan.changes.setdefault("skipped", []).append(name)
         event("input_skipped", f"{name} changed since it was annotated: skipped (output.on_changed: skip); its "
@@ -362,9 +360,7 @@ def _increments(spec: JobSpec, log: CommitLog, out: Folder, plan: Plan, on_chang
             plan.changes.setdefault("grown", []).append(name)
             event("input", f"{name} changed: {len(delta.new_rows)} of its {delta.rows} rows have ids the output "
                            "does not hold; they are annotated", file=name, rows=len(delta.new_rows))
-        for units in {id(each): each for each in (plan.units, plan.read_units)}.values():  # (often one list)
-            at = next(i for i, u in enumerate(units) if u.key == unit.key and not u.superseded)
-            units[at:at + 1] = [*earlier, selected]
+        plan.replace_unit(unit.key, [*earlier, selected])
         plan.units.sort(key=lambda u: u.key)
 
 
@@ -384,8 +380,9 @@ def _held_indexes(out: Folder, state: OutputState) -> Any:
 def _to_retry(out: Folder, state: OutputState, done: set) -> list[Any]:
     """--retry-errors: the parts with error rows to read back and rewrite. A part missing or
     altered on disk is not among them: this run annotates its shard whole (it is not in `done`),
-    and so it does a part whose size is right and bytes are not (hashed here, as it is read
-    anyway): it leaves `done`."""
+    and so it does a part whose size is right and bytes are not: each part with error rows is
+    hashed here (a shard's worth of bytes, read again to be rewritten), and a damaged one leaves
+    `done`."""
     retry = []
     for part in state.part_list():
         if not part.stats.get("errors") or part.key not in done:

@@ -10,6 +10,7 @@ The chain of holders: `Job` (spec, plan, model source, config, tokenizer, task, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import time
@@ -145,10 +146,9 @@ def open_session(job: Job, done: Container[ShardKey] = (), pinned: str | None = 
         import torch
 
         torch.set_num_threads(spec.runtime.threads)
-    if spec.runtime.dtype == "auto" and pinned is None:
-        with watchdog.doing("deciding the precision (this CPU's bfloat16 calibration, once per machine)"):
-            placement = device.choose(spec.runtime, pinned)
-    else:
+    deciding = spec.runtime.dtype == "auto" and pinned is None
+    with watchdog.doing("deciding the precision (this CPU's bfloat16 calibration, once per machine)") \
+            if deciding else contextlib.nullcontext():
         placement = device.choose(spec.runtime, pinned)
     model = load.load_model(job.model, job.task.model_class, placement, spec.model.trust_remote_code,
                             spec.model.allow_missing_weights)

@@ -200,15 +200,23 @@ def file_sha256(path: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     digest = sha256(path)
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps({"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                   "sha256": digest}))
-        os.replace(tmp, memo)
-    except OSError:
-        pass  # an unwritable cache only costs the hash next time
+    # (an unwritable cache only costs the hash next time)
+    keep_json(memo, {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest})
     return digest
+
+
+def keep_json(path: Path, data: Any) -> bool:
+    """Write a small record of the cache folder (a remembered hash, a precision calibration)
+    atomically, under a name private to this process first; False where the folder cannot be
+    written (what it remembers is then worked out again next time)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
 
 
 def entries() -> list[dict[str, Any]]:
@@ -227,18 +235,6 @@ def entries() -> list[dict[str, Any]]:
         problem = "unfinished (temporary)" if entry.name.startswith(".") else check_entry(entry, hashed=True)
         out.append({"entry": str(entry), "bytes": size, "source": source, "problem": problem})
     return out
-
-
-def calibrations() -> list[dict[str, Any]]:
-    """The precision calibrations kept in the cache folder (`model/precision.py`), one per
-    machine and torch version that used it."""
-    found = []
-    for path in sorted((root() / "precision").glob("*.json")):
-        try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def _convert(resolved: ResolvedModel, model_class: str, trust_remote_code: bool, into: Path) -> None:

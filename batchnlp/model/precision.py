@@ -25,10 +25,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import platform
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +40,17 @@ REPEATS = 12
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8", "avx512_fp16")
 
 
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else what platform says)."""
+def cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo (empty where there is none: not Linux)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in FLAGS if f in present]
-    except OSError:
-        pass
-    return []
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 @functools.cache
@@ -69,7 +58,10 @@ def hardware() -> dict[str, Any]:
     """What the precision decision depends on besides the job: the CPU and torch's kernels."""
     import torch
 
-    return {"cpu": cpu_name(), "flags": cpu_flags(), "machine": platform.machine(), "torch": torch.__version__,
+    info = cpuinfo()
+    present = set(info.get("flags", "").split())
+    return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
+            "flags": [f for f in FLAGS if f in present], "machine": platform.machine(), "torch": torch.__version__,
             "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16()}
 
 
@@ -83,11 +75,28 @@ def native_bf16() -> bool:
         return False
 
 
-def calibration_file() -> Path:
+def folder() -> Path:
+    """Where calibrations are kept: the cache folder's `precision/`."""
     from batchnlp.model.cache import root
 
+    return root() / "precision"
+
+
+def calibration_file() -> Path:
     facts = json.dumps({"format": FORMAT, "shape": SHAPE, **hardware()}, sort_keys=True)
-    return root() / "precision" / f"{hashlib.sha256(facts.encode()).hexdigest()[:24]}.json"
+    return folder() / f"{hashlib.sha256(facts.encode()).hexdigest()[:24]}.json"
+
+
+def calibrations() -> list[dict[str, Any]]:
+    """Every calibration kept (one per machine and torch version that used the cache folder),
+    read without torch (`batchnlp cache` lists them)."""
+    found = []
+    for path in sorted(folder().glob("*.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 @functools.cache
@@ -105,20 +114,10 @@ def calibration() -> dict[str, Any]:
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "method": f"thread CPU time of a {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} linear layer on one thread, "
                           f"best of {REPEATS} alternating pairs"}
-    stored = _store(path, measured)
+    from batchnlp.model.cache import keep_json
+
+    stored = keep_json(path, measured)  # (an unwritable cache folder costs a measurement a run)
     return {**measured, "cached": False, "file": str(path) if stored else None}
-
-
-def _store(path: Path, data: dict[str, Any]) -> bool:
-    """Write the calibration atomically; an unwritable cache folder only costs a measurement a run."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        return False
 
 
 def bf16_speedup() -> float:

@@ -99,6 +99,13 @@ class Plan:
         return {(u.key, j): min(self.rows_per_shard, u.rows - j * self.rows_per_shard)
                 for u in self.units for j in range(self.shards_in(u))}
 
+    def replace_unit(self, key: int, by: list[Unit]) -> None:
+        """Put `by` where unit `key` (its current version, not a superseded one) stands, in the
+        units to annotate and in the units as read (often one list)."""
+        for units in {id(each): each for each in (self.units, self.read_units)}.values():
+            at = next(i for i, u in enumerate(units) if u.key == key and not u.superseded)
+            units[at:at + 1] = by
+
 
 def open_source(spec: InputSpec) -> InputSource:
     """Files or a Hugging Face dataset: the one place that tells them apart."""
@@ -193,10 +200,14 @@ def check_columns(spec: InputSpec, schema: pa.Schema, where: str,
         if column not in schema.names:
             raise SpecError(key, f'column "{column}" not found in {where}; columns are: {", ".join(schema.names)}')
         kind = schema.field(column).type
-        is_text = (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
-                   or pa.types.is_null(kind))
-        if key in ("input.text_column", "input.text_pair_column") and not is_text:
+        if key in ("input.text_column", "input.text_pair_column") and not is_text(kind):
             raise SpecError(key, f'column "{column}" in {where} holds {kind}, not text')
+
+
+def is_text(kind: pa.DataType) -> bool:
+    """Whether an Arrow column of this type holds texts (or nothing at all)."""
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+            or pa.types.is_null(kind))
 
 
 def read_shards(plan: Plan, skip: Container[ShardKey]) -> Iterator[tuple[Shard, pa.Table]]:

@@ -167,7 +167,7 @@ class Folder:
         """Write a Parquet part so that it appears whole or not at all; return (size, sha256) of
         the bytes as stored (what `verify` will check)."""
         if self.local:
-            return self._write_local(name, lambda tmp: pq.write_table(table, tmp, compression="zstd"), create="all")
+            return self._write_local(name, lambda tmp: pq.write_table(table, tmp, compression="zstd"), create=True)
         self._check_lease()
         with tempfile.TemporaryDirectory(prefix="batchnlp-part-") as tmp:
             path = Path(tmp) / Path(name).name  # (`name` may lie in a sub-folder: .batchnlp/ids/...)
@@ -199,7 +199,7 @@ class Folder:
         if self.local:
             path = self.directory / name
             tmp = path.with_name(f".{path.name}.tmp")
-            self._subfolder(path, create="all" if new_folder else "none")
+            self._subfolder(path, create=new_folder)
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -236,23 +236,23 @@ class Folder:
                 raise FileExistsError(self / name) from None
             self._call(fs.pipe_file, key, data)
 
-    def _subfolder(self, path: Path, create: str = "none") -> None:
-        """Check (and where allowed make) the folder a file goes in, never the output folder
+    def _subfolder(self, path: Path, create: bool = False) -> None:
+        """Check (and with `create` make) the folder a file goes in, never the output folder
         itself: one that vanished under a run must stop it, not be made again empty. `create`:
-        "none" (it must exist: the log after its first commit, its checkpoints), "all" (the log's
-        first commit, parts, .batchnlp/ids/). A log folder made again while `rm -r` empties the
-        output would hold an orphan commit that the next run collides with."""
+        the log's first commit, parts, .batchnlp/ids/; not the log after its first commit nor
+        its checkpoints, whose folder must exist (one made again while `rm -r` empties the
+        output would hold an orphan commit that the next run collides with)."""
         if not self.directory.is_dir():
             raise FileNotFoundError(errno.ENOENT, "the output folder is gone", str(self.directory))
         if path.parent.is_dir():
             return
-        if create == "none":
+        if not create:
             raise FileNotFoundError(errno.ENOENT, "the output's log folder is gone", str(path.parent))
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def _write_local(self, name: str, write: Any, create: str = "none") -> tuple[int, str]:
+    def _write_local(self, name: str, write: Any, create: bool = False) -> tuple[int, str]:
         """Write to a temporary name, flush to disk, then rename: a crash leaves either the old
-        state or the whole file. `create`: as `_subfolder` (parts and id indexes: "all")."""
+        state or the whole file. `create`: as `_subfolder` (parts and id indexes)."""
         path = self.directory / name
         tmp = path.with_name(f".{path.name}.tmp")
         self._subfolder(path, create)
