@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from batchnlp.errors import BatchNLPError, UserError
+from batchnlp.version import __version__
 
-__version__ = "0.3.0"
-__all__ = ["Annotator", "BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "dataset", "inspect",
+__all__ = ["__version__", "Annotator", "BatchNLPError", "JobSpec", "RunResult", "UserError", "annotate", "dataset", "inspect",
            "load_job", "run", "verify"]
 _API = {"Annotator", "JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"}
 

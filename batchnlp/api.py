@@ -21,8 +21,8 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from batchnlp.runner import Policy, RunResult
 from batchnlp.in_memory import Annotator
+from batchnlp.options import RunOptions, RunResult
 from batchnlp.spec import JobSpec, load_spec, parse
 
 __all__ = ["Annotator", "JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"]
@@ -50,13 +50,14 @@ def run(job: JobSpec | str | Path | Mapping[str, Any], *, overwrite: bool = Fals
     from batchnlp.runner import run as run_job
 
     spec = job if isinstance(job, JobSpec) else load_job(job)
-    return run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine,
-                   policy=Policy(reprocess_changed, removed, retry_errors))
+    return run_job(spec, RunOptions(overwrite=overwrite, limit=limit, quiet=quiet, engine=engine,
+                                    on_changed="reprocess" if reprocess_changed else None, on_removed=removed,
+                                    retry_errors=retry_errors).for_job(spec))
 
 
 def inspect(output: str | Path) -> dict[str, Any]:
     """The output's state as a dict (status, job, pinned decisions, units, runs, parts, totals;
-    the schema: README, "The output's record")."""
+    the schema: docs/output.md, "The output's record")."""
     from batchnlp.verification import load
 
     return load(str(output)).to_json()

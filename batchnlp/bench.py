@@ -11,7 +11,9 @@ matmul rate measured here in the same precision just before (so "of what this CP
 from __future__ import annotations
 
 import json
+import os
 import resource
+import socket
 import statistics
 import tempfile
 import time
@@ -21,18 +23,24 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from batchnlp.annotator import Annotator, annotation_rows
-from batchnlp.engines.context import RunContext
-from batchnlp.engines.local import run_shards
+from batchnlp.decide import plan_job
+from batchnlp.engines.local import annotate
+from batchnlp.job import describe_job, library_version
 from batchnlp.model import source
+from batchnlp.probe import probe_summary
+from batchnlp.progress import Progress
 from batchnlp.read.plan import Plan, read_shards
-from batchnlp.runner import plan_job
-from batchnlp.session import Session, describe_job, library_version, open_session, probe_summary
-from batchnlp.tasks.agreement import compare
+from batchnlp.record import Recorder
+from batchnlp.session import Session, open_session
 from batchnlp.spec import JobSpec
-from batchnlp.tasks.base import Baseline
-from batchnlp.write.folder import Folder
+from batchnlp.stages import Stages, annotation_rows
+from batchnlp.tasks.agreement import compare
+from batchnlp.tasks.bench_hooks import Baseline
+from batchnlp.work import Loaded, Worker
+from batchnlp.write.actions import RunStarted
 from batchnlp.write.commits import CommitLog
+from batchnlp.write.committer import Committer
+from batchnlp.write.folder import Folder
 from batchnlp.write.state import OutputState, now
 
 # Dense fp16/bf16 tensor-core peaks from the data sheets, by a name fragment of the device.
@@ -73,21 +81,21 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
     _header(report, session, echo)
     reference_model = _float32_model(session)
     texts = _rows(plan).column(spec.input.text_column).to_pylist()
-    naive = session.annotator.task.baseline(reference_model, texts, batch_size) if baseline else None
+    naive = session.stages.task.baseline(reference_model, texts, batch_size) if baseline else None
     if baseline and naive is None:
         echo(f"  no pipeline baseline: transformers {library_version('transformers')} has no {spec.task.name} pipeline")
     peer = _llama_cpp(session, texts, echo)
-    measured = measure(session.annotator, naive, repeats, peer)
-    _report_speed(report, session.annotator, plan, measured, naive, batch_size, echo)
+    measured = measure(session.stages, naive, repeats, peer)
+    _report_speed(report, session.stages, plan, measured, naive, batch_size, echo)
     if peer is not None:
-        _report_peer(report, session.annotator, measured, peer, echo)
+        _report_peer(report, session.stages, measured, peer, echo)
     if check_agreement:
-        _report_agreement(report, session.annotator.in_float32(reference_model), measured, echo)
-    _report_resources(report, session.annotator, reference_model, measured, echo)
+        _report_agreement(report, session.stages.in_float32(reference_model), measured, echo)
+    _report_resources(report, session.stages, reference_model, measured, echo)
     return report
 
 
-def measure(annotator: Annotator, naive: Baseline | None, repeats: int, peer: Baseline | None = None) -> Measured:
+def measure(annotator: Stages, naive: Baseline | None, repeats: int, peer: Baseline | None = None) -> Measured:
     """Alternate the sides, so a slow spell of the machine hits all alike."""
     measured = Measured([], [], [], {}, None)
     for _ in range(repeats):
@@ -111,7 +119,7 @@ def _llama_cpp(session: Session, texts: list[str], echo: Callable[[str], None]) 
     builds from source, ~20 minutes: not a dependency)."""
     import importlib.util
 
-    spec, task = session.job.spec, session.annotator.task
+    spec, task = session.job.spec, session.stages.task
     if not spec.model.gguf_file or spec.task.name != "text-generation" or task.params.do_sample:
         return None
     if importlib.util.find_spec("llama_cpp") is None:
@@ -135,7 +143,7 @@ def _llama_cpp(session: Session, texts: list[str], echo: Callable[[str], None]) 
     return Baseline(generate, f"llama.cpp {version} (per prompt)", batches_features=False)
 
 
-def _report_peer(report: Report, annotator: Annotator, measured: Measured, peer: Baseline,
+def _report_peer(report: Report, annotator: Stages, measured: Measured, peer: Baseline,
                  echo: Callable[[str], None]) -> None:
     ours, theirs = statistics.median(measured.ours), statistics.median(measured.peer)
     n = len(measured.rows)
@@ -153,7 +161,7 @@ def _report_peer(report: Report, annotator: Annotator, measured: Measured, peer:
 def _header(report: Report, session: Session, echo: Callable[[str], None]) -> None:
     import torch
 
-    spec, placement = session.job.spec, session.annotator.placement
+    spec, placement = session.job.spec, session.stages.placement
     n = session.job.plan.total_rows
     report.add("job", spec.source_file)
     report.add("task", spec.task.name)
@@ -164,7 +172,7 @@ def _header(report: Report, session: Session, echo: Callable[[str], None]) -> No
          f"({torch.get_num_threads()} threads), dtype {placement.name}{probe}")
 
 
-def _report_speed(report: Report, annotator: Annotator, plan: Plan, measured: Measured, naive: Baseline | None,
+def _report_speed(report: Report, annotator: Stages, plan: Plan, measured: Measured, naive: Baseline | None,
                   batch_size: int, echo: Callable[[str], None]) -> None:
     n, tokens, ours = plan.total_rows, measured.totals["tokens"], statistics.median(measured.ours)
     padding = measured.totals["padding_efficiency"]
@@ -187,7 +195,7 @@ def _report_speed(report: Report, annotator: Annotator, plan: Plan, measured: Me
     echo(report.lines[-1])
 
 
-def _report_agreement(report: Report, reference: Annotator, measured: Measured,
+def _report_agreement(report: Report, reference: Stages, measured: Measured,
                       echo: Callable[[str], None]) -> None:
     task = reference.task
     _, exact, _ = _run_ours(reference)
@@ -211,7 +219,7 @@ def _report_agreement(report: Report, reference: Annotator, measured: Measured,
         echo(report.lines[-1])
 
 
-def _report_resources(report: Report, annotator: Annotator, reference_model: Any, measured: Measured,
+def _report_resources(report: Report, annotator: Stages, reference_model: Any, measured: Measured,
                       echo: Callable[[str], None]) -> None:
     import torch
 
@@ -234,17 +242,19 @@ def _rows(plan: Plan) -> pa.Table:
     return pa.concat_tables([table for _, table in read_shards(plan, ())])
 
 
-def _run_ours(annotator: Annotator) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
+def _run_ours(annotator: Stages) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
     """The local engine's own loop (overlapped stages, Parquet parts written) into a temporary directory."""
     import pyarrow.dataset as ds
 
     with tempfile.TemporaryDirectory(prefix="batchnlp-bench-") as tmp:
         out = Folder(tmp)
         log = CommitLog(out, OutputState())
-        log.stage({"run_started": {"started_at": now(), "engine": "local"}})
-        ctx = RunContext(annotator.job, log, out, quiet=True)
+        log.stage(RunStarted(now(), "local", os.getpid(), socket.gethostname()))
+        plan = annotator.job.plan
+        recorder = Recorder(Committer(log, partial=plan.partial), Progress(plan.total_rows, 0, quiet=True))
         began = time.perf_counter()
-        run_shards(ctx, annotator, ctx.committer())
+        with recorder.committer.recording():
+            annotate(Worker(annotator, out), (Loaded(shard, rows) for shard, rows in read_shards(plan, ())), recorder)
         seconds = time.perf_counter() - began
         table = ds.dataset(tmp, format="parquet").to_table()
         return seconds, annotation_rows(table, annotator), log.state.summary()
@@ -255,7 +265,7 @@ def _float32_model(session: Session) -> Any:
     when its weights are float32 (CPU autocast changes no weights), else loaded again."""
     import torch
 
-    annotator = session.annotator
+    annotator = session.stages
     placement = annotator.placement
     if placement.weights_dtype == torch.float32 and not placement.quantize_int8:
         return annotator.model
@@ -266,7 +276,7 @@ def _float32_model(session: Session) -> Any:
                            job.spec.model.allow_missing_weights)
 
 
-def _naive_padding(annotator: Annotator, plan: Plan, batch_size: int) -> float | None:
+def _naive_padding(annotator: Stages, plan: Plan, batch_size: int) -> float | None:
     """Real / padded tokens of the pipeline's batches of `batch_size` features in input order (for
     zero-shot, the pipeline batches (text, hypothesis) pairs row by row, as our features are listed)."""
     prepared = annotator.prepare(_rows(plan))

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from batchnlp import __version__
+from batchnlp.version import __version__
 from batchnlp.errors import BUSY, SKIPPED, USER_ERROR, RunFailed, UserError, exit_code, is_disk_full
 
 __all__ = ["BUSY", "SKIPPED", "main"]
@@ -131,19 +131,20 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
     files, the rest of an interrupted run), or say it is complete."""
     _setup_logging(quiet, log_level, log_file, log_format)
     from batchnlp.faults import Faults
-    from batchnlp.runner import Policy
+    from batchnlp.options import RunOptions
     from batchnlp.runner import run as run_job
     from batchnlp.spec import load_spec
 
     spec = load_spec(job, overrides)
-    policy = Policy(reprocess_changed, removed, retry_errors)
+    options = RunOptions(overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
+                         on_changed="reprocess" if reprocess_changed else None, on_removed=removed,
+                         retry_errors=retry_errors, progress_interval=progress_interval,
+                         faults=Faults.from_environment(), exit_at_once=True).for_job(spec)
     if dry_run:
-        _dry_run(spec, limit, policy, overwrite, engine, address)
+        _dry_run(spec, options)
         return
     with interruptible(spec.output.path):
-        result = run_job(spec, overwrite=overwrite, limit=limit, quiet=quiet, engine=engine, address=address,
-                         policy=policy, progress_interval=progress_interval,
-                         faults=Faults.from_environment(), exit_at_once=True)
+        result = run_job(spec, options)
     _report(result)
     skipped = (result.changes or {}).get("skipped")
     if skipped:  # output.on_changed: skip — the night's work is done, and it is not what the input says
@@ -157,12 +158,11 @@ def run(job: str, overwrite: bool, limit: int | None, quiet: bool, engine: str |
         sys.exit(SKIPPED)
 
 
-def _dry_run(spec: Any, limit: int | None, policy: Any, overwrite: bool, engine: str | None,
-             address: str | None) -> None:
+def _dry_run(spec: Any, options: Any) -> None:
     """Print what the run would do; exit 2 if it would refuse, 75 if the output is busy now."""
     from batchnlp.preview import preview
 
-    seen = preview(spec, limit, policy, overwrite, engine, address)
+    seen = preview(spec, options)
     for line in seen.lines:
         click.echo(line)
     for refusal in [seen.busy, *seen.refusals] if seen.busy else seen.refusals:
@@ -262,6 +262,7 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
     into DIR and report whether every part is byte-identical (exit 0) or not (exit 2)."""
     _setup_logging(quiet, log_level, log_file, log_format)
     from batchnlp.faults import Faults
+    from batchnlp.options import RunOptions
     from batchnlp.runner import run as run_job
     from batchnlp.spec import parse
     from batchnlp.storage import is_url
@@ -275,9 +276,10 @@ def rerun(output_dir: str, to_dir: str, quiet: bool, log_level: str | None, log_
     data, base = recorded_job(original, original_dir, target)
     spec = parse(data, base_dir=base)
     with interruptible(target):
-        run_job(spec, limit=original.planned.get("limit"), quiet=quiet, unit_order=kept_units(original, original_dir),
-                progress_interval=progress_interval, faults=Faults.from_environment(),
-                pin=original.pinned.precision, exit_at_once=True)
+        run_job(spec, RunOptions(limit=original.planned.get("limit"), quiet=quiet,
+                                 unit_order=kept_units(original, original_dir), progress_interval=progress_interval,
+                                 faults=Faults.from_environment(), pin=original.pinned.precision,
+                                 exit_at_once=True).for_job(spec))
     same, problems = compare_parts(original, load(target))
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
@@ -346,15 +348,16 @@ def cache_command(clear: bool) -> None:
 
 @main.command()
 @click.argument("output_dir", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the output's state as JSON (schema: README, "
+@click.option("--json", "as_json", is_flag=True, help="Print the output's state as JSON (schema: docs/output.md, "
                                                       "\"The output's record\").")
 @click.option("--history", is_flag=True, help="List the runs: when, engine, precision, what each added, removed, "
                                               "found new, changed or dropped, and how each ended.")
 @user_errors
 def inspect(output_dir: str, as_json: bool, history: bool) -> None:
     """Summarise an output directory from its log."""
-    from batchnlp.session import probe_summary
+    from batchnlp.probe import probe_summary
     from batchnlp.verification import load
+    from batchnlp.write import lock
     from batchnlp.write.folder import Folder
 
     state = load(output_dir)
@@ -367,7 +370,7 @@ def inspect(output_dir: str, as_json: bool, history: bool) -> None:
     directory = Folder(output_dir)
     missing = state.missing_parts(directory.sizes())
     status = state.status
-    if status == "running" and not directory.is_locked():
+    if status == "running" and not lock.held(directory):
         status = "interrupted (rerun the job to resume)"
     elif status == "partial":
         status = f"partial ({state.partial_note()})"

@@ -32,7 +32,8 @@ class Annotator:
                  batch_tokens: int | None = None, runtime: Mapping[str, Any] | None = None, progress: bool = True,
                  **task_params: Any):
         from batchnlp.model import device as devices
-        from batchnlp.model import load, source
+        from batchnlp.model import source
+        from batchnlp.session import load_model
 
         self.progress = progress
         runtime = {"dtype": dtype, "device": device, **({"max_length": max_length} if max_length else {}),
@@ -51,8 +52,8 @@ class Annotator:
         self.placement = devices.choose(spec.runtime)
         job = self._job(pair=self._needs_pair)
         # job.model: the converted-model cache's copy of a GGUF (the source itself otherwise)
-        self._model = load.load_model(job.model, job.task.model_class, self.placement,
-                                      spec.model.trust_remote_code, spec.model.allow_missing_weights)
+        self._model = load_model(job, self.placement)
+        self._prepared = {self._needs_pair}  # the jobs the model was prepared for (one model for both)
         self._stages: dict[bool, Any] = {}
         #: The precision probe's figures (None: no probe was needed, or no call made yet).
         self.probe: dict[str, Any] | None = None
@@ -74,7 +75,7 @@ class Annotator:
             import pyarrow as pa
 
             from batchnlp.read.plan import Plan
-            from batchnlp.session import describe_job
+            from batchnlp.job import describe_job
 
             spec = self._spec(pair)
             names = [TEXT, PAIR] if pair else [TEXT]
@@ -84,19 +85,22 @@ class Annotator:
 
     def _annotator(self, pair: bool, first: Any) -> Any:
         """The job's stages for rows with or without a pair, made once (they copy the tokenizer)."""
-        from batchnlp.annotator import Annotator as Stages
+        from batchnlp.stages import Stages
 
         if pair in self._stages:
             return self._stages[pair]
-        from batchnlp.session import decided_without_rows, prepare_model, probe_on
+        from batchnlp.probe import probe_on
+        from batchnlp.session import prepare_model, settled
 
         job = self._job(pair)
-        prepare_model(job, self._model, self.placement)
+        if pair not in self._prepared:
+            prepare_model(job, self._model, self.placement)
+            self._prepared.add(pair)
         stages = Stages(job, self._model, self.placement)
         if self.probe is None:
             # once per Annotator, on the first call's first rows (as a run's, on its first rows)
-            self.probe = probe_on(stages, first) if self.placement.needs_probe else decided_without_rows(self.placement)
-        if self.probe is not None and not self.probe["kept"]:
+            stages, self.probe = settled(stages, lambda unsettled: probe_on(unsettled, first))
+        elif not self.probe["kept"]:
             stages = stages.in_float32()
         self._stages[pair] = stages
         return stages
@@ -121,7 +125,7 @@ class Annotator:
         if rows.num_rows == 0:
             return attach(None, [])
         stages = self._annotator(text_pair_column is not None, rows)
-        names = [f.name for f in stages.task.fields()] + ["error"]
+        names = [f.name for f in stages.job.fields] + ["error"]
         taken = set(attach.columns) & {prefix + n for n in names}
         if taken:
             raise UserError(f"the data already has a column {sorted(taken)[0]!r}: pass prefix='x_' (any prefix) "

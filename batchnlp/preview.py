@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from batchnlp.decide import Decision, Seen, decide, foreign_parts
 from batchnlp.errors import UserError
-from batchnlp.model import source
-from batchnlp.runner import Policy, another_job, fingerprint, foreign_parts, plan_against, policy_view
+from batchnlp.options import RunOptions
 from batchnlp.spec import JobSpec
-from batchnlp.write import migrate
+from batchnlp.write import lock, migrate
 from batchnlp.write.commits import CommitLog
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import OutputState
@@ -30,65 +30,46 @@ class Preview:
     estimate_seconds: float | None = None
 
 
-def preview(spec: JobSpec, limit: int | None = None, policy: Policy = Policy(), overwrite: bool = False,
-            engine: str | None = None, address: str | None = None, identify_model: bool = True) -> Preview:
-    """What a run would do now. `identify_model` False (validate: it reads no weights): the job is
-    compared with the output's without the model's weight hashes."""
+def preview(spec: JobSpec, options: RunOptions = RunOptions(), identify_model: bool = True) -> Preview:
+    """What a run would do now: the run's own `decide` on the output as it is. `identify_model`
+    False (validate: it reads no weights): the job is compared with the output's without the
+    model's weight hashes."""
+    options = options if options.resolved else options.for_job(spec)
     result = Preview(["dry run: nothing is written and no model is loaded"])
     out = Folder(spec.output.path, spec.output.storage_options)
-    if (engine or spec.runtime.engine) == "ray":
+    if options.engine == "ray":
         from batchnlp.engines.ray_cluster import check_cluster_paths
 
         try:
-            check_cluster_paths(spec, address or spec.runtime.ray_address)
+            check_cluster_paths(spec, options.address)
         except UserError as e:
             result.refusals.append(e)
-    if out.is_locked():
+    if lock.held(out):
         result.busy = f"output.path: {out} is in use by a running job now (the run would exit 75)"
-    state = _state(out, overwrite, result)
-    plan, _ = plan_against(spec, state, limit)
-    if state.job:
-        _same_job(spec, state, out, identify_model, result)
-    _inputs(spec, plan.changes, policy, state, result)
-    stored = out.sizes()
-    on_changed = policy.on_changed(spec)
-    changed = {u.key for u in plan.units if u.name in plan.changes.get("changed", [])}
-    again = changed if on_changed == "reprocess" else set()  # annotated whole again
-    skipped = changed if on_changed == "skip" else set()  # left as annotated
-    done = {k for k in state.done_shards(plan, stored) if k[0] not in again} if state.job else set()
-    missing = state.missing_parts(stored) if state.job else []
-    if missing:
-        result.lines.append(f"{len(missing)} recorded part(s) missing or altered on disk ({missing[0]}...): their rows "
-                            "are annotated again")
+    state = _state(out, options.overwrite, result)
+    decision = decide(spec, Seen(out, state, out.sizes() if state.job else {}, identify_model), options)
+    result.refusals += decision.refusals
+    _inputs(decision, options, result)
+    if decision.missing and state.job:
+        result.lines.append(f"{len(decision.missing)} recorded part(s) missing or altered on disk "
+                            f"({decision.missing[0]}...): their rows are annotated again")
+    plan = decision.plan
     keys, rows = plan.shard_keys(), plan.shard_rows()
     if keys is None or rows is None:
         result.lines.append("to do: the rows of a streamed dataset (its length is known once read)")
     else:
-        to_do = [k for k in keys if k not in done and k[0] not in skipped]
+        to_do = [k for k in keys if k not in decision.done]
         result.rows_to_do, result.parts_to_do = sum(rows[k] for k in to_do), len(to_do)
         result.lines.append(f"to do: {result.rows_to_do} rows in {result.parts_to_do} parts (of {len(keys)}"
-                            f"{'; --limit ' + str(limit) if limit else ''})")
-    if policy.retry_errors:
-        failing = [p for p in state.part_list() if p.stats.get("errors")] if state.job else []
+                            f"{'; --limit ' + str(options.limit) if options.limit else ''})")
+    if options.retry_errors:
+        failing = decision.retry
         rows = sum(int(p.stats["errors"]) for p in failing)
         result.lines.append(f"retry: {rows} rows with an error in {len(failing)} parts would be annotated again "
                             f"(--retry-errors){': ' + ', '.join(p.name for p in failing[:3]) if failing else ''}"
                             f"{', ...' if len(failing) > 3 else ''}")
-    if spec.input.incremental == "ids" and state.job:
-        result.lines.append("input.incremental: ids — the rows of new and grown files whose id the output holds are "
-                            "skipped when run; the figures count whole files")
     _estimate(state, result)
     return result
-
-
-def _same_job(spec: JobSpec, state: OutputState, out: Folder, identify_model: bool, result: Preview) -> None:
-    if identify_model:
-        refusal = another_job(state.fingerprint, fingerprint(spec, source.resolve(spec.model).identity), out)
-    else:  # the spec's part of the fingerprint only: no weights hashed
-        refusal = another_job({"spec": state.fingerprint.get("spec", {})}, {"spec": fingerprint(spec, {})["spec"]},
-                              out)
-    if refusal is not None:
-        result.refusals.append(refusal)
 
 
 def _state(out: Folder, overwrite: bool, result: Preview) -> OutputState:
@@ -112,17 +93,14 @@ def _state(out: Folder, overwrite: bool, result: Preview) -> OutputState:
     return OutputState()
 
 
-def _inputs(spec: JobSpec, changes: dict[str, list[str]], policy: Policy, state: OutputState,
-            result: Preview) -> None:
+def _inputs(decision: Decision, options: RunOptions, result: Preview) -> None:
+    changes = decision.plan.changes
     shown = [f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
              for kind, names in changes.items() if names]
     result.lines.append("input files: " + ("; ".join(shown) if shown else "no change"))
-    if state.job:
-        result.refusals += policy_view(state, changes, policy.on_changed(spec), policy.on_removed(spec),
-                                       spec.base_dir or None)[2]
-        if changes.get("changed") and policy.on_changed(spec) == "skip":
-            result.lines.append(f"would skip (output.on_changed: skip; exit 3): {', '.join(changes['changed'])} "
-                                "(changed; its earlier annotations kept)")
+    if changes.get("skipped"):
+        result.lines.append(f"would skip (output.on_changed: skip; exit 3): {', '.join(changes['skipped'])} "
+                            "(changed; its earlier annotations kept)")
 
 
 def _estimate(state: OutputState, result: Preview) -> None:

@@ -14,7 +14,7 @@ from batchnlp.errors import SpecError, collect
 
 
 def doc(text: str, identity: bool | str | None = None, **kwargs: Any) -> Any:
-    """A dataclass field carrying its documentation (shown by `batchnlp tasks` and the README).
+    """A dataclass field carrying its documentation (shown by `batchnlp tasks` and docs/job-spec.md).
     `identity`, for the job spec's fields: whether a change makes it another job (True: it
     changes the output; False: only speed or where it runs; "sampling": only when sampling,
     which draws its random numbers batch by batch). The fingerprint is built from it."""

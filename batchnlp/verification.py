@@ -41,9 +41,7 @@ def load(output: str | Path) -> OutputState:
         return log.state
     legacy = migrate.legacy_manifest(folder)
     if legacy is not None:
-        state = OutputState()
-        state.apply({"snapshot": migrate.converted(folder, legacy[1], legacy[0])})
-        return state
+        return migrate.legacy_state(folder, *legacy)
     raise OutputConflictError(f"{folder}: no batchnlp log ({LOG_DIR}) here; is this a batchnlp output directory?")
 
 

@@ -88,14 +88,15 @@ def main() -> None:
 
     from batchnlp import bench
     from batchnlp.model import source
-    from batchnlp.runner import plan_job
-    from batchnlp.session import describe_job, open_session
+    from batchnlp.decide import plan_job
+    from batchnlp.job import describe_job
+    from batchnlp.session import open_session
     from batchnlp.spec import load_spec
 
     spec = load_spec(str(JOB))
     plan = plan_job(spec, None)
     session = open_session(describe_job(spec, plan, source.resolve(spec.model), quiet=True))
-    annotator = session.annotator
+    annotator = session.stages
     texts = bench._rows(plan).column(spec.input.text_column).to_pylist()
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:

@@ -81,14 +81,15 @@ def warm(rounds: int, rows: int) -> None:
 
     import batchnlp
     from batchnlp.model import source
-    from batchnlp.runner import plan_job
-    from batchnlp.session import describe_job, open_session
+    from batchnlp.decide import plan_job
+    from batchnlp.job import describe_job
+    from batchnlp.session import open_session
 
     annotators = {}
     for job in JOBS:
         spec = batchnlp.load_job(str(ROOT / "jobs" / f"{job}.yaml"))
         annotators[job] = open_session(describe_job(spec, plan_job(spec, None), source.resolve(spec.model),
-                                                    quiet=True)).annotator
+                                                    quiet=True)).stages
     table = pc.read_csv(ROOT / "data" / "reviews.csv").slice(0, rows)
     seconds: dict[str, list[float]] = {job: [] for job in JOBS}
     for _ in range(rounds):

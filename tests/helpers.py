@@ -89,3 +89,11 @@ def gone(mark: str, deadline: float) -> bool:
     while marked(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
     return not marked(mark)
+
+
+def run(spec, **options):
+    """`batchnlp.runner.run` with its options as keywords (RunOptions' fields)."""
+    from batchnlp.options import RunOptions
+    from batchnlp.runner import run as run_job
+
+    return run_job(spec, RunOptions(**options))

@@ -89,6 +89,21 @@ def test_help_validate_and_tasks_do_not_import_torch(tmp_path, reviews_csv):
     assert result.returncode == 0, result.stderr
 
 
+def test_a_dry_run_does_not_import_torch(tmp_path, reviews_csv):
+    """--dry-run decides without a model: the conductor, `decide` and the per-shard work import no
+    torch until an engine runs (the per-shard `Worker` once pulled it in through the stages)."""
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "embeddings"}, model={"path": str(tmp_path)})
+    (tmp_path / "config.json").write_text("{}")
+    code = ("import sys\nfrom batchnlp.cli import main\nimport batchnlp.runner, batchnlp.work, batchnlp.record\n"
+            "try:\n    main(['run', sys.argv[1], '--dry-run'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code, str(job)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "to do: " in result.stdout
+
+
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "batchnlp", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "batchnlp" in result.stdout
@@ -129,7 +144,7 @@ def test_a_busy_output_exits_75_and_a_broken_job_2(tmp_path, classifier_dir, rev
 
 
 def test_a_failing_run_leaves_its_error_in_the_json_log_file(tmp_path, classifier_dir):
-    """The README's cron recipe on a failing job: the error is in the log file, as JSON, with its
+    """The guide's cron recipe (docs/scheduling.md) on a failing job: the error is in the log file, as JSON, with its
     exit code, and stderr (JSON too) stays JSON to its last line."""
     job = write_job(tmp_path, input={"path": str(tmp_path / "missing.csv"), "text_column": "text"},
                     task={"name": "text-classification"}, model={"path": str(classifier_dir)})
@@ -150,7 +165,7 @@ def test_an_unattended_run_logs_its_lifecycle_as_json(tmp_path, classifier_dir, 
                     task={"name": "text-classification"}, model={"path": str(classifier_dir)})
     log = tmp_path / "run.log"
     done = subprocess.run([sys.executable, "-m", "batchnlp", "run", str(job), "-q", "--log-format", "json",
-                           "--log-file", str(log)], capture_output=True, text=True)  # the README's cron recipe
+                           "--log-file", str(log)], capture_output=True, text=True)  # the guide's cron recipe
     assert done.returncode == 0 and done.stderr == "", done.stderr  # -q quiets the terminal, not the file
     events = [json.loads(line) for line in log.read_text().splitlines()]
     names = [e["event"] for e in events if e["event"] in ("started", "planned", "model", "shard", "finished")]

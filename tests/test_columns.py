@@ -168,7 +168,7 @@ def test_an_input_replaced_by_a_symlink_to_the_same_bytes_is_the_same_input(job,
 
 
 def test_retry_errors_annotates_exactly_the_error_rows_again_in_place(job, tmp_path, monkeypatch):
-    import batchnlp.annotator as annotator
+    import batchnlp.stages as annotator
 
     texts = ["good", "flaky one", "bad", "ok", "flaky two", "fine", ""]
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(7)], "text": texts}), tmp_path / "inbox" / "a.parquet")
@@ -182,8 +182,8 @@ def test_retry_errors_annotates_exactly_the_error_rows_again_in_place(job, tmp_p
     untouched = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*")}
     monkeypatch.undo()
     seen = []
-    real_prepare = annotator.Annotator.prepare
-    monkeypatch.setattr(annotator.Annotator, "prepare",
+    real_prepare = annotator.Stages.prepare
+    monkeypatch.setattr(annotator.Stages, "prepare",
                         lambda self, rows: seen.extend(rows.column("text").to_pylist()) or real_prepare(self, rows))
     result = invoke("run", job(), "-q", "--retry-errors")
     assert result.exit_code == 0, result.output
@@ -204,7 +204,7 @@ def test_retry_errors_with_a_missing_or_damaged_part_annotates_it_whole(job, tmp
     """--retry-errors where a part holding error rows is gone, or damaged (garbage of the same size,
     or cut short): it was a traceback. The part's shard is annotated whole again, the other error
     rows are retried in place, and the output verifies."""
-    import batchnlp.annotator as annotator
+    import batchnlp.stages as annotator
 
     texts = ["good", "flaky one", "bad", "ok", "flaky two", "fine"]
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(6)], "text": texts}), tmp_path / "inbox" / "a.parquet")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchnlp.runner import run
+from helpers import run
 from batchnlp.spec import load_spec
 
 from helpers import read_output, write_job, record
@@ -124,7 +124,8 @@ def test_smollm2_gguf_answers_a_factual_prompt(tmp_path, monkeypatch):
 
 
 def test_the_readme_nightly_example(tmp_path):
-    """README "Scheduled runs": the three nights, run as written (in a temporary folder)."""
+    """The guide's "Scheduled runs" (docs/scheduling.md): the three nights, run as written (in a
+    temporary folder)."""
     import os
     import re
     import subprocess
@@ -132,8 +133,8 @@ def test_the_readme_nightly_example(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    readme = (root / "README.md").read_text()
-    block = re.search(r"<!-- nightly-example -->\n```\n(.*?)```", readme, re.S).group(1)
+    page = (root / "docs" / "scheduling.md").read_text()
+    block = re.search(r"<!-- nightly-example -->\n```\n(.*?)```", page, re.S).group(1)
     script = block.replace("/tmp/nightly", str(tmp_path / "nightly"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(["bash", "-euc", script], cwd=root, capture_output=True, text=True, env=env, timeout=600)
@@ -146,14 +147,16 @@ def test_the_readme_nightly_example(tmp_path):
 
 
 def test_the_readme_python_example(tmp_path, monkeypatch):
-    """README "From Python": the notebook cell, as written (its output folder moved to tmp_path)."""
+    """The guide's "From Python" (docs/python.md): the notebook cell, as written (its output folder
+    moved to tmp_path)."""
     import contextlib
     import io
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    block = re.search(r"<!-- python-example -->\n```python\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    block = re.search(r"<!-- python-example -->\n```python\n(.*?)```", (root / "docs" / "python.md").read_text(),
+                      re.S).group(1)
     monkeypatch.chdir(root)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

@@ -235,6 +235,7 @@ def test_a_part_is_recorded_only_where_the_committer_sees_it(tmp_path):
     sees it is never counted."""
     from batchnlp.errors import RunFailed
     from batchnlp.write.commits import CommitLog
+    from batchnlp.write.actions import RunStarted
     from batchnlp.write.committer import Committer
     from batchnlp.write.folder import Folder
     from batchnlp.write.state import OutputState
@@ -242,7 +243,7 @@ def test_a_part_is_recorded_only_where_the_committer_sees_it(tmp_path):
     folder = Folder(tmp_path / "out")
     folder.create()
     log = CommitLog(folder, OutputState())
-    log.stage({"run_started": {"started_at": "t0", "engine": "ray"}})
+    log.stage(RunStarted("t0", "ray", 1, "host"))
     log.commit()
     committer = Committer(log)
     stats = {"unit": 0, "shard": 0, "rows": 3, "bytes": 10, "sha256": "0" * 64, "input": "a.csv", "start": 0,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from batchnlp.runner import run
+from helpers import run
 from batchnlp.spec import load_spec
 
 from helpers import TEXTS, read_output, write_job

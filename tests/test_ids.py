@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from batchnlp.annotator import Annotator
+from batchnlp.stages import Stages
 
 from helpers import invoke, read_output, record
 
@@ -43,8 +43,8 @@ def parts(out):
 @pytest.fixture
 def seen(monkeypatch):
     texts: list[str] = []
-    real = Annotator.prepare
-    monkeypatch.setattr(Annotator, "prepare", lambda self, rows: texts.extend(rows.column("text").to_pylist())
+    real = Stages.prepare
+    monkeypatch.setattr(Stages, "prepare", lambda self, rows: texts.extend(rows.column("text").to_pylist())
                         or real(self, rows))
     return texts
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 from pathlib import Path
 
-from batchnlp.annotator import Annotator
+from batchnlp.stages import Stages
 
 from helpers import invoke, read_output, record
 
@@ -126,13 +126,13 @@ def test_three_nights_a_changed_file_and_a_lost_part(nightly, seen, tmp_path, mo
 def _watch(monkeypatch):
     """Every text the model is asked to annotate, from now on."""
     texts: list[str] = []
-    real = Annotator.prepare
+    real = Stages.prepare
 
     def prepare(self, rows):
         texts.extend(rows.column("text").to_pylist())
         return real(self, rows)
 
-    monkeypatch.setattr(Annotator, "prepare", prepare)
+    monkeypatch.setattr(Stages, "prepare", prepare)
     return texts
 
 

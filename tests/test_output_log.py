@@ -18,6 +18,7 @@ import pytest
 
 from batchnlp.errors import OutputConflictError, RunFailed
 from batchnlp.write.commits import LOG_DIR, POINTER, CommitLog, commit_name
+from batchnlp.write.actions import Add, Remove, RunFinished, RunProgress, RunStarted
 from batchnlp.write.committer import Committer
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import OutputState
@@ -33,7 +34,7 @@ def part(unit: int, shard: int, dtype: str = "float32") -> dict:
 
 def started_log(folder: Folder) -> CommitLog:
     log = CommitLog(folder, OutputState())
-    log.stage({"run_started": {"started_at": "t0", "engine": "local"}})
+    log.stage(RunStarted("t0", "local", 1, "host"))
     return log
 
 
@@ -44,7 +45,7 @@ def commit_sizes(tmp_path: Path, parts_before: int) -> int:
     log.commit()
     for i in range(parts_before):
         log.state.apply({"add": part(0, i)})  # as if committed earlier (the size of the state is what counts)
-    version = log.commit({"add": part(1, 0)}, {"run_progress": {"rows": 5, "seconds": 1.0}})
+    version = log.commit(Add(part(1, 0)), RunProgress({"rows": 5, "seconds": 1.0}))
     return (tmp_path / f"out-{parts_before}" / commit_name(version)).stat().st_size
 
 
@@ -55,9 +56,9 @@ def test_a_commit_is_as_small_at_10000_parts_as_at_10(tmp_path):
 
 def test_totals_are_carried_forward_not_summed(tmp_path):
     log = started_log(Folder(tmp_path))
-    log.commit({"add": part(0, 0)}, {"add": part(0, 1)})
-    log.commit({"add": {**part(0, 1), "rows": 3, "errors": 0}})  # shard 1 redone: replaces, not adds
-    log.commit({"remove": {"unit": 0, "shard": 0}})
+    log.commit(Add(part(0, 0)), Add(part(0, 1)))
+    log.commit(Add({**part(0, 1), "rows": 3, "errors": 0}))  # shard 1 redone: replaces, not adds
+    log.commit(Remove(0, 0))
     assert log.state.totals["rows"] == 3 and log.state.totals["errors"] == 0 and len(log.state.parts) == 1
     assert CommitLog.read(Folder(tmp_path)).state.totals == log.state.totals
 
@@ -65,9 +66,9 @@ def test_totals_are_carried_forward_not_summed(tmp_path):
 def test_a_competing_writer_loses_at_its_next_commit(tmp_path):
     started_log(Folder(tmp_path)).commit()
     first, second = CommitLog.read(Folder(tmp_path)), CommitLog.read(Folder(tmp_path))
-    first.commit({"add": part(0, 0)})
+    first.commit(Add(part(0, 0)))
     with pytest.raises(OutputConflictError, match=r"another run committed to this output while this one ran \(commit 1 exists\)"):
-        second.commit({"add": part(0, 1, "bfloat16")})
+        second.commit(Add(part(0, 1, "bfloat16")))
     assert list(CommitLog.read(Folder(tmp_path)).state.parts) == [(0, 0)]  # the loser's part is nowhere
 
 
@@ -75,8 +76,8 @@ def test_the_state_from_a_checkpoint_equals_the_whole_log_replayed(tmp_path, mon
     monkeypatch.setenv("BATCHNLP_CHECKPOINT_EVERY", "3")
     log = started_log(Folder(tmp_path))
     for i in range(10):
-        log.commit({"add": part(0, i)}, {"run_progress": {"rows": 5 * (i + 1)}})
-    log.commit({"remove": {"unit": 0, "shard": 4}}, {"run_finished": {"status": "complete", "at": "t1"}})
+        log.commit(Add(part(0, i)), RunProgress({"rows": 5 * (i + 1)}))
+    log.commit(Remove(0, 4), RunFinished("complete", "t1"))
     checkpoints = sorted(p.name for p in (tmp_path / LOG_DIR).glob("*.checkpoint.json"))
     pointer = [int(v) for v in (tmp_path / POINTER).read_text().split()]
     assert len(checkpoints) == 2 and pointer == [int(checkpoints[-1].split(".")[0]), int(checkpoints[0].split(".")[0])]
@@ -89,7 +90,7 @@ def test_the_state_from_a_checkpoint_equals_the_whole_log_replayed(tmp_path, mon
 
 def test_a_part_in_another_precision_than_the_pinned_one_is_not_recorded(tmp_path):
     log = started_log(Folder(tmp_path))
-    log.stage({"pin": {"precision": "float32"}})
+    log.state.apply({"pin": {"precision": "float32"}})  # as the first commit pins it
     committer = Committer(log)
     for shard in (0, 1):  # the parts are on disk: only the precision is wrong
         (tmp_path / f"part-00000-0000{shard}.parquet").write_bytes(b"x" * 100)
@@ -158,7 +159,7 @@ def pinned_probe(monkeypatch, kept: bool | None, project: Path | None = None):
     `project`: its job asks for dtype auto (the fixture's pins float32, as tests that compare
     outputs do)."""
     import batchnlp.model.precision as precision
-    import batchnlp.session as session
+    import batchnlp.probe as probes
 
     if project is not None:
         job = project / "jobs" / "nightly.yaml"
@@ -170,7 +171,7 @@ def pinned_probe(monkeypatch, kept: bool | None, project: Path | None = None):
             pytest.fail("the precision was probed again")
         return {"dtype": "bfloat16", "rows": 2, "agreement": 1.0 if kept else 0.5, "threshold": 0.99, "kept": kept}
 
-    monkeypatch.setattr(session, "precision_probe", probe)
+    monkeypatch.setattr(probes, "precision_probe", probe)
 
 
 @pytest.mark.parametrize("first", [True, False])
@@ -289,9 +290,9 @@ def test_a_migrated_commit_log_reads_the_same_through_inspect_json(project, monk
 
 def removed_at_the_second_part(monkeypatch, folder: Path) -> None:
     """`folder` deleted (shutil.rmtree) as the run writes its second part."""
-    import batchnlp.engines.local as local
+    import batchnlp.work as work
 
-    real = local.write_part
+    real = work.write_part
     calls = []
 
     def write_part(out, shard, *args, **kwargs):
@@ -300,7 +301,7 @@ def removed_at_the_second_part(monkeypatch, folder: Path) -> None:
             shutil.rmtree(folder)
         return real(out, shard, *args, **kwargs)
 
-    monkeypatch.setattr(local, "write_part", write_part)
+    monkeypatch.setattr(work, "write_part", write_part)
 
 
 def test_an_output_removed_under_a_run_is_never_complete(project, monkeypatch):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from batchnlp.model import source
-from batchnlp.runner import plan_job
-from batchnlp.session import describe_job, open_session
+from batchnlp.decide import plan_job
+from batchnlp.job import describe_job
+from batchnlp.session import open_session
 from batchnlp.spec import load_spec
 
 from helpers import write_job
@@ -41,7 +42,7 @@ def test_each_stage_of_a_seq2seq_annotator_has_its_own_tokenizer(tmp_path, revie
     """Fast tokenizers fail ("Already borrowed") when two threads use one at once: the reader
     (encode), the model (generate's batch_decode) and the writer (decode) each need their own."""
     session = open_session(job_for(tmp_path, reviews_csv, marian_dir, {"name": "translation", "max_new_tokens": 3}))
-    annotator = session.annotator
+    annotator = session.stages
     tokenizers = [annotator.task.tokenizer, annotator.encoder.tokenizer, annotator.decoder.tokenizer]
     assert len({id(t) for t in tokenizers}) == 3
     assert all(t.get_vocab() == tokenizers[0].get_vocab() for t in tokenizers)  # copies, not other tokenizers

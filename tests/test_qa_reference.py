@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchnlp.runner import run
+from helpers import run
 from batchnlp.spec import load_spec
 
 from helpers import read_output, write_job

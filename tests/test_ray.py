@@ -9,7 +9,7 @@ import pytest
 
 from batchnlp.errors import BatchNLPError, SpecError
 from batchnlp.faults import Faults
-from batchnlp.runner import run
+from helpers import run
 from batchnlp.spec import load_spec
 
 from helpers import TEXTS, read_output, write_job, record
@@ -85,13 +85,13 @@ def test_the_drivers_probe_records_its_load_apart(monkeypatch):
     from batchnlp.model import device
 
     monkeypatch.setattr(device, "choose", lambda runtime: SimpleNamespace(needs_probe=True, name="bfloat16"))
-    session = SimpleNamespace(annotator=SimpleNamespace(placement=SimpleNamespace(name="float32")),
+    session = SimpleNamespace(stages=SimpleNamespace(placement=SimpleNamespace(name="float32")),
                               probe={"refused": "slower than float32"}, probe_seconds=0.7, load_seconds=2.5)
     monkeypatch.setattr(ray_engine, "open_session", lambda job, done: session)
-    ctx = SimpleNamespace(pinned=None, job=SimpleNamespace(spec=SimpleNamespace(runtime=None)), done=set())
-    assert ray_engine.settle_precision(ctx, on_gpus=False) == (
+    job = SimpleNamespace(spec=SimpleNamespace(runtime=None))
+    assert ray_engine.settle_precision(job, set(), None, on_gpus=False) == (
         "float32", session.probe, {"probe_seconds": 0.7, "probe_load_seconds": 2.5})
-    assert ray_engine.settle_precision(SimpleNamespace(pinned="float32"), on_gpus=False)[2]["probe_seconds"] == 0
+    assert ray_engine.settle_precision(job, set(), "float32", on_gpus=False)[2]["probe_seconds"] == 0
 
 
 def test_generation_equals_the_local_engine(tmp_path, causal_dir, reviews_csv):
@@ -206,3 +206,44 @@ def test_a_killed_driver_takes_its_cluster_along_and_q_is_quiet(tmp_path, classi
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert again.stdout.count("\n") == 1 and "resumed after 1 committed parts" in again.stdout, again.stdout
+
+
+def test_retry_errors_runs_on_the_ray_engine(tmp_path, classifier_dir, monkeypatch):
+    """--retry-errors on Ray (it was refused there: the retried parts had a path of their own, on
+    the local engine only): the actors annotate exactly the error rows again, in place, the parts
+    without error rows stay byte for byte, and the output verifies."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import batchnlp
+    import batchnlp.stages as stages
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    texts = ["good", "flaky one", "bad", "ok", "flaky two", "fine", ""]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(7)], "text": texts}), inbox / "a.parquet")
+    job = load_spec(write_job(tmp_path, input={"path": str(inbox), "text_column": "text", "id_column": "id"},
+                              task={"name": "text-classification"}, model={"path": str(classifier_dir)},
+                              output={"path": str(tmp_path / "out"), "rows_per_shard": 2}))
+    real = stages.row_error  # a transient failure, in this process only: the local engine's first night
+    monkeypatch.setattr(stages, "row_error", lambda r: "service unavailable" if "flaky" in (r["text"] or "")
+                        else real(r))
+    run(job, quiet=True, engine="local")
+    monkeypatch.undo()
+    before = read_output(tmp_path / "out")
+    assert before.column("error").to_pylist().count("service unavailable") == 2
+    untouched = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*")}
+
+    result = run(job, quiet=True, engine="ray", retry_errors=True)
+    assert (result.retried["rows"], result.retried["failing"]) == (3, 1)  # "" stays an error row
+    assert sorted(result.retried["parts"]) == ["part-00000-00000.parquet", "part-00000-00002.parquet",
+                                               "part-00000-00003.parquet"]
+    after = read_output(tmp_path / "out")
+    assert after.column("id").to_pylist() == before.column("id").to_pylist()  # in place, same order
+    assert after.column("error").to_pylist() == [None] * 6 + ["empty text"]
+    assert after.column("label").to_pylist()[0] == before.column("label").to_pylist()[0]
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*")}
+    assert kept["part-00000-00001.parquet"] == untouched["part-00000-00001.parquet"]  # no error rows: untouched
+    last = record(tmp_path / "out")["runs"][-1]
+    assert last["engine"] == "ray" and last["rows"] == 3 and last["status"] == "complete"
+    assert batchnlp.verify(tmp_path / "out") == []

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from batchnlp.errors import OutputConflictError, SpecError
-from batchnlp.runner import run
+from helpers import run
 from batchnlp.spec import load_spec
 
 from helpers import TEXTS, read_output, write_job, record
@@ -228,8 +228,6 @@ def test_changed_job_is_refused_unless_overwrite(tmp_path, classifier_dir, revie
 
 
 def test_changed_input_is_refused_unless_reprocessed(tmp_path, classifier_dir, reviews_csv):
-    from batchnlp.runner import Policy
-
     spec = load_spec(classify_job(tmp_path, classifier_dir, reviews_csv))
     run(spec, quiet=True)
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
@@ -238,7 +236,7 @@ def test_changed_input_is_refused_unless_reprocessed(tmp_path, classifier_dir, r
     with pytest.raises(OutputConflictError, match=f"{reviews_csv} changed since it was annotated.*--reprocess-changed"):
         run(spec, quiet=True)
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}  # nothing touched
-    result = run(spec, quiet=True, policy=Policy(reprocess_changed=True))
+    result = run(spec, quiet=True, on_changed="reprocess")
     assert result.rows_written == len(TEXTS) + 1 and result.changes["changed"] == [str(reviews_csv)]
     assert read_output(tmp_path / "out").column("id").to_pylist()[-1] == "r99"
 
@@ -326,14 +324,14 @@ def test_auto_dtype_refuses_bfloat16_without_running_the_model_where_this_cpus_c
     and the run is float32."""
     from click.testing import CliRunner
 
-    from batchnlp.annotator import Annotator
+    from batchnlp.stages import Stages
     from batchnlp.cli import main
 
     bf16_candidate(monkeypatch, 0.56)
 
     def no_probe_rows(*_):
         pytest.fail("the probe ran the model")
-    monkeypatch.setattr(Annotator, "__call__", no_probe_rows)  # the probe's way to run rows (the runner's is not)
+    monkeypatch.setattr(Stages, "__call__", no_probe_rows)  # the probe's way to run rows (the runner's is not)
     run(load_spec(classify_job(tmp_path, classifier_dir, reviews_csv, runtime={"dtype": "auto"})), quiet=True)
     run_info = record(tmp_path / "out")["runs"][0]
     probe = run_info["precision_probe"]

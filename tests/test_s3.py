@@ -151,9 +151,10 @@ def test_two_runs_taking_the_lease_together_get_it_once(s3):
     """The conditional write (If-None-Match / If-Match), not a check-then-write, decides."""
     from batchnlp.errors import OutputConflictError
     from batchnlp.write.folder import Folder
+    from batchnlp.write.lock import hold
 
     bucket = s3.bucket()
-    first, second = Folder(f"s3://{bucket}/out").lock(), Folder(f"s3://{bucket}/out").lock()
+    first, second = hold(Folder(f"s3://{bucket}/out")), hold(Folder(f"s3://{bucket}/out"))
     with first:
         with pytest.raises(OutputConflictError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
             second.__enter__()
@@ -229,10 +230,11 @@ def test_object_store_urls_are_checked_in_the_spec(tmp_path, classifier_dir, rev
 def test_a_run_whose_lease_was_taken_over_stops_at_its_next_write(s3):
     from batchnlp.errors import OutputConflictError
     from batchnlp.write.folder import Folder
+    from batchnlp.write.lock import hold
 
     bucket = s3.bucket()
     folder = Folder(f"s3://{bucket}/out")
-    with folder.lock() as lease:
+    with hold(folder) as lease:
         folder.write_bytes("a", b"1")  # while the lease is ours, writes go through
         write_lease(s3, bucket, "out", "worker-7", expires_in=90)  # another run took it as expired
         lease.renew()
@@ -277,17 +279,18 @@ def test_a_competing_writer_of_the_log_in_a_bucket_loses_at_its_next_commit(s3):
     """In a bucket a commit is a PUT with If-None-Match: *: of two writers of one commit number
     exactly one wins, even past a lost lease (planted bug: a plain PUT lets both 'win')."""
     from batchnlp.errors import OutputConflictError
+    from batchnlp.write.actions import Add, RunStarted
     from batchnlp.write.commits import CommitLog
     from batchnlp.write.folder import Folder
     from batchnlp.write.state import OutputState
 
     bucket = s3.bucket()
     first = CommitLog(Folder(f"s3://{bucket}/out"), OutputState())
-    first.stage({"run_started": {"started_at": "t0", "engine": "local"}})
+    first.stage(RunStarted("t0", "local", 1, "host"))
     first.commit()
     second = CommitLog.read(Folder(f"s3://{bucket}/out"))
     part = {"unit": 0, "shard": 0, "rows": 1, "bytes": 1, "sha256": "0" * 64, "run": 1, "input": "a", "start": 0}
-    first.commit({"add": part})
+    first.commit(Add(part))
     with pytest.raises(OutputConflictError, match=r"another run committed to this output while this one ran"):
-        second.commit({"add": {**part, "shard": 1}})
+        second.commit(Add({**part, "shard": 1}))
     assert list(CommitLog.read(Folder(f"s3://{bucket}/out")).state.parts) == [(0, 0)]

@@ -120,7 +120,7 @@ def test_every_spec_field_declares_whether_it_changes_the_output(tmp_path):
     makes another job; one that does not is caught here, not by a user whose output mixes two jobs."""
     import dataclasses
 
-    from batchnlp.runner import fingerprint
+    from batchnlp.decide import fingerprint
     from batchnlp.spec import InputSpec, ModelSpec, OutputSpec, RuntimeSpec
 
     for cls in (InputSpec, ModelSpec, RuntimeSpec, OutputSpec):

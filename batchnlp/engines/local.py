@@ -2,85 +2,85 @@
 
 Three stages overlap, one thread each: reading and tokenizing shard i+1, running the model on
 shard i, decoding and writing shard i-1. So the device never waits for I/O or the tokenizer, and
-the order of commits stays the shard order.
+the order of commits stays the shard order. The shards of the plan come first, then the parts
+--retry-errors rewrites, through the same stages and the same `Worker`.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from batchnlp import watchdog
-from batchnlp.annotator import Annotator, Prepared
-from batchnlp.engines.context import RunContext
-from batchnlp.engines.progress import Progress
-from batchnlp.engines.retry import retry_errors
+from batchnlp.job import Job
 from batchnlp.log import event
-from batchnlp.read.plan import Shard, read_shards
-from batchnlp.session import RunResult, open_session
-from batchnlp.write.committer import Committer, write_part
+from batchnlp.options import RunOptions
+from batchnlp.progress import Progress
+from batchnlp.read.plan import ShardKey, read_shards
+from batchnlp.record import Recorder
+from batchnlp.session import open_session
+from batchnlp.stages import Prepared
+from batchnlp.work import Loaded, Retry, Worker, Written
+from batchnlp.write.folder import Folder
 
 
-def run(ctx: RunContext) -> RunResult:
-    began = time.perf_counter()
-    with watchdog.doing("loading the model"):
-        session = open_session(ctx.job, ctx.done, ctx.pinned)
-    placement = session.annotator.placement
-    cached = session.job.model_cache
-    event("model", f"model loaded in {session.load_seconds:.1f} s"
-          + (f" ({'from' if cached['hit'] else 'converted into'} the model cache)" if cached else "")
-          + f", precision probe {session.probe_seconds:.1f} s: {placement.device} {placement.name}",
-          seconds=round(time.perf_counter() - began, 2), load_seconds=session.load_seconds,
-          probe_seconds=session.probe_seconds, model_cache=cached, device=str(placement.device),
-          precision=placement.name, probe=session.probe, terminal=False)
-    committer = ctx.committer()
-    ctx.start_run(committer, {"engine": "local", **session.run_info()},
-                  session.probe, session.annotator.placement.name)
-    return run_shards(ctx, session.annotator, committer)
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, job: Job, out: Folder, options: RunOptions):
+        self.job, self.out, self.options = job, out, options
+        self.worker: Worker | None = None
+
+    def open(self, done: set[ShardKey], pinned: str | None) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+        """Load the model in the output's precision (on its first run, `dtype: auto` decides):
+        (the precision, the probe that chose it, the run's figures for its record)."""
+        began = time.perf_counter()
+        with watchdog.doing("loading the model"):
+            session = open_session(self.job, done, pinned)
+        placement = session.stages.placement
+        cached = self.job.model_cache
+        event("model", f"model loaded in {session.load_seconds:.1f} s"
+              + (f" ({'from' if cached['hit'] else 'converted into'} the model cache)" if cached else "")
+              + f", precision probe {session.probe_seconds:.1f} s: {placement.device} {placement.name}",
+              seconds=round(time.perf_counter() - began, 2), load_seconds=session.load_seconds,
+              probe_seconds=session.probe_seconds, model_cache=cached, device=str(placement.device),
+              precision=placement.name, probe=session.probe, terminal=False)
+        self.worker = Worker(session.stages, self.out, self.options.faults)
+        return placement.name, session.probe, {"engine": "local", **session.run_info()}
+
+    def run(self, done: set[ShardKey], retries: list[Retry], recorder: Recorder) -> None:
+        worker = self.worker
+        planned = (Loaded(shard, rows) for shard, rows in read_shards(self.job.plan, done))
+        annotate(worker, _chain(planned, (worker.retried(r) for r in retries)), recorder)
 
 
-def run_shards(ctx: RunContext, annotator: Annotator, committer: Committer) -> RunResult:
-    """Annotate every shard of the plan not done yet into the output, recording each in the log."""
-    plan = ctx.job.plan
-    progress = Progress(plan.total_rows, ctx.done_rows(), ctx.quiet, ctx.progress_interval)
-    writer = _Writer(ctx, annotator, committer, progress)
-    retried = None
-    try:
-        with committer.recording():
-            _pipeline(read_shards(plan, ctx.done), annotator, writer.write, progress)
-            if ctx.retry:
-                retried = retry_errors(ctx, annotator, committer)
-    finally:
-        progress.close()
-    return RunResult(str(ctx.out), "partial" if plan.partial else "complete", committer.rows, committer.parts,
-                     plan.shard_count, len(ctx.done), retried=retried)
+def _chain(*loads: Iterable[Loaded]) -> Iterator[Loaded]:
+    for each in loads:
+        yield from each
 
 
-class _Writer:
-    """The writer stage: decode a shard, write its part, then have the committer record it."""
+def annotate(worker: Worker, loads: Iterator[Loaded], recorder: Recorder) -> None:
+    """Annotate each loaded shard into its part and record it, the stages overlapped."""
+    stages = worker.stages
 
-    def __init__(self, ctx: RunContext, annotator: Annotator, committer: Committer, progress: Progress):
-        self.ctx, self.annotator, self.committer, self.progress = ctx, annotator, committer, progress
-        self.precision = {"device": str(annotator.placement.device), "dtype": annotator.placement.name}
+    def write(loaded: Loaded, prepared: Prepared) -> None:
+        table, stats = stages.finish(prepared)
+        written: Written = worker.write(loaded, table, stats)
+        recorder.record(written, loaded.shard.number, batch_tokens_in_use=stages.batch_tokens,
+                        oom_splits=stages.oom_splits)
 
-    def write(self, shard: Shard, prepared: Prepared) -> None:
-        table, stats = self.annotator.finish(prepared)
-        stats = write_part(self.ctx.out, shard, table, {**stats, **self.precision}, self.ctx.faults,
-                           self.ctx.job.spec.input)
-        self.committer.record(stats, shard.number, batch_tokens_in_use=self.annotator.batch_tokens,
-                              oom_splits=self.annotator.oom_splits)
-        watchdog.committed()
-        self.progress.committed(shard.part, stats)
+    _pipeline(loads, worker, write, recorder.progress)
 
 
-def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepared], None],
+def _pipeline(loads: Iterator[Loaded], worker: Worker, commit: Callable[[Loaded, Prepared], None],
               progress: Progress) -> None:
     """Read ahead one shard, infer here, write behind one shard; errors of any stage raise here."""
+    stages = worker.stages
 
-    def read_next() -> tuple[Shard, Prepared] | None:
-        item = next(shards, None)
-        return None if item is None else (item[0], annotator.prepare(item[1]))
+    def read_next() -> tuple[Loaded, Prepared] | None:
+        loaded = next(loads, None)
+        return None if loaded is None else (loaded, stages.prepare(loaded.rows))
 
     writing: Future | None = None
     in_flight = ""  # the part being written
@@ -89,12 +89,12 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
     try:
         while (item := reading.result()) is not None:
             reading = reader.submit(read_next)  # prefetch the next shard while this one runs
-            shard, prepared = item
-            _infer(annotator, shard, prepared, progress)
+            loaded, prepared = item
+            _infer(worker, loaded, prepared, progress)
             if writing is not None:
                 with watchdog.doing(f"writing {in_flight}"):
                     writing.result()  # one write in flight at most; raises the writer's error here
-            writing, in_flight = writer.submit(commit, shard, prepared), shard.part
+            writing, in_flight = writer.submit(commit, loaded, prepared), loaded.shard.part
         if writing is not None:
             with watchdog.doing(f"writing {in_flight}"):
                 writing.result()
@@ -111,9 +111,11 @@ def _pipeline(shards: Any, annotator: Annotator, commit: Callable[[Shard, Prepar
         writer.shutdown(wait=False)
 
 
-def _infer(annotator: Annotator, shard: Shard, prepared: Prepared, progress: Progress) -> None:
-    """Run a shard's batches; progress moves by each batch's share of the shard's features."""
-    per_feature = shard.rows / max(len(prepared.features), 1)
+def _infer(worker: Worker, loaded: Loaded, prepared: Prepared, progress: Progress) -> None:
+    """Run a shard's batches; progress moves by each batch's share of the shard's features (a
+    retried part's rows were counted when the shard was first annotated)."""
+    rows = 0 if loaded.retry is not None else loaded.shard.rows
+    per_feature = rows / max(len(prepared.features), 1)
     advanced = 0.0
 
     def on_batch(features: int) -> None:
@@ -122,6 +124,6 @@ def _infer(annotator: Annotator, shard: Shard, prepared: Prepared, progress: Pro
         progress.advance(features * per_feature)
         watchdog.tick()
 
-    with watchdog.doing(f"annotating {shard.part}"):
-        annotator.infer(prepared, shard.seed_offset, on_batch)
-    progress.advance(shard.rows - advanced)  # rounding, and rows with no features (errors)
+    with watchdog.doing(f"annotating {loaded.shard.part}"):
+        worker.stages.infer(prepared, loaded.seed_offset, on_batch)
+    progress.advance(rows - advanced)  # rounding, and rows with no features (errors)

@@ -31,14 +31,13 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from batchnlp import durable
 from batchnlp.checksums import sha256
 from batchnlp.log import event, no_load_report
-from batchnlp.write.folder import Folder, fsync_dir
+from batchnlp.model.resolved import ResolvedModel
 
-if TYPE_CHECKING:
-    from batchnlp.model.source import ResolvedModel
 
 FORMAT = 1
 ENTRY = "entry.json"
@@ -170,7 +169,7 @@ def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
                                                  "sha256": sha256(path)}
         meta = {"format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "libraries": converters(), **record, "files": files}
-        Folder(tmp).write_bytes(ENTRY, json.dumps(meta, indent=1).encode())  # durable before the rename
+        durable.write_bytes(tmp / ENTRY, json.dumps(meta, indent=1).encode())  # durable before the rename
         try:
             os.rename(tmp, entry)
         except OSError:
@@ -178,7 +177,7 @@ def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
                 raise
             _discard(tmp)  # another run published the same conversion first
         else:
-            fsync_dir(entry.parent)
+            durable.fsync_dir(entry.parent)
             _VERIFIED.add(str(entry))  # its bytes were hashed as they were recorded
             _replace_older(entry)
     except BaseException:

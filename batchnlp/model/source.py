@@ -7,21 +7,15 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from batchnlp.errors import ModelUnavailableError, SpecError
+from batchnlp.model.cache import file_sha256
+from batchnlp.model.resolved import ResolvedModel
 from batchnlp.spec import ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    directory: Path
-    identity: dict[str, Any]
-    gguf_file: str | None = None
 
 
 def check(spec: ModelSpec) -> Path | None:
@@ -88,13 +82,11 @@ def _package_dir(spec: ModelSpec) -> tuple[Path, str]:
 def weights_hash(directory: Path, gguf_file: str | None = None) -> dict[str, str]:
     """sha256 of each weight file (only the named one for GGUF, where a directory may hold several
     quantisations), so the output's record pins exactly which weights ran."""
-    from batchnlp.model.cache import file_sha256  # remembered by size and mtime: not re-read every run
-
     out = {}
     paths = [directory / gguf_file] if gguf_file else sorted(directory.rglob("*"))
     for path in paths:
         if path.suffix in WEIGHT_SUFFIXES and path.is_file():
-            out[str(path.relative_to(directory))] = file_sha256(path)
+            out[str(path.relative_to(directory))] = file_sha256(path)  # remembered by size and mtime
     return out
 
 

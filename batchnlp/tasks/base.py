@@ -12,10 +12,12 @@ devices nor changes precision.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import pyarrow as pa
+
+from batchnlp.tasks.bench_hooks import BenchHooks
+from batchnlp.tasks.comparison import Comparison
 
 #: A feature: the model inputs (lists of token ids) plus "meta", anything the task needs back
 #: when decoding (offsets, which label, ...). The collate pads every key but "meta".
@@ -27,28 +29,11 @@ class RowError(Exception):
     row's `error` column instead of stopping the job."""
 
 
-@dataclass
-class Baseline:
-    """The naive loop a user would write for a task with transformers' pipeline, for `batchnlp bench`:
-    `call()` annotates the texts and returns one row per text in batchnlp's column layout."""
+class Task(Comparison, BenchHooks):
+    """The run protocol (encode -> forward -> decode, the annotation columns); comparing two
+    annotations of the same rows is `Comparison`'s (tasks/comparison.py), the bench's naive loop
+    `BenchHooks`' (tasks/bench_hooks.py)."""
 
-    call: Callable[[], list[dict[str, Any]]]
-    label: str
-    #: The pipeline batches the task's features in input order (so its padding can be computed).
-    batches_features: bool = True
-
-
-def make_pipeline(name: str, model: Any, tokenizer: Any) -> Any:
-    """transformers' pipeline for `name` on an already loaded model (the bench's float32 twin)."""
-    import warnings
-
-    from transformers import pipeline
-
-    warnings.filterwarnings("ignore", message=".*pipelines sequentially on GPU.*")
-    return pipeline(name, model=model, tokenizer=tokenizer, device=model.device)
-
-
-class Task:
     name: ClassVar[str]
     description: ClassVar[str]
     #: The module's `Params` dataclass (set by __init_subclass__).
@@ -65,9 +50,6 @@ class Task:
     groups_by_length: bool = False
     #: The longest input when runtime.max_length is not set, if shorter than the model's limit.
     default_max_length: ClassVar[int | None] = None
-    #: The share of rows that must give the same answer as float32 for a faster precision to be
-    #: kept (the runner's probe) and to pass `batchnlp bench --check-agreement`.
-    agreement_threshold: ClassVar[float] = 0.995
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A task's parameters are the `Params` dataclass of its own module (the convention every
@@ -168,33 +150,6 @@ class Task:
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
         """The annotation columns of one row from its features' outputs (in feature order)."""
         return outputs[0]
-
-    def baseline(self, model: Any, texts: list[str], batch_size: int) -> Baseline | None:
-        """The naive pipeline loop on `model` and `texts` (None: transformers has no pipeline for it)."""
-        return None
-
-    def describe_agreement(self, value: float) -> str:
-        return f"{100 * value:.2f}% of rows"
-
-    def truncation(self) -> dict[str, Any]:
-        """The pipeline's tokenizer arguments that truncate as batchnlp does."""
-        return {"truncation": True, "max_length": self.max_length}
-
-    def agreement_key(self, row: dict[str, Any]) -> Any:
-        """What must be equal for two annotations of a row to agree (default: the first column)."""
-        return row[self.fields()[0].name]
-
-    def scores_of(self, row: dict[str, Any]) -> list[float] | None:
-        """A row's scores, best first, where the task gives scores (the precision probe checks
-        their resolution and margins against float32's); None: the task gives none."""
-        return None
-
-    def agreement(self, rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> float:
-        """The share of rows whose annotation agrees with the reference's (rows with errors skipped)."""
-        pairs = [(a, b) for a, b in zip(rows, reference) if a.get("error") is None and b.get("error") is None]
-        if not pairs:
-            return 1.0
-        return sum(self.agreement_key(a) == self.agreement_key(b) for a, b in pairs) / len(pairs)
 
 
 def classifier_head(model: Any) -> Any:

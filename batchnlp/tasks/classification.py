@@ -10,7 +10,8 @@ import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks.base import Baseline, Task, classifier_head, make_pipeline
+from batchnlp.tasks.bench_hooks import Baseline, make_pipeline
+from batchnlp.tasks.base import Task, classifier_head
 
 
 @dataclass(frozen=True)

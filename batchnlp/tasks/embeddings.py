@@ -8,7 +8,8 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from batchnlp.settings import doc
-from batchnlp.tasks.base import Baseline, Task, make_pipeline
+from batchnlp.tasks.bench_hooks import Baseline, make_pipeline
+from batchnlp.tasks.base import Task
 
 
 @dataclass(frozen=True)

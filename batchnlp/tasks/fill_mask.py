@@ -10,7 +10,8 @@ import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks.base import Baseline, Feature, RowError, Task, make_pipeline
+from batchnlp.tasks.bench_hooks import Baseline, make_pipeline
+from batchnlp.tasks.base import Feature, RowError, Task
 
 MASK = "{mask}"
 PREDICTION = pa.struct([("token_str", pa.string()), ("score", pa.float32()), ("token", pa.int64()),

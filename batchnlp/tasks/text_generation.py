@@ -15,7 +15,8 @@ import pyarrow as pa
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
 from batchnlp.tasks import decoding, likelihood
-from batchnlp.tasks.base import Baseline, Feature, RowError, make_pipeline
+from batchnlp.tasks.bench_hooks import Baseline, make_pipeline
+from batchnlp.tasks.base import Feature, RowError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks.base import Baseline, Feature, RowError, Task, classifier_head, make_pipeline
+from batchnlp.tasks.bench_hooks import Baseline, make_pipeline
+from batchnlp.tasks.base import Feature, RowError, Task, classifier_head
 
 ENTITY = pa.struct([("entity_group", pa.string()), ("score", pa.float32()), ("word", pa.string()),
                     ("start", pa.int32()), ("end", pa.int32())])

@@ -25,7 +25,8 @@ import pyarrow as pa
 from batchnlp.errors import ModelUnavailableError, SpecError
 from batchnlp.settings import doc
 from batchnlp.tasks import decoding, likelihood
-from batchnlp.tasks.base import Baseline, Feature, RowError, Task, classifier_head, make_pipeline
+from batchnlp.tasks.bench_hooks import Baseline, make_pipeline
+from batchnlp.tasks.base import Feature, RowError, Task, classifier_head
 from batchnlp.tasks.embeddings import pool
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from batchnlp.errors import OutputConflictError
 from batchnlp.log import event
+from batchnlp.write.actions import Action
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import FORMAT_VERSION, OutputState, now
 
@@ -147,19 +148,21 @@ class CommitLog:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def stage(self, *actions: dict[str, Any], first: bool = False) -> None:
+    def stage(self, *actions: Action, first: bool = False) -> None:
         """Apply actions to the state now and write them with the next commit (`first`: ahead of
         those staged already). What this process decides from the state (which shards are done)
         must see them at once; a run that fails before its first commit leaves no trace."""
-        for action in actions:
+        written = [action.to_json() for action in actions]
+        for action in written:
             self.state.apply(action)
-        self.pending = [*actions, *self.pending] if first else [*self.pending, *actions]
+        self.pending = [*written, *self.pending] if first else [*self.pending, *written]
 
-    def commit(self, *actions: dict[str, Any]) -> int:
+    def commit(self, *actions: Action) -> int:
         """Write the staged actions and these as the next commit. These are applied first: an action
         the state cannot take fails here, before it is written (the log stays readable)."""
-        actions_list = [*self.pending, *actions]
-        for action in actions:
+        written = [action.to_json() for action in actions]
+        actions_list = [*self.pending, *written]
+        for action in written:
             self.state.apply(action)
         version = self.state.version + 1
         body = _dumps({"format": FORMAT_VERSION, "version": version, "at": now(), "actions": actions_list})

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
 from batchnlp.errors import OutputConflictError, RunFailed
 from batchnlp.faults import NONE, Faults
+from batchnlp.read.ids import index_name
 from batchnlp.read.plan import Shard, part_name
 from batchnlp.spec import InputSpec
+from batchnlp.write.actions import Action, Add, RunFinished, RunProgress
 from batchnlp.write.commits import CommitLog, commit_name
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import now, portable_name
@@ -28,9 +30,9 @@ def write_part(out: Folder, shard: Shard, table: pa.Table, stats: dict[str, Any]
     caller records it only after this returns: the part is durable by then. With
     input.incremental: ids (`source`), the part's id index is written first."""
     if source is not None and source.incremental == "ids":
-        from batchnlp.read import ids
+        from batchnlp.read.ids import index_table
 
-        out.write_table(ids.index_name(shard.part), ids.index_table(source, table))
+        out.write_table(index_name(shard.part), index_table(source, table))
     size, digest = out.write_table(shard.part, table)
     faults.point("part-written", shard.number)
     return {**stats, "unit": shard.unit.key, "shard": shard.number, "input": shard.unit.name, "start": shard.start,
@@ -45,10 +47,25 @@ class Committer:
         self.written: dict[str, int] = {}  # this run's parts: name -> size
         self.began = time.perf_counter()
 
+    def begin(self, staged: Sequence[Action], durable: dict[str, pa.Table], dropped: Sequence[str]) -> None:
+        """Take a run's decision into the log, once: the files a commit will list are written
+        first (`durable`: an id selection), then its actions are staged for the run's first
+        commit; where parts are `dropped`, that commit is made now and they are deleted after it
+        (no commit may list them by the time they go; their names are written again soon)."""
+        folder = self.log.folder
+        for name, table in durable.items():
+            folder.write_table(name, table)
+        self.log.stage(*staged)
+        if dropped:
+            self.log.commit()
+            for part in dropped:
+                folder.remove(part)
+                folder.remove(index_name(part))  # its id index (input.incremental: ids), if any
+
     def start_run(self, info: dict[str, Any]) -> None:
         """Commit where and how this run annotates (device, precision, probe, engine), with what the
         runner staged before (the job's metadata on a new output, the plan, the run's start)."""
-        self.log.commit({"run_progress": info})
+        self.log.commit(RunProgress(info))
         self.began = time.perf_counter()
 
     def record(self, stats: dict[str, Any], point: int, annotated: int | None = None, **run: Any) -> None:
@@ -68,7 +85,7 @@ class Committer:
         run_number = self.log.state.runs[-1].number
         where = portable_name(stats["input"], self.log.state.job.get("base"))  # as the units are named
         progress = {"rows": self.rows, **run, "seconds": round(time.perf_counter() - self.began, 3)}
-        self.log.commit({"add": {**stats, "input": where, "run": run_number}}, {"run_progress": progress})
+        self.log.commit(Add({**stats, "input": where, "run": run_number}), RunProgress(progress))
         self.faults.point("shard-recorded", point)
 
     def _check_seen(self, name: str, stats: dict[str, Any]) -> None:
@@ -83,7 +100,7 @@ class Committer:
                             "node shares (runtime.shared_storage), or use a bucket")
 
     def finish(self, status: str, error: str | None = None) -> None:
-        self.log.commit({"run_finished": {"status": status, "at": now(), "error": error}})
+        self.log.commit(RunFinished(status, now(), error))
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:

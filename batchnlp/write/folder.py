@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchnlp.checksums import sha256
+from batchnlp.durable import fsync_dir
 from batchnlp.errors import UserError, is_disk_full
 from batchnlp.storage import bucket_exists, describe_error, filesystem, fresh_listing, is_store_error, is_url
 
@@ -308,31 +309,16 @@ class Folder:
         self.write_bytes(name, b"")
         self.remove(name)
 
-    # -- locking -----------------------------------------------------------------------------------
+    # -- locking ---------------------------------------------------------------------------------
 
-    def lock(self) -> Any:
-        """One run per output: an flock on a local disk, a lease object in a bucket."""
-        if self.local:
-            from batchnlp.write.lock import OutputLock
-
-            return OutputLock(self.directory)
-        from batchnlp.write.lease import Lease
-
-        self._lease = Lease(self)
-        return self._lease
+    def guard(self, lease: Any) -> None:
+        """Every later write checks `lease` first (`lease.check()`): a run whose lease on a bucket
+        was taken over stops at its next write (`write/lock.hold`)."""
+        self._lease = lease
 
     def _check_lease(self) -> None:
         if self._lease is not None:
             self._lease.check()
-
-    def is_locked(self) -> bool:
-        if self.local:
-            from batchnlp.write.lock import is_locked
-
-            return is_locked(self.directory)
-        from batchnlp.write.lease import Lease
-
-        return Lease(self).held_by_another() is not None
 
     def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """An object-store call; what the user can fix (bucket, credentials, endpoint) is one line."""
@@ -349,11 +335,3 @@ class Folder:
             if not is_store_error(e):
                 raise
             raise UserError(describe_error(self.url, e)) from None
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

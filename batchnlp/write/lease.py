@@ -25,14 +25,13 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batchnlp.errors import OutputBusyError, OutputConflictError
 from batchnlp.log import event
 from batchnlp.storage import LEASE_KEY
+from batchnlp.write.folder import Folder
 
-if TYPE_CHECKING:
-    from batchnlp.write.folder import Folder
 
 LEASE_NAME = LEASE_KEY
 

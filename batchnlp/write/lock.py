@@ -10,8 +10,11 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 from batchnlp.errors import OutputBusyError
+from batchnlp.write.folder import Folder
+from batchnlp.write.lease import Lease
 
 LOCK_NAME = ".batchnlp.lock"
 _HELD: set[int] = set()  # descriptors of the locks this process holds
@@ -54,6 +57,23 @@ class OutputLock:
             _HELD.discard(self.fd)
             os.close(self.fd)  # closing releases the lock
             self.fd = None
+
+
+def hold(folder: Folder) -> Any:
+    """One run per output, as a context manager: an flock on a local disk, a lease object in a
+    bucket (which every write of the folder then checks)."""
+    if folder.local:
+        return OutputLock(folder.directory)
+    lease = Lease(folder)
+    folder.guard(lease)
+    return lease
+
+
+def held(folder: Folder) -> bool:
+    """Another live run holds the output now."""
+    if folder.local:
+        return is_locked(folder.directory)
+    return Lease(folder).held_by_another() is not None
 
 
 def is_locked(directory: Path) -> bool:

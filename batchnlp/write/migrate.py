@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from batchnlp.errors import OutputConflictError
+from batchnlp.write.actions import Snapshot
 from batchnlp.write.commits import CommitLog
 from batchnlp.write.folder import Folder
 from batchnlp.write.state import FORMAT_VERSION, OutputState, portable_name, relative_base
@@ -55,10 +56,17 @@ def remove_leftovers(folder: Folder) -> None:
 
 def migrate(folder: Folder, name: str, data: dict[str, Any]) -> CommitLog:
     log = CommitLog(folder, OutputState())
-    log.commit({"snapshot": converted(folder, data, name)})
+    log.commit(Snapshot(converted(folder, data, name)))
     log.checkpoint()
     folder.remove(name)
     return log
+
+
+def legacy_state(folder: Folder, name: str, data: dict[str, Any]) -> OutputState:
+    """An 0.2 manifest's state, read only (`verify`, `inspect`: only a run migrates)."""
+    state = OutputState()
+    state.apply(Snapshot(converted(folder, data, name)).to_json())
+    return state
 
 
 def converted(folder: Folder, old: dict[str, Any], name: str) -> dict[str, Any]:

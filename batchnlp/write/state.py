@@ -7,7 +7,7 @@ state read back from the log is the state the writer had. Totals are carried for
 action (Iceberg's snapshot summaries), never re-summed: a commit costs the same at any size.
 
 Nothing outside this module indexes these records as dicts; `to_json()` is the documented shape
-that `inspect --json` and `batchnlp.inspect()` return (README: "The output's record").
+that `inspect --json` and `batchnlp.inspect()` return (docs/output.md: "The output's record").
 """
 
 from __future__ import annotations
@@ -161,6 +161,17 @@ class OutputState:
     started_at: str | None = None
     finished_at: str | None = None
     migrated_from: str | None = None
+
+    def fork(self) -> "OutputState":
+        """A copy that actions can change without changing this state (what `decide` works on). The
+        parts are shared: actions replace or drop a part, never change one; the units, runs and
+        totals, which actions do change, are copied (a few records each, not one per part)."""
+        forked = dataclasses.replace(self, job=dict(self.job), units={k: dataclasses.replace(u) for k, u in
+                                                                       self.units.items()},
+                                     parts=dict(self.parts), totals=dict(self.totals), planned=dict(self.planned),
+                                     runs=[dataclasses.replace(r, info=dict(r.info), inputs=dict(r.inputs))
+                                           for r in self.runs])
+        return forked
 
     # -- applying actions (the only way the state changes) -----------------------------------
 

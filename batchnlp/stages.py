@@ -1,4 +1,6 @@
-"""One shard through the model, in three stages the runner overlaps:
+"""`Stages`: a job's task on a loaded model in one precision — one shard through the model, in
+three stages the local engine overlaps (a Ray actor, the precision probe and `batchnlp.Annotator`
+run them one after the other):
 
 1. `prepare` (reader thread): check rows, encode them into features, sort the features into
    token-budget batches. CPU only.
@@ -13,18 +15,17 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 
 from batchnlp.batch.loader import loader, token_budget_batches
+from batchnlp.job import Job
 from batchnlp.model.device import Placement
 from batchnlp.spec import JobSpec
 from batchnlp.tasks.base import RowError, Task
 from batchnlp.write.parts import annotation_array, build_table
 
-if TYPE_CHECKING:
-    from batchnlp.session import Job
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Prepared:
     batch_seconds: list[float] = field(default_factory=list)  # each batch's latency on the device
 
 
-class Annotator:
+class Stages:
     """A job's task on a loaded model in one precision: a shard of rows in, the annotated table out."""
 
     def __init__(self, job: Job, model: Any, placement: Placement):
@@ -61,13 +62,13 @@ class Annotator:
     def task(self) -> Task:
         return self.job.task
 
-    def in_float32(self, model: Any = None) -> "Annotator":
+    def in_float32(self, model: Any = None) -> "Stages":
         """The same job in float32 (on `model`, if given, instead of this one's): the reference for
         the precision probe and the bench's agreement check, and the probe's fallback."""
-        return Annotator(self.job, self.model if model is None else model, self.placement.float32())
+        return Stages(self.job, self.model if model is None else model, self.placement.float32())
 
     def __call__(self, rows: pa.Table, seed_offset: int) -> tuple[pa.Table, dict[str, Any]]:
-        """All three stages in this thread (the precision probe and the Ray workers use this)."""
+        """All three stages in this thread (the precision probe, a Ray actor, `batchnlp.Annotator`)."""
         prepared = self.prepare(rows)
         self.infer(prepared, seed_offset)
         return self.finish(prepared)
@@ -93,11 +94,7 @@ class Annotator:
 
     def records(self, rows: pa.Table) -> list[dict[str, Any]]:
         """Each row as {"text", "pair"?, and each of the task's extra columns under its parameter name}."""
-        columns = {"text": self.spec.input.text_column}
-        if self.spec.input.text_pair_column:
-            columns["pair"] = self.spec.input.text_pair_column
-        for key, column in self.task.extra_columns(self.task.params).items():
-            columns[key.removeprefix("task.")] = column
+        columns = self.job.record_columns
         data = {key: rows.column(column).to_pylist() for key, column in columns.items()}
         return [{key: data[key][i] for key in columns} for i in range(rows.num_rows)]
 
@@ -159,7 +156,7 @@ class Annotator:
         per_row: dict[int, list[Any]] = {}
         for owner, output in zip(prepared.owners, prepared.outputs):
             per_row.setdefault(owner, []).append(output)
-        fields = self.task.fields()
+        fields = self.job.fields
         values: dict[str, list[Any]] = {f.name: [None] * n for f in fields}
         for i, row_outputs in per_row.items():
             try:
@@ -195,10 +192,10 @@ def latency(seconds: list[float]) -> dict[str, float | None]:
     return {"batch_seconds_p50": round(rank(0.5), 4), "batch_seconds_p95": round(rank(0.95), 4)}
 
 
-def annotation_rows(table: pa.Table, annotator: "Annotator") -> list[dict[str, Any]]:
+def annotation_rows(table: pa.Table, annotator: Stages) -> list[dict[str, Any]]:
     """Each row's annotation columns (and error) under the task's own names, output.prefix removed."""
     prefix = annotator.spec.output.prefix
-    names = [f.name for f in annotator.task.fields()] + ["error"]
+    names = [f.name for f in annotator.job.fields] + ["error"]
     columns = {name: table.column(prefix + name).to_pylist() for name in names}
     return [{name: columns[name][i] for name in names} for i in range(table.num_rows)]
 
