@@ -131,14 +131,14 @@ def _locked_run(spec: JobSpec, out: Folder, options: RunOptions, seen: dict[str,
     job = describe_job(spec, decision.plan, decision.model, options.quiet)
     committer = Committer(log, options.faults, decision.plan.partial)
     committer.begin([*decision.actions, *decision.schema_pin(job.schema)], decision.selections, decision.drop)
-    if options.engine == "ray":
-        from batchnlp.engines.ray import RayEngine as Engine
-    else:
-        from batchnlp.engines.local import LocalEngine as Engine
-    engine = Engine(job, out, options)
     state = log.state
     pinned = state.pinned.precision if state.job else options.pin
     try:
+        if options.engine == "ray":
+            from batchnlp.engines.ray import RayEngine as Engine
+        else:
+            from batchnlp.engines.local import LocalEngine as Engine
+        engine = Engine(job, out, options)
         precision, probe, info = engine.open(decision.done, pinned)
     except BaseException as e:
         if log.pending and log.state.version >= 0:  # failed before its first commit (the model load):

@@ -113,10 +113,12 @@ def synthetic_log(folder: str, parts: int):
     for i in range(parts):
         state.apply({"add": synthetic_part(i // 1000, i % 1000)})
     state.version = 0
+    (Path(folder) / ".batchnlp" / "log").mkdir(parents=True)  # as its first commit made it
     return CommitLog(Folder(folder), state, checkpointed=None)
 
 
 def commit_cost(sizes: list[int], before: str | None) -> None:
+    from batchnlp.write.actions import Add, RunProgress
     from batchnlp.write.commits import interval
 
     for size in sizes:
@@ -127,7 +129,7 @@ def commit_cost(sizes: list[int], before: str | None) -> None:
             checkpoint_ms = (time.perf_counter() - began) * 1e3
             n, began = 200, time.perf_counter()
             for i in range(n):
-                log.commit({"add": synthetic_part(10_000, i)}, {"run_progress": {"rows": 5 * i, "seconds": i}})
+                log.commit(Add(synthetic_part(10_000, i)), RunProgress({"rows": 5 * i, "seconds": i}))
             seconds = (time.perf_counter() - began) / n
             sizes_written = [p.stat().st_size for p in (Path(tmp) / ".batchnlp" / "log").glob("0*[0-9].json")]
             checkpoints = list((Path(tmp) / ".batchnlp" / "log").glob("*.checkpoint.json"))
@@ -215,12 +217,15 @@ def many_files(files: int, rows_each: int, before: str | None) -> None:
 
 def run_start(parts: int) -> None:
     """Reading the state of an output of `parts` parts and deciding which planned shards are done
-    (the two steps of a run's start that grow with the output), with the peak memory."""
+    (the two steps of a run's start that grow with the output), and `decide`'s private copy of
+    the state (`OutputState.fork`), with the peak memory."""
+    from batchnlp.write.actions import Add
+
     with tempfile.TemporaryDirectory() as tmp:
         log = synthetic_log(tmp, parts)
         log.checkpoint()
         for i in range(49):  # commits since the checkpoint, as a reader finds them at worst
-            log.commit({"add": synthetic_part(10_000, i)})
+            log.commit(Add(synthetic_part(10_000, i)))
         for i in range(parts):
             (Path(tmp) / f"part-{i // 1000:05d}-{i % 1000:05d}.parquet").write_bytes(b"x" * 10)
         code = f"""
@@ -233,8 +238,11 @@ read = time.perf_counter() - began
 stored = Folder({tmp!r}).sizes()
 listed = time.perf_counter() - began - read
 missing = log.state.missing_parts(stored)
+compared = time.perf_counter() - began - read - listed
+forking = time.perf_counter()
+log.state.fork()
 print(json.dumps({{"parts": len(log.state.parts), "read_state_s": round(read, 2), "list_parts_s": round(listed, 2),
-                  "compare_s": round(time.perf_counter() - began - read - listed, 2),
+                  "compare_s": round(compared, 2), "fork_s": round(time.perf_counter() - forking, 4),
                   "peak_rss_mib": [int(l.split()[1]) // 1024 for l in open("/proc/self/status")
                                    if l.startswith("VmHWM")][0]}}))
 """

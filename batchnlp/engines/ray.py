@@ -46,7 +46,7 @@ class ShardWorker:
     per call (a shard of the plan, or a part to retry), done by the same `Worker` as locally."""
 
     def __init__(self, spec: JobSpec, plan: Plan, resolved: ResolvedModel, out: Folder, threads: int,
-                 faults: Faults, pinned: str | None, items: list[ShardKey | Retry]):
+                 faults: Faults, pinned: str | None):
         import socket
 
         import ray
@@ -58,12 +58,11 @@ class ShardWorker:
         # Which machine wrote each part: the host for people, the Ray node (several may share a host).
         self.worker = Worker(session.stages, out, faults, {"host": socket.gethostname(),
                                                            "node": ray.get_runtime_context().get_node_id()[:12]})
-        self.items = items
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         results: dict[str, list[Any]] = {"written": []}
-        for index in batch["item"]:
-            item = self.items[int(index)]
+        for pickled in batch["item"]:
+            item = pickle.loads(pickled)  # a shard's key, or a part to retry (a few hundred bytes)
             loaded = self.worker.retried(item) if isinstance(item, Retry) else self.worker.planned(item)
             results["written"].append(pickle.dumps(self.worker(loaded)))
         return results
@@ -127,10 +126,11 @@ class RayEngine:
         if not items:
             return
         ray, job = self.ray, self.job
-        dataset = ray.data.from_items([{"item": i} for i in range(len(items))], override_num_blocks=len(items))
+        dataset = ray.data.from_items([{"item": pickle.dumps(item)} for item in items],
+                                      override_num_blocks=len(items))
         results = dataset.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors),
                                       fn_constructor_args=(job.spec, job.plan, job.model, self.out, self.threads,
-                                                           self.options.faults, self.precision, items),
+                                                           self.options.faults, self.precision),
                                       **self.remote_args)
         for row in results.iter_rows():
             written: Written = pickle.loads(row["written"])
