@@ -132,7 +132,7 @@ def decide(spec: JobSpec, seen: Seen, options: RunOptions) -> Decision:
     if state.job:
         _same_job(spec, seen, decision)
     draft.stage(actions.RunStarted(now(), options.engine, os.getpid(), socket.gethostname()))
-    if spec.input.incremental == "ids":
+    if spec.input.incremental == "ids" and not decision.refusals:  # (another job's output: no id lookup)
         _refusing(decision, lambda: _increments(spec, seen, draft, plan, options.on_changed, complete))
         _selections(seen, plan)
     if state.job:
@@ -147,6 +147,8 @@ def decide(spec: JobSpec, seen: Seen, options: RunOptions) -> Decision:
     if options.retry_errors:
         decision.retry = _to_retry(seen, draft)
     decision.rows_done = state.rows_in(decision.done)
+    if decision.refusals:  # the run stops at the first; a dry run has every figure it shows
+        return decision
     if state.job and not decision.retry and _nothing_to_do(draft):
         return decision
     plan.schema = _input_columns(spec, state, plan, decision.done)
