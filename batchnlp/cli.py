@@ -516,11 +516,13 @@ def random_model(output_dir: str, shape: str, labels: str, seed: int, tokenizer_
 def tasks() -> None:
     """List the tasks and their parameters."""
     from batchnlp.settings import field_docs
-    from batchnlp.tasks import task_class, task_names
+    from batchnlp.tasks import ALIASES, task_class, task_names
 
     for name in task_names():
         cls = task_class(name)
-        click.echo(f"{name}: {cls.description}")
+        aliases = [alias for alias, target in ALIASES.items() if target == name]
+        aliases += ["translation_XX_to_YY"] if name == "translation" else []
+        click.echo(f"{name}{' (also: ' + ', '.join(aliases) + ')' if aliases else ''}: {cls.description}")
         for field, default, doc in field_docs(cls.Params):
             click.echo(f"    {field} (default {default}): {doc}")
         click.echo("")

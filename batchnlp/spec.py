@@ -21,7 +21,7 @@ import yaml
 from batchnlp.errors import SpecError, collect
 from batchnlp.settings import build, doc, kind_of
 from batchnlp.storage import check_url, is_url
-from batchnlp.tasks import task_class
+from batchnlp.tasks import canonical, task_class
 
 INPUT_FORMATS = ("csv", "parquet", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
@@ -473,6 +473,10 @@ def _parse_task(data: Any) -> TaskSpec:
     if not isinstance(name, str):
         raise SpecError("task.name", "required: the task to run (see `batchnlp tasks`)")
     cls = task_class(name)
+    _misplaced(data, cls.Params)
+    for key, value in canonical(name)[1].items():  # translation_en_to_de: the languages in the name
+        if data.setdefault(key, value) != value:
+            raise SpecError(f"task.{key}", f"{data[key]!r}, but the task name {name!r} says {value!r}; give one")
     params = build(cls.Params, data, "task")
     if hasattr(params, "validate"):
         params.validate()
@@ -503,8 +507,51 @@ def _parse_model(data: Any) -> ModelSpec:
     return spec
 
 
+#: Settings a transformers pipeline user writes in the task's place, and the section they belong to.
+_OTHER_SECTIONS = {"batch_size": "runtime", "torch_dtype": "runtime", "dtype": "runtime", "device": "runtime",
+                   "max_batch_size": "runtime", "batch_tokens": "runtime", "num_workers": "runtime",
+                   "revision": "model", "trust_remote_code": "model", "model": "model", "tokenizer": "model"}
+
+
+def _misplaced(data: dict[str, Any], params: type) -> None:
+    """A setting of another section written in the task's (`task.batch_size`): named with the key
+    that takes it, rather than an unknown setting of the task."""
+    own = {f.name for f in dataclasses.fields(params)}
+    collect([SpecError(f"task.{key}", f"a {section} setting, not the task's: write it under {section} "
+                                      f"({section}.{key})")
+             for key, section in _OTHER_SECTIONS.items() if key in data and key not in own])
+
+
+#: transformers' names in `runtime` (a pipeline's `batch_size`, `torch_dtype`, `device=0`), as
+#: (name, batchnlp's name).
+PIPELINE_NAMES = (("batch_size", "max_batch_size"), ("torch_dtype", "dtype"))
+DTYPE_NAMES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _pipeline_names(data: Any) -> Any:
+    """runtime as batchnlp names it: `batch_size` (rows per batch) is `max_batch_size`, `torch_dtype`
+    (a string; "torch.float16" too) is `dtype`, and a device number (-1: the CPU, N: cuda:N) the
+    device's name."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for alias, name in PIPELINE_NAMES:
+        if alias in data:
+            if name in data:
+                raise SpecError(f"runtime.{alias}", f"runtime.{alias} (transformers' name) and runtime.{name} are "
+                                                    "the same setting; give one")
+            data[name] = data.pop(alias)
+    if isinstance(data.get("dtype"), str):
+        written = data["dtype"].removeprefix("torch.")
+        data["dtype"] = DTYPE_NAMES.get(written, written)
+    device = data.get("device")
+    if isinstance(device, int) and not isinstance(device, bool):
+        data["device"] = "cpu" if device < 0 else f"cuda:{device}"
+    return data
+
+
 def _parse_runtime(data: Any) -> RuntimeSpec:
-    spec = build(RuntimeSpec, data, "runtime")
+    spec = build(RuntimeSpec, _pipeline_names(data), "runtime")
     if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", spec.device):
         raise SpecError("runtime.device", f"must be auto, cpu, cuda or cuda:N; got {spec.device!r}")
     for key in ("batch_tokens", "max_batch_size"):

@@ -315,3 +315,28 @@ def test_the_small_things_a_nightly_user_reads(tmp_path, classifier_dir, reviews
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     listed = invoke("cache").output
     assert f"model cache: {tmp_path / 'xdg' / 'batchnlp'} (the default; set BATCHNLP_CACHE" in listed
+
+
+def test_a_job_in_the_pipelines_words_validates_and_runs_as_batchnlps(tmp_path, classifier_dir, reviews_csv):
+    """`name: sentiment-analysis`, `batch_size: 8`, `device: -1`, `torch_dtype: torch.float32`: the
+    words of a transformers pipeline, accepted by validate and run, annotating exactly as the job
+    in batchnlp's own words does."""
+    import yaml
+
+    words = {"pipeline": ({"name": "sentiment-analysis"}, {"batch_size": 8, "device": -1,
+                                                           "torch_dtype": "torch.float32"}),
+             "batchnlp": ({"name": "text-classification"}, {"max_batch_size": 8, "device": "cpu",
+                                                            "dtype": "float32"})}
+    outputs = {}
+    for name, (task, runtime) in words.items():
+        job = tmp_path / f"{name}.yaml"  # (write_job would add dtype: float32 beside torch_dtype)
+        job.write_text(yaml.safe_dump({"input": {"path": str(reviews_csv), "text_column": "text"}, "task": task,
+                                       "model": {"path": str(classifier_dir)}, "runtime": runtime,
+                                       "output": {"path": str(tmp_path / name)}}))
+        checked = invoke("validate", job)
+        assert checked.exit_code == 0, checked.output
+        assert invoke("run", job, "-q").exit_code == 0
+        outputs[name] = read_output(tmp_path / name)
+    assert outputs["pipeline"].column("label").to_pylist() == outputs["batchnlp"].column("label").to_pylist()
+    assert outputs["pipeline"].column("score").to_pylist() == outputs["batchnlp"].column("score").to_pylist()
+    assert record(tmp_path / "pipeline")["runs"][0]["max_batch_size"] == 8

@@ -133,3 +133,48 @@ def test_every_spec_field_declares_whether_it_changes_the_output(tmp_path):
     undeclared = dataclasses.make_dataclass("Runtime", [("extra", int, dataclasses.field(default=1))])
     with pytest.raises(TypeError, match="runtime.extra does not declare whether it changes the output"):
         fingerprint(dataclasses.replace(spec, runtime=undeclared()), {})
+
+
+# -- the vocabulary of transformers' pipelines (issue 30) -----------------------------------------
+
+
+def test_the_pipelines_task_names_are_accepted_and_listed_when_unknown():
+    assert parse(with_("task", name="sentiment-analysis")).task.name == "sentiment-analysis"
+    ner = {**BASE, "task": {"name": "ner", "aggregation_strategy": "simple"}}
+    assert parse(ner).task.params.aggregation_strategy == "simple"
+    message = error_of(with_("task", name="sentiment-analysys"))
+    assert "unknown task 'sentiment-analysys'" in message
+    assert "sentiment-analysis (text-classification)" in message and "ner (token-classification)" in message
+    assert "translation_XX_to_YY" in message
+
+
+def test_translation_xx_to_yy_carries_its_languages():
+    job = {**BASE, "task": {"name": "translation_en_to_de"}}
+    params = parse(job).task.params
+    assert (params.src_lang, params.tgt_lang) == ("en", "de")
+    assert parse({**BASE, "task": {"name": "translation_en_to_de", "src_lang": "en"}}).task.params.tgt_lang == "de"
+    message = error_of({**BASE, "task": {"name": "translation_en_to_de", "tgt_lang": "fr"}})
+    assert message.startswith("task.tgt_lang: 'fr', but the task name 'translation_en_to_de' says 'de'")
+
+
+def test_runtime_takes_the_pipelines_names():
+    runtime = parse(with_("runtime", batch_size=8, torch_dtype="torch.float16", device=0)).runtime
+    assert (runtime.max_batch_size, runtime.dtype, runtime.device) == (8, "float16", "cuda:0")
+    assert parse(with_("runtime", device=-1, torch_dtype="bf16")).runtime.device == "cpu"
+    assert parse(with_("runtime", torch_dtype="bf16")).runtime.dtype == "bfloat16"
+    both = error_of(with_("runtime", batch_size=8, max_batch_size=16))
+    assert both.startswith("runtime.batch_size: runtime.batch_size (transformers' name) and runtime.max_batch_size")
+    assert "runtime.dtype: must be one of" in error_of(with_("runtime", torch_dtype="float64"))
+
+
+def test_a_runtime_or_model_setting_in_the_task_names_its_section():
+    """`task.batch_size: unknown setting; known settings are: pooling, normalize` blamed the task for
+    what belongs to the runtime; each misplaced key now says where it goes, all at once."""
+    from batchnlp.errors import SpecProblems
+
+    with pytest.raises(SpecProblems) as info:
+        parse(with_("task", batch_size=32, torch_dtype="float16", revision="main"))
+    lines = [str(p) for p in info.value.problems]
+    assert lines == ["task.batch_size: a runtime setting, not the task's: write it under runtime (runtime.batch_size)",
+                     "task.torch_dtype: a runtime setting, not the task's: write it under runtime (runtime.torch_dtype)",
+                     "task.revision: a model setting, not the task's: write it under model (model.revision)"]

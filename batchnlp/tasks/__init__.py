@@ -6,6 +6,8 @@ Task modules import torch only inside their methods, so listing and validating t
 from __future__ import annotations
 
 import importlib
+import re
+from typing import Any
 
 from batchnlp.errors import SpecError
 
@@ -21,15 +23,30 @@ _TASKS = {
     "summarization": "batchnlp.tasks.summarization",
     "translation": "batchnlp.tasks.translation",
 }
-ALIASES = {"sentiment": "text-classification", "feature-extraction": "embeddings", "ner": "token-classification"}
+#: transformers' pipeline names for the same tasks (and batchnlp's older short ones), as the
+#: tutorials type them: `pipeline("sentiment-analysis")`, `pipeline("ner")`.
+ALIASES = {"sentiment-analysis": "text-classification", "sentiment": "text-classification",
+           "ner": "token-classification", "feature-extraction": "embeddings"}
+#: `translation_en_to_de`: the translation task with its two languages in the name.
+TRANSLATION_NAME = re.compile(r"^translation_([A-Za-z][\w-]*?)_to_([A-Za-z][\w-]*)$")
 
 
 def task_names() -> list[str]:
     return sorted(_TASKS)
 
 
+def canonical(name: str) -> tuple[str, dict[str, Any]]:
+    """(the registry's name for a task name as typed, the parameters the name implies: a
+    `translation_en_to_de` sets src_lang en and tgt_lang de)."""
+    if (match := TRANSLATION_NAME.match(name)) is not None:
+        return "translation", {"src_lang": match.group(1), "tgt_lang": match.group(2)}
+    return ALIASES.get(name, name), {}
+
+
 def task_class(name: str):
-    canonical = ALIASES.get(name, name)
-    if canonical not in _TASKS:
-        raise SpecError("task.name", f"unknown task {name!r}; known tasks are: {', '.join(task_names())}")
-    return importlib.import_module(_TASKS[canonical]).TASK
+    known, _ = canonical(name)
+    if known not in _TASKS:
+        aliases = ", ".join(f"{alias} ({target})" for alias, target in ALIASES.items())
+        raise SpecError("task.name", f"unknown task {name!r}; known tasks are: {', '.join(task_names())}; also "
+                                     f"accepted: {aliases}, translation_XX_to_YY (translation from XX to YY)")
+    return importlib.import_module(_TASKS[known]).TASK
