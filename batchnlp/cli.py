@@ -471,16 +471,18 @@ def bench(job: str, overrides: tuple[str, ...], rows: int, baseline: str, check_
 @click.argument("output_dir")
 @click.option("-o", "--output", "path", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the page.")
+@click.option("--gold", help="An input column holding each row's right label (numbers are the model's label "
+                             "ids): accuracy, confusion matrix and precision / recall by label.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Rows with a lower confidence count as unsure.")
 @user_errors
-def report(output_dir: str, path: str, threshold: float) -> None:
+def report(output_dir: str, path: str, threshold: float, gold: str | None) -> None:
     """Write one self-contained HTML page about OUTPUT_DIR (no network needed to open it): the
     job, model, precision and runs; the annotations (labels, scores, the least confident rows,
     embedding norms and a projection, output lengths and flags); rows/s, latency and errors per part."""
     from batchnlp.report import charts, report as page_of
 
-    page = page_of(output_dir, threshold)
+    page = page_of(output_dir, threshold, gold)
     Path(path).write_text(page, encoding="utf-8")
     click.echo(f"{path}: {len(page.encode()) / 1024:.0f} KiB, charts: {', '.join(charts(page))}")
 
@@ -522,7 +524,7 @@ def tasks() -> None:
         cls = task_class(name)
         aliases = [alias for alias, target in ALIASES.items() if target == name]
         aliases += ["translation_XX_to_YY"] if name == "translation" else []
-        click.echo(f"{name}{' (also: ' + ', '.join(aliases) + ')' if aliases else ''}: {cls.description}")
+        click.echo(f"{name}: {cls.description}{' Also named: ' + ', '.join(aliases) + '.' if aliases else ''}")
         for field, default, doc in field_docs(cls.Params):
             click.echo(f"    {field} (default {default}): {doc}")
         click.echo("")

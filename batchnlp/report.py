@@ -1,8 +1,11 @@
-"""`batchnlp report OUTPUT [-o report.html]`: one self-contained HTML page for the person who
-checks a night's annotations — the job, the model and its commit, the precision, the runs; the
-annotations as the task has them (labels and scores, the least confident rows, embedding norms
-and a 2-D projection, generated lengths and flags, answers); and the run's health per part
-(rows/s, p50/p95 batch latency, error rate) with the errors grouped by message.
+"""`batchnlp report OUTPUT [-o report.html] [--gold COLUMN]`: one self-contained HTML page for the
+person who checks a night's annotations — the job, the model and where it came from, the
+precision, the runs; the annotations as the task has them (labels and scores — for two labels the
+margin between them and the ties —, the least confident rows, embedding norms or, for normalised
+vectors, how alike pairs and nearest neighbours are, a 2-D projection with axes, generated
+lengths and flags, answers); against a gold column, accuracy, the confusion matrix and precision /
+recall by label; and the run's health per part (rows/s, p50/p95 batch latency, error rate; the
+figures alone for a one-part output) with the errors grouped by message.
 
 Charts are inline SVG drawn here (no script, no network: the file opens anywhere). The parts are
 streamed batch by batch (`batchnlp.dataset`); what a chart needs raw (least confident rows, a
@@ -17,6 +20,7 @@ import heapq
 import html
 import math
 import random
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -50,6 +54,10 @@ class Tally:
     errors: Counter = field(default_factory=Counter)
     seen: int = 0  # rows offered to the reservoirs
     threshold: float = THRESHOLD
+    #: --gold: (gold label, predicted label) -> rows; rows whose gold value is null are not compared.
+    gold: Counter = field(default_factory=Counter)
+    #: Rows whose top score is exactly 0.5 (two labels: no decision).
+    ties: int = 0
 
     def score(self, value: float | None, text: str, label: str) -> None:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -77,8 +85,9 @@ class Tally:
                 reservoir[at] = value
 
 
-def report(output: str, threshold: float = THRESHOLD) -> str:
-    """The page, as HTML text."""
+def report(output: str, threshold: float = THRESHOLD, gold: str | None = None) -> str:
+    """The page, as HTML text. `gold`: an input column holding the right label of each row: the
+    annotations are compared with it (accuracy, confusion matrix, precision and recall by label)."""
     from batchnlp.api import dataset_of
     from batchnlp.verification import load
     from batchnlp.write.folder import Folder
@@ -94,27 +103,38 @@ def report(output: str, threshold: float = THRESHOLD) -> str:
                         "is missing or altered on disk, so no report is written; run the job again to annotate "
                         "its rows anew (batchnlp verify lists what is wrong)")
     data = dataset_of(output, state)  # (the state read once)
+    if gold is not None:
+        _check_gold(gold, kind, data, output)
     try:
-        tally = _gather(data, kind, prefix, text_column, threshold)
+        tally = _gather(data, kind, prefix, text_column, threshold, gold, _label_names(job))
     except (OSError, pa.ArrowException) as e:  # a part with the recorded size and other bytes
         raise UserError(f"{output}: a part cannot be read ({str(e).strip().splitlines()[0]}), so no report is "
                         "written; batchnlp verify names the damaged part: delete it and run the job again to "
                         "annotate its rows anew") from None
-    sections = [_header(output, state), _annotations(kind, tally, job), _health(state, tally)]
+    sections = [_header(output, state), _annotations(kind, tally, job)]
+    if gold is not None:
+        sections.append(_gold_section(gold, tally))
+    sections.append(_health(state, tally))
     return PAGE.format(title=html.escape(f"batchnlp report: {output}"), body="\n".join(sections))
 
 
-def _gather(data: Any, kind: str, prefix: str, text_column: str, threshold: float) -> Tally:
+def _gather(data: Any, kind: str, prefix: str, text_column: str, threshold: float, gold: str | None = None,
+            label_names: dict[int, str] | None = None) -> Tally:
     tally, rng = Tally(threshold=threshold), random.Random(0)
     names = set(data.schema.names)
     wanted = [c for c in (text_column, *(prefix + n for n in COLUMNS.get(kind, ())), prefix + "error")
               if c in names]
+    if gold is not None and gold not in wanted:
+        wanted.append(gold)
     # One part read at a time, one batch ahead: memory stays that of a batch, however many parts.
     for batch in data.to_batches(columns=wanted, batch_size=BATCH_ROWS, fragment_readahead=1, batch_readahead=1,
                                  use_threads=False):
-        batch = batch.rename_columns([n.removeprefix(prefix) if n != text_column else "_text" for n in wanted])
+        batch = batch.rename_columns([("_gold" if n == gold else "_text" if n == text_column else n.removeprefix(prefix))
+                                      for n in wanted])
         tally.rows += batch.num_rows
         batch = _without_errors(batch, tally)
+        if gold is not None:
+            _compare_gold(batch, kind, tally, label_names or {})
         if kind in ("Classification", "QuestionAnswering"):
             _scalar_scores(batch, kind, tally)  # vectorised: no Python object per row
             continue
@@ -159,6 +179,7 @@ def _scalar_scores(batch: Any, kind: str, tally: Tally) -> None:
     values = scores[known]
     tally.scored += int(values.size)
     tally.unsure += int((values < tally.threshold).sum())
+    tally.ties += int((values == 0.5).sum())
     bins = np.clip((values * BINS).astype(np.int64), 0, BINS - 1)
     for b, n in zip(*np.unique(bins, return_counts=True)):
         tally.scores[int(b)] += int(n)
@@ -169,6 +190,45 @@ def _scalar_scores(batch: Any, kind: str, tally: Tally) -> None:
         text = texts[int(i)].as_py() if texts is not None else ""
         label = annotation[int(i)].as_py()
         tally.offer(float(scores[i]), tally.rows - batch.num_rows + int(i), str(text or ""), label or "(no answer)")
+
+
+def _check_gold(gold: str, kind: str, data: Any, output: str) -> None:
+    if kind not in ("Classification", "ZeroShot"):
+        raise UserError(f"--gold: {output} is a {kind} output; gold labels are compared for text-classification "
+                        "and zero-shot-classification outputs")
+    if gold not in data.schema.names:
+        raise UserError(f"--gold: {output} has no column {gold!r}; its columns are: {', '.join(data.schema.names)}")
+
+
+def _label_names(job: dict[str, Any]) -> dict[int, str]:
+    """The model's labels by id (its config's id2label), to name gold labels given as numbers (SST-2's
+    0/1); empty where the model's files are not at hand."""
+    import json
+    from pathlib import Path
+
+    from batchnlp.model import source
+    from batchnlp.spec import ModelSpec
+
+    if not (job.get("model", {}).get("path") or job.get("model", {}).get("package")):
+        return {}  # a hub model: its cache is not searched (nothing here may wait on the network)
+    try:
+        directory = source.check(ModelSpec(**job.get("model", {})))
+        config = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
+    except Exception:  # (the report stands without names: numbers are then compared as written)
+        return {}
+    return {int(k): v for k, v in (config.get("id2label") or {}).items()}
+
+
+def _compare_gold(batch: Any, kind: str, tally: Tally, label_names: dict[int, str]) -> None:
+    """Count (gold, predicted) pairs; a gold number is the model's label of that id."""
+    predicted = (batch.column("label").to_pylist() if kind == "Classification"
+                 else [labels[0] if labels else None for labels in batch.column("labels").to_pylist()])
+    for truth, guess in zip(batch.column("_gold").to_pylist(), predicted):
+        if truth is None or guess is None:
+            continue
+        if isinstance(truth, (int, float)) and not isinstance(truth, bool):
+            truth = label_names.get(int(truth), str(int(truth)))
+        tally.gold[(str(truth), str(guess))] += 1
 
 
 #: The annotation columns each kind of task is reported on.
@@ -219,7 +279,7 @@ def _header(output: str, state: Any) -> str:
     facts = [("output", output), ("status", state.status), ("task", job.get("task", {}).get("name")),
              ("model", f"{model.get('package') or model.get('id') or model.get('path')}{version} "
                        f"({model.get('architecture', '?')})"),
-             ("model commit", model.get("commit") or model.get("revision") or "(a local model)"),
+             ("model source", _source(model)),
              ("weights (sha256)", weights),
              ("precision", state.pinned.precision), ("rows", state.totals.get("rows")), ("parts", len(state.parts))]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
@@ -228,25 +288,55 @@ def _header(output: str, state: Any) -> str:
             f"<th>seconds</th><th>precision</th></tr>{runs}</table></section>")
 
 
+def _source(model: dict[str, Any]) -> str:
+    """Where the weights came from, as the record pins them."""
+    if model.get("id"):
+        return f"hub {model['id']} at commit {model.get('commit') or model.get('revision') or '?'}"
+    if model.get("package"):
+        return f"installed package {model['package']} {model.get('version', '')} (weights pinned by sha256)".replace(
+            "  ", " ")
+    return "a local directory (weights pinned by sha256)"
+
+
 def _annotations(kind: str, tally: Tally, job: dict[str, Any]) -> str:
     parts = [f"<section id='annotations'><h2>Annotations ({tally.rows} rows)</h2>"]
     if tally.labels:
         top = tally.labels.most_common(25)
         parts.append(bars("labels", "Label distribution" + (" (top 25)" if len(tally.labels) > 25 else ""), top))
-    if tally.scored:
+    two = kind == "Classification" and len(_label_names(job) or tally.labels) == 2
+    if tally.scored and two:
+        # Two labels: the top score is never below 0.5; what tells a sure row from an unsure one is
+        # the margin between the two (2 x score - 1), and a score of exactly 0.5 is no decision.
+        margins = tally.scores[BINS // 2:]
+        edges = [2 * i / BINS - 1 for i in range(BINS // 2, BINS + 1)]
+        parts.append(histogram("margins", "Margin between the two labels (top score - the other)", margins, edges))
+        close = sum(margins[:1])
+        parts.append(f"<p class='unsure'>{close} of {tally.scored} ({close / tally.scored:.1%}) with a margin below "
+                     f"{edges[1]:.2g}; {tally.ties} tie(s) (both labels at 0.5)</p>")
+    elif tally.scored:
         edges = [i / BINS for i in range(BINS + 1)]
         parts.append(histogram("scores", "Confidence (score) histogram", tally.scores, edges))
         share = tally.unsure / tally.scored
         parts.append(f"<p class='unsure'>{tally.unsure} of {tally.scored} ({share:.1%}) below {tally.threshold}</p>")
+    if tally.scored:
         least = sorted(tally.least, reverse=True)
-        rows = "".join(f"<tr><td>{-s:.3f}</td><td>{_e(label)}</td><td>{_e(text[:300])}</td></tr>"
+        shown = (lambda score: 2 * score - 1) if two else (lambda score: score)
+        rows = "".join(f"<tr><td>{shown(-s):.3f}</td><td>{_e(label)}</td><td>{_e(text[:300])}</td></tr>"
                        for s, _, text, label in least)
-        parts.append(f"<h3>Least confident</h3><table id='least'><tr><th>score</th><th>annotation</th><th>text</th>"
-                     f"</tr>{rows}</table>")
+        parts.append(f"<h3>Least confident</h3><table id='least'><tr><th>{'margin' if two else 'score'}</th>"
+                     f"<th>annotation</th><th>text</th></tr>{rows}</table>")
     if kind == "QuestionAnswering":
         parts.append(f"<p class='empty'>{tally.empty} empty answers</p>")
-    if tally.norms:
+    if len(tally.sample) >= 2 and max(tally.norms) - min(tally.norms) < 1e-3:
+        # Normalised vectors: every norm is 1, so the histogram would say nothing; how alike the
+        # texts come out does (a collapsed model puts every pair near 1).
+        pairs, nearest = _cosines(tally.sample)
+        parts.append(histogram("cosines", f"Cosine similarity of sampled pairs ({len(pairs)} pairs; the norms are all "
+                                          f"{statistics.fmean(tally.norms):.3f})", *_bins(pairs)))
+        parts.append(histogram("nearest", "Each sampled text's nearest neighbour (cosine)", *_bins(nearest)))
+    elif tally.norms:
         parts.append(histogram("norms", "Embedding norms", *_bins(tally.norms)))
+    if tally.norms:
         parts.append(scatter("projection", f"2-D projection (PCA) of {len(tally.sample)} sampled embeddings",
                              _project(tally.sample)))
     if tally.lengths:
@@ -259,20 +349,64 @@ def _annotations(kind: str, tally: Tally, job: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _gold_section(gold: str, tally: Tally) -> str:
+    """Accuracy, the confusion matrix and precision / recall / F1 by label, against `gold`."""
+    compared = sum(tally.gold.values())
+    if not compared:
+        return f"<section id='gold'><h2>Against {_e(gold)}</h2><p>no row with a gold label to compare</p></section>"
+    labels = sorted({g for g, _ in tally.gold} | {p for _, p in tally.gold})
+    right = sum(n for (g, p), n in tally.gold.items() if g == p)
+    head = "".join(f"<th>{_e(p)}</th>" for p in labels)
+    body = "".join(f"<tr><th>{_e(g)}</th>" + "".join(f"<td>{tally.gold.get((g, p), 0)}</td>" for p in labels)
+                   + "</tr>" for g in labels)
+    scores = []
+    for label in labels:
+        hit = tally.gold.get((label, label), 0)
+        said = sum(n for (_, p), n in tally.gold.items() if p == label)
+        true = sum(n for (g, _), n in tally.gold.items() if g == label)
+        precision, recall = (hit / said if said else 0.0), (hit / true if true else 0.0)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append(f"<tr><td>{_e(label)}</td><td>{precision:.3f}</td><td>{recall:.3f}</td><td>{f1:.3f}</td>"
+                      f"<td>{true}</td></tr>")
+    return (f"<section id='gold'><h2>Against {_e(gold)} ({compared} rows with a gold label)</h2>"
+            f"<p class='accuracy'>accuracy {right / compared:.1%} ({right} of {compared})</p>"
+            f"<h3>Confusion matrix (rows: {_e(gold)}, columns: predicted)</h3>"
+            f"<table id='confusion'><tr><th></th>{head}</tr>{body}</table>"
+            f"<table id='per-label'><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>rows</th></tr>"
+            f"{''.join(scores)}</table></section>")
+
+
 def _health(state: Any, tally: Tally) -> str:
     parts = state.part_list()
-    rate = [p.rows / p.stats["seconds"] if p.stats.get("seconds") else 0.0 for p in parts]
-    p50 = [(p.stats.get("batch_seconds_p50") or 0.0) * 1000 for p in parts]
-    p95 = [(p.stats.get("batch_seconds_p95") or 0.0) * 1000 for p in parts]
-    errors = [100 * (p.stats.get("error_rate") or 0.0) for p in parts]
     grouped = "".join(f"<tr><td>{n}</td><td>{_e(message[:300])}</td></tr>" for message, n in tally.errors.most_common(20))
     total = sum(tally.errors.values())
+    errors = (f"<h3>Errors ({total} rows)</h3><table id='errors'><tr><th>rows</th><th>message</th></tr>{grouped}"
+              "</table>")
+    rate = [p.rows / p.stats["seconds"] if p.stats.get("seconds") else 0.0 for p in parts]
+    p50 = [(p.stats.get("batch_seconds_p50") or 0.0) for p in parts]
+    p95 = [(p.stats.get("batch_seconds_p95") or 0.0) for p in parts]
+    if len(parts) < 2:  # nothing to compare a part with: its figures, not one-point charts
+        figures = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in (
+            ("rows/s", _number(rate[0]) if rate else "-"), ("batch latency p50", _duration(p50[0]) if p50 else "-"),
+            ("batch latency p95", _duration(p95[0]) if p95 else "-")))
+        return f"<section id='health'><h2>How the run went</h2><table id='part'>{figures}</table>{errors}</section>"
+    unit, scale = ("s", 1.0) if max(p95, default=0) >= 1 else ("ms", 1000.0)
+    error_rate = [100 * (p.stats.get("error_rate") or 0.0) for p in parts]
     return ("<section id='health'><h2>How the run went (per part, in part order)</h2>"
             + line("rows_per_s", "Rows/s per part", {"rows/s": rate})
-            + line("latency", "Batch latency per part (ms)", {"p50": p50, "p95": p95})
-            + line("error_rate", "Error rate per part (%)", {"errors %": errors})
-            + f"<h3>Errors ({total} rows)</h3><table id='errors'><tr><th>rows</th><th>message</th></tr>{grouped}"
-            + "</table></section>")
+            + line("latency", f"Batch latency per part ({unit})", {"p50": [v * scale for v in p50],
+                                                                   "p95": [v * scale for v in p95]})
+            + line("error_rate", "Error rate per part (%)", {"errors %": error_rate})
+            + errors + "</section>")
+
+
+def _number(value: float) -> str:
+    """A figure as people read it: no exponent, three significant digits below 100."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{_number(seconds)} s" if seconds >= 1 else f"{_number(seconds * 1000)} ms"
 
 
 # -- charts: inline SVG ---------------------------------------------------------------------------
@@ -312,7 +446,7 @@ def line(chart_id: str, title: str, series: dict[str, list[float]]) -> str:
         + " ".join(f"{PAD + i * step:.1f},{H - PAD - (H - 2 * PAD) * v / top:.1f}" for i, v in enumerate(vs))
         + f"'><title>{_e(name)}</title></polyline>" for k, (name, vs) in enumerate(series.items()))
     legend = " ".join(f"<tspan class='s{k}'>■ {_e(name)}</tspan>" for k, name in enumerate(series))
-    axis = f"<text x='4' y='{PAD}'>{top:.4g}</text><text x='{PAD}' y='{H - 8}'>{legend}</text>"
+    axis = f"<text x='4' y='{PAD}'>{_number(top)}</text><text x='{PAD}' y='{H - 8}'>{legend}</text>"
     return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{paths}{axis}</svg>")
 
 
@@ -323,7 +457,12 @@ def scatter(chart_id: str, title: str, points: list[tuple[float, float]]) -> str
     x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys) or 1
     dots = "".join(f"<circle cx='{PAD + (W - 2 * PAD) * (x - x0) / ((x1 - x0) or 1):.1f}' "
                    f"cy='{H - PAD - (H - 2 * PAD) * (y - y0) / ((y1 - y0) or 1):.1f}' r='2'/>" for x, y in points)
-    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{dots}</svg>")
+    axes = (f"<line x1='{PAD}' y1='{H - PAD}' x2='{W - PAD}' y2='{H - PAD}' stroke='#999'/>"
+            f"<line x1='{PAD}' y1='{PAD}' x2='{PAD}' y2='{H - PAD}' stroke='#999'/>"
+            f"<text x='{PAD}' y='{H - PAD + 14}'>{x0:.2g}</text>"
+            f"<text x='{W - PAD}' y='{H - PAD + 14}' text-anchor='end'>{x1:.2g}  (first component)</text>"
+            f"<text x='2' y='{H - PAD}'>{y0:.2g}</text><text x='2' y='{PAD - 6}'>{y1:.2g} (second)</text>")
+    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{axes}{dots}</svg>")
 
 
 def _figure(chart_id: str, title: str, svg: str) -> str:
@@ -337,6 +476,20 @@ def _bins(values: list[float]) -> tuple[list[int], list[float]]:
     for v in values:
         counts[min(BINS - 1, int((v - low) / width))] += 1
     return counts, [low + i * width for i in range(BINS + 1)]
+
+
+def _cosines(vectors: list[list[float]]) -> tuple[list[float], list[float]]:
+    """(the cosine of every pair of the sample, each vector's best cosine with another)."""
+    import numpy as np
+
+    if len(vectors) < 2:
+        return [], []
+    matrix = np.asarray(vectors, dtype=np.float64)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True).clip(min=1e-12)
+    similar = matrix @ matrix.T
+    upper = similar[np.triu_indices(len(vectors), k=1)]
+    np.fill_diagonal(similar, -np.inf)
+    return upper.tolist(), similar.max(axis=1).tolist()
 
 
 def _project(vectors: list[list[float]]) -> list[tuple[float, float]]:

@@ -92,8 +92,8 @@ def test_a_report_on_an_output_with_a_missing_or_damaged_part_is_one_line(tmp_pa
 
 
 def test_an_embeddings_report(tmp_path, encoder_dir, reviews_csv):
-    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"}, task={"name": "embeddings"},
-                    model={"path": str(encoder_dir)})
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "embeddings", "normalize": False}, model={"path": str(encoder_dir)})
     path, page = report_of(tmp_path, job)
     self_contained(page)
     assert re.findall(r"id='chart-([\w-]+)'", page) == ["norms", "projection", "rows_per_s", "latency", "error_rate"]
@@ -110,3 +110,85 @@ def test_a_generation_report(tmp_path, causal_dir, reviews_csv):
     assert "flagged, blocked or cut: none" in page
     assert len(re.findall(r"<tr><td>", re.search(r"<table id='samples'>(.*?)</table>", page, re.S).group(1))) == 8
     rendered(path, "generation", ["lengths"])
+
+
+def two_label_job(tmp_path, rows: int = 40, rows_per_shard: int = 10):
+    """A random two-label classifier over `rows` texts with a gold column of label ids (0/1), as
+    SST-2's `label` is."""
+    import csv
+
+    from tiny_models import classifier
+
+    model = classifier(tmp_path / "model", ["NEGATIVE", "POSITIVE"], seed=3)
+    path = tmp_path / "sst.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "gold"])
+        for i in range(rows):
+            writer.writerow([f"s{i}", TEXTS[i % len(TEXTS)] + f" {i}", i % 2])
+    return write_job(tmp_path, input={"path": str(path), "text_column": "text"},
+                     task={"name": "text-classification"}, model={"path": str(model)},
+                     output={"path": str(tmp_path / "out"), "rows_per_shard": rows_per_shard})
+
+
+def test_a_two_label_report_shows_margins_and_checks_a_gold_column(tmp_path):
+    """Two labels: "0 of 40 below 0.5" was always true; the margin between the labels is shown,
+    with the ties. --gold: accuracy, a confusion matrix and precision/recall by label, the gold
+    ids named by the model's labels, each figure as the output's rows give it."""
+    from helpers import read_output
+
+    job = two_label_job(tmp_path)
+    assert invoke("run", job, "-q").exit_code == 0
+    page_path = tmp_path / "report.html"
+    result = invoke("report", tmp_path / "out", "-o", page_path, "--gold", "gold")
+    assert result.exit_code == 0, result.output
+    page = page_path.read_text()
+    self_contained(page)
+    assert re.findall(r"id='chart-([\w-]+)'", page)[:2] == ["labels", "margins"] and "chart-scores" not in page
+    assert "tie(s) (both labels at 0.5)" in page and "below 0.5" not in page
+    least = re.search(r"<table id='least'><tr><th>margin</th>(.*?)</table>", page, re.S).group(1)
+    margins = [float(m) for m in re.findall(r"<tr><td>([0-9.]+)</td>", least)]
+    table = read_output(tmp_path / "out")
+    expected = sorted(round(2 * s - 1, 3) for s in table.column("score").to_pylist())[:len(margins)]
+    assert margins == expected
+    truth = ["POSITIVE" if g else "NEGATIVE" for g in table.column("gold").to_pylist()]
+    guess = table.column("label").to_pylist()
+    right = sum(t == g for t, g in zip(truth, guess))
+    assert f"accuracy {right / 40:.1%} ({right} of 40)" in page
+    confusion = re.search(r"<table id='confusion'>(.*?)</table>", page, re.S).group(1)
+    cells = [[int(n) for n in re.findall(r"<td>(\d+)</td>", row)] for row in re.findall(r"<tr><th>\w+</th>(.*?)</tr>",
+                                                                                        confusion)]
+    assert cells == [[sum(t == a and g == b for t, g in zip(truth, guess)) for b in ("NEGATIVE", "POSITIVE")]
+                     for a in ("NEGATIVE", "POSITIVE")]
+    assert "<th>precision</th><th>recall</th>" in page
+    rendered(page_path, "two-labels-gold", ["labels", "margins"])
+
+
+def test_gold_is_refused_in_one_line_where_it_cannot_be_compared(tmp_path, encoder_dir, reviews_csv):
+    job = two_label_job(tmp_path)
+    assert invoke("run", job, "-q").exit_code == 0
+    missing = invoke("report", tmp_path / "out", "-o", tmp_path / "r.html", "--gold", "truth")
+    assert missing.exit_code == 2 and "--gold: " in missing.output and "has no column 'truth'" in missing.output
+    other = tmp_path / "embed"
+    other.mkdir()
+    embed = write_job(other, input={"path": str(reviews_csv), "text_column": "text"}, task={"name": "embeddings"},
+                      model={"path": str(encoder_dir)})
+    assert invoke("run", embed, "-q").exit_code == 0
+    refused = invoke("report", other / "out", "-o", tmp_path / "e.html", "--gold", "stars")
+    assert refused.exit_code == 2 and "gold labels are compared for text-classification" in refused.output
+
+
+def test_normalised_embeddings_show_how_alike_the_texts_come_out(tmp_path, encoder_dir, reviews_csv):
+    """Normalised vectors all have norm 1 (the histogram read "1 ... 1"): pairwise and nearest-
+    neighbour cosines instead, and the projection has axes. One part: its figures, not one-point
+    charts, and the model named as the local directory it is."""
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "embeddings", "normalize": True}, model={"path": str(encoder_dir)},
+                    output={"path": str(tmp_path / "out"), "rows_per_shard": 100})
+    path, page = report_of(tmp_path, job)
+    n = len(TEXTS)
+    assert re.findall(r"id='chart-([\w-]+)'", page) == ["cosines", "nearest", "projection"]
+    assert f"Cosine similarity of sampled pairs ({n * (n - 1) // 2} pairs; the norms are all 1.000)" in page
+    assert "(first component)" in page and "<table id='part'>" in page and "chart-latency" not in page
+    assert "a local directory (weights pinned by sha256)" in page and "(a local model)" not in page
+    rendered(path, "embeddings-normalised", ["cosines", "nearest", "projection"])
