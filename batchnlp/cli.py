@@ -473,16 +473,17 @@ def bench(job: str, overrides: tuple[str, ...], rows: int, baseline: str, check_
               help="Where to write the page.")
 @click.option("--gold", help="An input column holding each row's right label (numbers are the model's label "
                              "ids): accuracy, confusion matrix and precision / recall by label.")
+@click.option("--color-by", help="An input column whose values colour the embeddings' 2-D projection.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Rows with a lower confidence count as unsure.")
 @user_errors
-def report(output_dir: str, path: str, threshold: float, gold: str | None) -> None:
+def report(output_dir: str, path: str, threshold: float, gold: str | None, color_by: str | None) -> None:
     """Write one self-contained HTML page about OUTPUT_DIR (no network needed to open it): the
     job, model, precision and runs; the annotations (labels, scores, the least confident rows,
     embedding norms and a projection, output lengths and flags); rows/s, latency and errors per part."""
     from batchnlp.report import charts, report as page_of
 
-    page = page_of(output_dir, threshold, gold)
+    page = page_of(output_dir, threshold, gold, color_by)
     Path(path).write_text(page, encoding="utf-8")
     click.echo(f"{path}: {len(page.encode()) / 1024:.0f} KiB, charts: {', '.join(charts(page))}")
 

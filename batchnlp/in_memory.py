@@ -59,6 +59,45 @@ class Annotator:
         self.probe: dict[str, Any] | None = None
         self._closed = False
 
+    # -- the same model under other settings ------------------------------------------------------
+
+    def with_settings(self, task_params: Mapping[str, Any], runtime: Mapping[str, Any] | None = None) -> "Annotator":
+        """The same loaded model under other task parameters (and runtime settings that leave the
+        model as it is: max_length, max_batch_size, batch_tokens): a pipeline call's `top_k` or
+        `candidate_labels`, with no second load. Checked as the constructor checks them."""
+        import copy
+
+        runtime = dict(runtime or {})
+        if set(runtime) - {"max_length", "max_batch_size", "batch_tokens"}:
+            raise UserError(f"runtime: {sorted(set(runtime))} would need the model loaded again; make another "
+                            "Annotator")
+        twin = copy.copy(self)
+        twin._sections = {**self._sections, "task": {**self._sections["task"], **task_params},
+                          "runtime": {**self._sections["runtime"], **runtime}}
+        twin._spec(pair=self._needs_pair)  # every setting checked here, in one line each
+        twin._jobs, twin._stages, twin._prepared = {}, {}, set()
+        return twin
+
+    @property
+    def task_params(self) -> dict[str, Any]:
+        """The task's parameters as given (without its name)."""
+        return {k: v for k, v in self._sections["task"].items() if k != "name"}
+
+    @property
+    def model(self) -> Any:
+        """The loaded model (transformers' `pipeline.model`)."""
+        return self._model
+
+    @property
+    def max_length(self) -> int:
+        """The longest input the calls run, in tokens (runtime.max_length, or the model's limit)."""
+        return self._job(pair=self._needs_pair).max_length
+
+    @property
+    def tokenizer(self) -> Any:
+        """The job's tokenizer (transformers' `pipeline.tokenizer`)."""
+        return self._job(pair=self._needs_pair).tokenizer
+
     # -- the job behind it -----------------------------------------------------------------------
 
     def _spec(self, pair: bool) -> Any:

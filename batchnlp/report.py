@@ -47,6 +47,7 @@ class Tally:
     least: list[tuple[float, int, str, str]] = field(default_factory=list)  # max-heap by -score
     norms: list[float] = field(default_factory=list)  # a reservoir
     sample: list[list[float]] = field(default_factory=list)  # a reservoir of embeddings
+    sample_colors: list[str] = field(default_factory=list)  # --color-by: each sampled row's value
     lengths: list[int] = field(default_factory=list)  # a reservoir of output lengths (words)
     outputs: list[tuple[str, str]] = field(default_factory=list)
     flags: Counter = field(default_factory=Counter)
@@ -63,6 +64,7 @@ class Tally:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return
         self.scored += 1
+        self.ties += value == 0.5
         self.scores[min(BINS - 1, max(0, int(value * BINS)))] += 1
         self.unsure += value < self.threshold
         self.offer(value, self.scored, text, label)
@@ -75,19 +77,23 @@ class Tally:
         elif item > self.least[0]:
             heapq.heapreplace(self.least, item)
 
-    def keep(self, reservoir: list, value: Any, size: int, rng: random.Random) -> None:
-        """Reservoir sampling: every row has the same chance to be kept, in bounded memory."""
+    def keep(self, reservoir: list, value: Any, size: int, rng: random.Random) -> int | None:
+        """Reservoir sampling: every row has the same chance to be kept, in bounded memory; the
+        position it took (None: not kept)."""
         if len(reservoir) < size:
             reservoir.append(value)
-        else:
-            at = rng.randrange(self.seen)
-            if at < size:
-                reservoir[at] = value
+            return len(reservoir) - 1
+        at = rng.randrange(self.seen)
+        if at < size:
+            reservoir[at] = value
+            return at
+        return None
 
 
-def report(output: str, threshold: float = THRESHOLD, gold: str | None = None) -> str:
+def report(output: str, threshold: float = THRESHOLD, gold: str | None = None, color_by: str | None = None) -> str:
     """The page, as HTML text. `gold`: an input column holding the right label of each row: the
-    annotations are compared with it (accuracy, confusion matrix, precision and recall by label)."""
+    annotations are compared with it (accuracy, confusion matrix, precision and recall by label).
+    `color_by`: an input column whose values colour the embeddings' projection."""
     from batchnlp.api import dataset_of
     from batchnlp.verification import load
     from batchnlp.write.folder import Folder
@@ -105,13 +111,16 @@ def report(output: str, threshold: float = THRESHOLD, gold: str | None = None) -
     data = dataset_of(output, state)  # (the state read once)
     if gold is not None:
         _check_gold(gold, kind, data, output)
+    if color_by is not None and color_by not in data.schema.names:
+        raise UserError(f"--color-by: {output} has no column {color_by!r}; its columns are: "
+                        f"{', '.join(data.schema.names)}")
     try:
-        tally = _gather(data, kind, prefix, text_column, threshold, gold, _label_names(job))
+        tally = _gather(data, kind, prefix, text_column, threshold, gold, _label_names(job), color_by)
     except (OSError, pa.ArrowException) as e:  # a part with the recorded size and other bytes
         raise UserError(f"{output}: a part cannot be read ({str(e).strip().splitlines()[0]}), so no report is "
                         "written; batchnlp verify names the damaged part: delete it and run the job again to "
                         "annotate its rows anew") from None
-    sections = [_header(output, state), _annotations(kind, tally, job)]
+    sections = [_header(output, state), _annotations(kind, tally, job, color_by)]
     if gold is not None:
         sections.append(_gold_section(gold, tally))
     sections.append(_health(state, tally))
@@ -119,17 +128,17 @@ def report(output: str, threshold: float = THRESHOLD, gold: str | None = None) -
 
 
 def _gather(data: Any, kind: str, prefix: str, text_column: str, threshold: float, gold: str | None = None,
-            label_names: dict[int, str] | None = None) -> Tally:
+            label_names: dict[int, str] | None = None, color_by: str | None = None) -> Tally:
     tally, rng = Tally(threshold=threshold), random.Random(0)
     names = set(data.schema.names)
     wanted = [c for c in (text_column, *(prefix + n for n in COLUMNS.get(kind, ())), prefix + "error")
               if c in names]
-    if gold is not None and gold not in wanted:
-        wanted.append(gold)
+    extra = {gold: "_gold", color_by: "_color"}
+    wanted += [c for c in (gold, color_by) if c is not None and c not in wanted]
     # One part read at a time, one batch ahead: memory stays that of a batch, however many parts.
     for batch in data.to_batches(columns=wanted, batch_size=BATCH_ROWS, fragment_readahead=1, batch_readahead=1,
                                  use_threads=False):
-        batch = batch.rename_columns([("_gold" if n == gold else "_text" if n == text_column else n.removeprefix(prefix))
+        batch = batch.rename_columns([extra.get(n) or ("_text" if n == text_column else n.removeprefix(prefix))
                                       for n in wanted])
         tally.rows += batch.num_rows
         batch = _without_errors(batch, tally)
@@ -250,10 +259,15 @@ def _row(kind: str, tally: Tally, row: dict[str, Any], text: str, rng: random.Ra
         best = row["predictions"][0]
         tally.labels[best["token_str"]] += 1
         tally.score(best["score"], text, best["token_str"])
-    elif kind == "Embeddings" and row.get("embedding") is not None:
+    elif kind == "Embeddings" and row.get("embedding"):
         vector = row["embedding"]
+        if isinstance(vector[0], list):  # pooling none: the row's token vectors, reported by their mean
+            vector = [sum(column) / len(vector) for column in zip(*vector)]
         tally.keep(tally.norms, math.sqrt(sum(x * x for x in vector)), 5000, rng)
-        tally.keep(tally.sample, vector, PROJECTED, rng)
+        at = tally.keep(tally.sample, vector, PROJECTED, rng)
+        if at is not None and "_color" in row:
+            color = str(row["_color"])
+            tally.sample_colors[at:at + 1] = [color]  # (appended, or the replaced row's value replaced)
     elif kind in ("TextGeneration", "Summarization", "Translation"):
         produced = next((row[c] for c in COLUMNS[kind][:1] if c in row), None)
         produced = " / ".join(produced) if isinstance(produced, list) else (produced or "")
@@ -298,12 +312,21 @@ def _source(model: dict[str, Any]) -> str:
     return "a local directory (weights pinned by sha256)"
 
 
-def _annotations(kind: str, tally: Tally, job: dict[str, Any]) -> str:
+def _two_labels(kind: str, tally: Tally, job: dict[str, Any]) -> bool:
+    """One label of two per row, the two scores summing to 1: a classifier with two labels, or
+    zero-shot with two candidate labels and not multi_label (an LLM labeller's positive/negative)."""
+    if kind == "Classification":
+        return len(_label_names(job) or tally.labels) == 2
+    task = job.get("task", {})
+    return kind == "ZeroShot" and len(task.get("candidate_labels") or []) == 2 and not task.get("multi_label")
+
+
+def _annotations(kind: str, tally: Tally, job: dict[str, Any], color_by: str | None = None) -> str:
     parts = [f"<section id='annotations'><h2>Annotations ({tally.rows} rows)</h2>"]
     if tally.labels:
         top = tally.labels.most_common(25)
         parts.append(bars("labels", "Label distribution" + (" (top 25)" if len(tally.labels) > 25 else ""), top))
-    two = kind == "Classification" and len(_label_names(job) or tally.labels) == 2
+    two = _two_labels(kind, tally, job)
     if tally.scored and two:
         # Two labels: the top score is never below 0.5; what tells a sure row from an unsure one is
         # the margin between the two (2 x score - 1), and a score of exactly 0.5 is no decision.
@@ -337,8 +360,10 @@ def _annotations(kind: str, tally: Tally, job: dict[str, Any]) -> str:
     elif tally.norms:
         parts.append(histogram("norms", "Embedding norms", *_bins(tally.norms)))
     if tally.norms:
-        parts.append(scatter("projection", f"2-D projection (PCA) of {len(tally.sample)} sampled embeddings",
-                             _project(tally.sample)))
+        colored = color_by is not None and len(tally.sample_colors) == len(tally.sample)
+        parts.append(scatter("projection", f"2-D projection (PCA) of {len(tally.sample)} sampled embeddings"
+                             + (f", coloured by {color_by}" if colored else ""),
+                             _project(tally.sample), tally.sample_colors if colored else None))
     if tally.lengths:
         parts.append(histogram("lengths", "Output length (words)", *_bins([float(n) for n in tally.lengths])))
         flags = ", ".join(f"{k}: {v}" for k, v in tally.flags.most_common()) or "none"
@@ -450,19 +475,39 @@ def line(chart_id: str, title: str, series: dict[str, list[float]]) -> str:
     return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{paths}{axis}</svg>")
 
 
-def scatter(chart_id: str, title: str, points: list[tuple[float, float]]) -> str:
+#: Point colours for up to eight values of a --color-by column (the eighth: every other value).
+PALETTE = ["#4a78b5", "#d2691e", "#2e8b57", "#b22222", "#8a2be2", "#daa520", "#20b2aa", "#888888"]
+
+
+def scatter(chart_id: str, title: str, points: list[tuple[float, float]], colors: list[str] | None = None) -> str:
     if not points:
         return _figure(chart_id, title, "<p>no embeddings</p>")
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys) or 1
+    fill, legend = _palette(colors or [])
     dots = "".join(f"<circle cx='{PAD + (W - 2 * PAD) * (x - x0) / ((x1 - x0) or 1):.1f}' "
-                   f"cy='{H - PAD - (H - 2 * PAD) * (y - y0) / ((y1 - y0) or 1):.1f}' r='2'/>" for x, y in points)
+                   f"cy='{H - PAD - (H - 2 * PAD) * (y - y0) / ((y1 - y0) or 1):.1f}' r='3'"
+                   + (f" style='fill:{fill[i]}'><title>{_e(colors[i])}</title></circle>" if colors else "/>")
+                   for i, (x, y) in enumerate(points))
     axes = (f"<line x1='{PAD}' y1='{H - PAD}' x2='{W - PAD}' y2='{H - PAD}' stroke='#999'/>"
             f"<line x1='{PAD}' y1='{PAD}' x2='{PAD}' y2='{H - PAD}' stroke='#999'/>"
             f"<text x='{PAD}' y='{H - PAD + 14}'>{x0:.2g}</text>"
             f"<text x='{W - PAD}' y='{H - PAD + 14}' text-anchor='end'>{x1:.2g}  (first component)</text>"
             f"<text x='2' y='{H - PAD}'>{y0:.2g}</text><text x='2' y='{PAD - 6}'>{y1:.2g} (second)</text>")
-    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{axes}{dots}</svg>")
+    return _figure(chart_id, title, f"<svg viewBox='0 0 {W} {H}' width='{W}' height='{H}'>{axes}{dots}</svg>"
+                   + legend)
+
+
+def _palette(values: list[str]) -> tuple[list[str], str]:
+    """(each point's colour, the legend): the seven commonest values their own, the rest grey."""
+    if not values:
+        return [], ""
+    counts = Counter(values).most_common()
+    own = {value: PALETTE[i] for i, (value, _) in enumerate(counts[:7])}
+    legend = "".join(f"<span style='color:{own[v]}'>■</span> {_e(v)} ({n}) " for v, n in counts[:7])
+    rest = sum(n for _, n in counts[7:])
+    legend += f"<span style='color:{PALETTE[7]}'>■</span> other ({rest})" if rest else ""
+    return [own.get(v, PALETTE[7]) for v in values], f"<p class='legend'>{legend}</p>"
 
 
 def _figure(chart_id: str, title: str, svg: str) -> str:

@@ -185,10 +185,39 @@ def test_normalised_embeddings_show_how_alike_the_texts_come_out(tmp_path, encod
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
                     task={"name": "embeddings", "normalize": True}, model={"path": str(encoder_dir)},
                     output={"path": str(tmp_path / "out"), "rows_per_shard": 100})
-    path, page = report_of(tmp_path, job)
+    assert invoke("run", job, "-q").exit_code == 0
+    path = tmp_path / "report.html"
+    made = invoke("report", tmp_path / "out", "-o", path, "--color-by", "stars")
+    assert made.exit_code == 0, made.output
+    page = path.read_text()
     n = len(TEXTS)
     assert re.findall(r"id='chart-([\w-]+)'", page) == ["cosines", "nearest", "projection"]
+    # coloured by the input's `stars` (1-5), a legend with each value's count, every point coloured
+    assert "coloured by stars" in page and len(re.findall(r"<circle [^>]*style='fill:#", page)) == n
+    legend = dict(re.findall(r"</span> (\d) \((\d+)\)", page))
+    assert sorted(legend) == ["1", "2", "3", "4", "5"] and sum(map(int, legend.values())) == n
     assert f"Cosine similarity of sampled pairs ({n * (n - 1) // 2} pairs; the norms are all 1.000)" in page
     assert "(first component)" in page and "<table id='part'>" in page and "chart-latency" not in page
     assert "a local directory (weights pinned by sha256)" in page and "(a local model)" not in page
     rendered(path, "embeddings-normalised", ["cosines", "nearest", "projection"])
+
+
+def test_a_two_label_zero_shot_labeller_shows_margins_and_ties(tmp_path, nli_dir, reviews_csv):
+    """An LLM labeller's shape (zero-shot, two candidate labels): its least confident rows were all
+    0.500 ties; the margins and the number of ties are shown instead of "below 0.5"."""
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "zero-shot-classification", "candidate_labels": ["positive", "negative"]},
+                    model={"path": str(nli_dir)})
+    path, page = report_of(tmp_path, job)
+    assert re.findall(r"id='chart-([\w-]+)'", page)[:2] == ["labels", "margins"]
+    assert "tie(s) (both labels at 0.5)" in page and "<th>margin</th>" in page
+
+
+def test_an_ner_report(tmp_path, ner_dir, reviews_csv):
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "token-classification", "aggregation_strategy": "simple"},
+                    model={"path": str(ner_dir)})
+    path, page = report_of(tmp_path, job)
+    self_contained(page)
+    assert re.findall(r"id='chart-([\w-]+)'", page)[:2] == ["labels", "scores"]
+    rendered(path, "ner", ["labels", "scores"])

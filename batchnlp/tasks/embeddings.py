@@ -1,4 +1,5 @@
-"""Embeddings (feature extraction): one pooled, optionally normalised vector a row."""
+"""Embeddings (feature extraction): one pooled, optionally normalised vector a row; or, with
+`pooling: none`, every token's vector, as transformers' feature-extraction pipeline gives them."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from batchnlp.tasks.base import Task
 
 @dataclass(frozen=True)
 class Params:
-    pooling: Literal["mean", "cls"] = doc(
-        "mean: average of the token vectors (padding excluded), as sentence-transformers; cls: first token.",
+    pooling: Literal["mean", "cls", "none"] = doc(
+        "mean: average of the token vectors (padding excluded), as sentence-transformers; cls: first token; "
+        "none: every token's vector (special tokens included), as transformers' feature-extraction pipeline.",
         default="mean")
     normalize: bool = doc("Scale each vector to unit length, so a dot product is the cosine similarity.",
                           default=True)
@@ -31,24 +33,26 @@ class Embeddings(Task):
         """Mean cosine similarity between the vectors and the reference's."""
         import numpy as np
 
-        a = np.array([r["embedding"] for r in rows if r["embedding"] is not None])
-        b = np.array([r["embedding"] for r in reference if r["embedding"] is not None])
-        if not len(a):
+        pairs = [(np.ravel(a["embedding"]), np.ravel(b["embedding"])) for a, b in zip(rows, reference)
+                 if a["embedding"] is not None and b["embedding"] is not None]  # (token vectors: one row's all)
+        if not pairs:
             return 1.0
-        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        return float(cosine.mean())
+        return float(np.mean([a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in pairs]))
 
     @classmethod
     def columns(cls, params: Params) -> list[str]:
         return ["embedding"]
 
     def column_types(self) -> dict[str, pa.DataType]:
-        return {"embedding": pa.list_(pa.float32(), self.config.hidden_size)}
+        vector = pa.list_(pa.float32(), self.config.hidden_size)
+        return {"embedding": pa.list_(vector) if self.params.pooling == "none" else vector}
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[dict[str, Any]]:
-        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"], self.params.pooling,
-                       self.params.normalize)
-        return [{"embedding": v} for v in vectors]
+        hidden, mask = model(**batch).last_hidden_state, batch["attention_mask"]
+        if self.params.pooling == "none":  # each row's real tokens (batches are padded on the right)
+            tokens = pool(hidden, mask, "none", self.params.normalize)
+            return [{"embedding": t[:n].tolist()} for t, n in zip(tokens, mask.sum(-1).tolist())]
+        return [{"embedding": v} for v in pool(hidden, mask, self.params.pooling, self.params.normalize)]
 
     def describe_agreement(self, value: float) -> str:
         return f"mean cosine {value:.5f}"
@@ -66,19 +70,22 @@ class Embeddings(Task):
             for tokens, length in zip(pipe(texts, batch_size=batch_size, tokenize_kwargs=self.truncation()),
                                       lengths):
                 tokens = np.asarray(tokens[0])[:length]
-                vector = tokens.mean(0) if self.params.pooling == "mean" else tokens[0]
-                out.append({"embedding": vector / np.linalg.norm(vector) if self.params.normalize else vector})
+                vector = {"mean": tokens.mean(0), "cls": tokens[0]}.get(self.params.pooling, tokens)
+                norm = np.linalg.norm(vector, axis=-1, keepdims=True)
+                out.append({"embedding": vector / norm if self.params.normalize else vector})
             return out
 
         return Baseline(embed, f"pipeline (bs={batch_size}, float32)")
 
 
 def pool(hidden: Any, attention_mask: Any, pooling: str, normalize: bool) -> Any:
-    """Token vectors to one float32 numpy vector per row."""
+    """Token vectors to one float32 numpy vector per row (pooling none: the token vectors)."""
     import torch
 
     hidden = hidden.float()
-    if pooling == "cls":
+    if pooling == "none":
+        pooled = hidden
+    elif pooling == "cls":
         pooled = hidden[:, 0]
     else:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
