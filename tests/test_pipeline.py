@@ -50,6 +50,7 @@ def test_sentiment_analysis_as_the_tutorial_types_it(classifier_dir):
     same(sentiment_analyzer(TEXTS, batch_size=8), reference(TEXTS, batch_size=8))  # a list: a dict each
     same(sentiment_analyzer(TEXTS, top_k=2), reference(TEXTS, top_k=2))  # top_k: a list each
     same(sentiment_analyzer(TEXTS[:3], top_k=None), reference(TEXTS[:3], top_k=None))  # every label
+    same(sentiment_analyzer(TEXTS[:3], top_k=1), reference(TEXTS[:3], top_k=1))  # given, even 1: a list each
     # device numbers and torch dtypes as the tutorial passes them; truncation/padding/max_length
     import torch
 
@@ -58,6 +59,30 @@ def test_sentiment_analysis_as_the_tutorial_types_it(classifier_dir):
                                                                               max_length=512))
     generated = (t for t in TEXTS)  # a generator in, a generator out
     same(list(sentiment_analyzer(generated)), reference(TEXTS))
+    # a datasets.Dataset through transformers' KeyDataset, as the tutorials feed one
+    import datasets
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    dataset = datasets.Dataset.from_dict({"text": TEXTS})
+    same(list(sentiment_analyzer(KeyDataset(dataset, "text"), batch_size=4)),
+         list(reference(KeyDataset(dataset, "text"), batch_size=4)))
+
+
+def test_the_tutorials_mixed_precision_line(classifier_dir):
+    """`device=0 if torch.cuda.is_available() else -1, torch_dtype=torch.float16`: float16 on a GPU;
+    on a CPU-only machine batchnlp refuses float16 in one line saying what to pass instead (it
+    does not switch precision silently)."""
+    import torch
+
+    def make():
+        return pipeline("sentiment-analysis", model=str(classifier_dir),
+                        device=0 if torch.cuda.is_available() else -1, torch_dtype=torch.float16)
+
+    if torch.cuda.is_available():
+        assert make()(TEXTS[0])[0]["label"] in {"negative", "neutral", "positive"}
+        return
+    with pytest.raises(UserError, match=r"float16 on the CPU.*dtype='auto'"):
+        make()
 
 
 @pytest.mark.parametrize("strategy", ["simple", "none"])
@@ -171,3 +196,28 @@ def test_what_batchnlp_cannot_honour_is_one_line(classifier_dir):
     with pytest.raises(UserError, match="model_kwargs"):
         pipeline("sentiment-analysis", model=str(classifier_dir), model_kwargs={"load_in_8bit": True})
 
+
+
+def test_question_answering_equals_the_recorded_4x_pipeline():
+    """qa(question=[...], context=[...]) on the committed tiny QA model against transformers 4.57's
+    answers, recorded (tests/data/make_qa_reference.py): the 4.x structure, one dict per question
+    (top_k 1) or a list of dicts (top_k 3, with the null answer), the same offsets and scores."""
+    import csv
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    reference = json.loads((data / "qa_pipeline_4x.json").read_text())
+    with open(data / "qa_rows.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    qa_pipeline = pipeline("question-answering", model=str(data / "qa_model"))
+    for name in ("top1", "top3_null"):
+        settings = reference[name]["settings"]
+        answers = qa_pipeline(question=[r["question"] for r in rows], context=[r["context"] for r in rows],
+                              **settings)
+        for got, expected in zip(answers, reference[name]["answers"]):
+            got = got if isinstance(got, list) else [got]
+            assert [(a["answer"], a["start"], a["end"]) for a in got] == \
+                   [(a["answer"], a["start"], a["end"]) for a in expected], name
+            assert [a["score"] for a in got] == pytest.approx([a["score"] for a in expected], abs=1e-5)
+            assert all(list(a) == ["score", "start", "end", "answer"] for a in got)

@@ -44,7 +44,7 @@ def test_defaults_are_filled_in():
     (with_("input", colour="red"), "input.colour: unknown setting; known settings are: text_column"),
     (with_("task", name="summarise"), "task.name: unknown task 'summarise'; known tasks are: embeddings, "
                                       "fill-mask, question-answering, summarization, text-classification"),
-    (with_("task", pooling="max"), "task.pooling: must be one of mean, cls; got 'max'"),
+    (with_("task", pooling="max"), "task.pooling: must be one of mean, cls, none; got 'max'"),
     (with_("task", normalize="yes"), "task.normalize: expected true or false, got 'yes'"),
     ({**BASE, "task": {"name": "text-classification", "top_k": 0}}, "task.top_k: must be 1 or more"),
     ({**BASE, "task": {"name": "text-classification", "top_k": "many"}}, "task.top_k: expected an integer or "
