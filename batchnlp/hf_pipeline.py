@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from batchnlp.errors import UserError
 from batchnlp.in_memory import Annotator
+from batchnlp.spec import device_named, dtype_named
 from batchnlp.tasks import canonical
 
 #: Rows handed to the annotator at a time when the input is a generator (results come back as
@@ -109,11 +110,7 @@ def _defaults(typed: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
 def dtype_name(value: Any) -> str:
     """A torch dtype or its name ("float16", "torch.float16", "fp16") as batchnlp names it; None:
     float32, as transformers' pipeline takes."""
-    if value is None:
-        return "float32"
-    text = str(value).removeprefix("torch.")
-    return {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16"}.get(
-        text, text)
+    return "float32" if value is None else dtype_named(str(value))
 
 
 def device_name(value: Any) -> str:
@@ -121,7 +118,7 @@ def device_name(value: Any) -> str:
     if value is None:
         return "cpu"  # transformers' pipeline runs on the CPU unless told otherwise
     if isinstance(value, int) and not isinstance(value, bool):
-        return "cpu" if value < 0 else f"cuda:{value}"
+        return device_named(value)
     return str(value)
 
 
@@ -288,8 +285,8 @@ class _Shape:
             produced = row["generated_text"]
             return [{"generated_text": t} for t in (produced if isinstance(produced, list) else [produced])]
         if task in ("summarization", "translation"):
-            return [{f"{'summary' if task == 'summarization' else 'translation'}_text":
-                     row[f"{'summary' if task == 'summarization' else 'translation'}_text"]}]
+            column = "summary_text" if task == "summarization" else "translation_text"
+            return [{column: row[column]}]
         if task == "embeddings":  # feature-extraction: [token vectors] (transformers' batch of one)
             return [row["embedding"]] if self.params.get("pooling") == "none" else row["embedding"]
         raise UserError(f"pipeline: no return structure for {task}")

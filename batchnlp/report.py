@@ -109,18 +109,19 @@ def report(output: str, threshold: float = THRESHOLD, gold: str | None = None, c
                         "is missing or altered on disk, so no report is written; run the job again to annotate "
                         "its rows anew (batchnlp verify lists what is wrong)")
     data = dataset_of(output, state)  # (the state read once)
+    label_names = _label_names(job) if kind == "Classification" or gold is not None else {}  # read once
     if gold is not None:
         _check_gold(gold, kind, data, output)
     if color_by is not None and color_by not in data.schema.names:
         raise UserError(f"--color-by: {output} has no column {color_by!r}; its columns are: "
                         f"{', '.join(data.schema.names)}")
     try:
-        tally = _gather(data, kind, prefix, text_column, threshold, gold, _label_names(job), color_by)
+        tally = _gather(data, kind, prefix, text_column, threshold, gold, label_names, color_by)
     except (OSError, pa.ArrowException) as e:  # a part with the recorded size and other bytes
         raise UserError(f"{output}: a part cannot be read ({str(e).strip().splitlines()[0]}), so no report is "
                         "written; batchnlp verify names the damaged part: delete it and run the job again to "
                         "annotate its rows anew") from None
-    sections = [_header(output, state), _annotations(kind, tally, job, color_by)]
+    sections = [_header(output, state), _annotations(kind, tally, job, label_names, color_by)]
     if gold is not None:
         sections.append(_gold_section(gold, tally))
     sections.append(_health(state, tally))
@@ -307,26 +308,27 @@ def _source(model: dict[str, Any]) -> str:
     if model.get("id"):
         return f"hub {model['id']} at commit {model.get('commit') or model.get('revision') or '?'}"
     if model.get("package"):
-        return f"installed package {model['package']} {model.get('version', '')} (weights pinned by sha256)".replace(
-            "  ", " ")
+        version = f" {model['version']}" if model.get("version") else ""
+        return f"installed package {model['package']}{version} (weights pinned by sha256)"
     return "a local directory (weights pinned by sha256)"
 
 
-def _two_labels(kind: str, tally: Tally, job: dict[str, Any]) -> bool:
+def _two_labels(kind: str, tally: Tally, job: dict[str, Any], label_names: dict[int, str]) -> bool:
     """One label of two per row, the two scores summing to 1: a classifier with two labels, or
     zero-shot with two candidate labels and not multi_label (an LLM labeller's positive/negative)."""
     if kind == "Classification":
-        return len(_label_names(job) or tally.labels) == 2
+        return len(label_names or tally.labels) == 2
     task = job.get("task", {})
     return kind == "ZeroShot" and len(task.get("candidate_labels") or []) == 2 and not task.get("multi_label")
 
 
-def _annotations(kind: str, tally: Tally, job: dict[str, Any], color_by: str | None = None) -> str:
+def _annotations(kind: str, tally: Tally, job: dict[str, Any], label_names: dict[int, str],
+                 color_by: str | None = None) -> str:
     parts = [f"<section id='annotations'><h2>Annotations ({tally.rows} rows)</h2>"]
     if tally.labels:
         top = tally.labels.most_common(25)
         parts.append(bars("labels", "Label distribution" + (" (top 25)" if len(tally.labels) > 25 else ""), top))
-    two = _two_labels(kind, tally, job)
+    two = _two_labels(kind, tally, job, label_names)
     if tally.scored and two:
         # Two labels: the top score is never below 0.5; what tells a sure row from an unsure one is
         # the margin between the two (2 x score - 1), and a score of exactly 0.5 is no decision.

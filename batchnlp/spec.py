@@ -542,12 +542,22 @@ def _pipeline_names(data: Any) -> Any:
                                                     "the same setting; give one")
             data[name] = data.pop(alias)
     if isinstance(data.get("dtype"), str):
-        written = data["dtype"].removeprefix("torch.")
-        data["dtype"] = DTYPE_NAMES.get(written, written)
+        data["dtype"] = dtype_named(data["dtype"])
     device = data.get("device")
     if isinstance(device, int) and not isinstance(device, bool):
-        data["device"] = "cpu" if device < 0 else f"cuda:{device}"
+        data["device"] = device_named(device)
     return data
+
+
+def dtype_named(text: str) -> str:
+    """A dtype as a pipeline user writes it ("torch.float16", "fp16", "half") as batchnlp names it."""
+    text = text.removeprefix("torch.")
+    return DTYPE_NAMES.get(text, text)
+
+
+def device_named(number: int) -> str:
+    """A pipeline's device number: -1 the CPU, N cuda:N."""
+    return "cpu" if number < 0 else f"cuda:{number}"
 
 
 def _parse_runtime(data: Any) -> RuntimeSpec:

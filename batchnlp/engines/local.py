@@ -8,9 +8,10 @@ the order of commits stays the shard order. The shards of the plan come first, t
 
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from batchnlp import watchdog
 from batchnlp.job import Job
@@ -52,12 +53,7 @@ class LocalEngine:
     def run(self, done: set[ShardKey], retries: list[Retry], recorder: Recorder) -> None:
         worker = self.worker
         planned = (Loaded(shard, rows) for shard, rows in read_shards(self.job.plan, done))
-        annotate(worker, _chain(planned, (worker.retried(r) for r in retries)), recorder)
-
-
-def _chain(*loads: Iterable[Loaded]) -> Iterator[Loaded]:
-    for each in loads:
-        yield from each
+        annotate(worker, itertools.chain(planned, (worker.retried(r) for r in retries)), recorder)
 
 
 def annotate(worker: Worker, loads: Iterator[Loaded], recorder: Recorder) -> None:

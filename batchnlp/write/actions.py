@@ -10,7 +10,7 @@ state of a migrated output) are carried as dicts; the rest are fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 
@@ -19,7 +19,8 @@ class Action:
     kind: ClassVar[str]
 
     def body(self) -> Any:
-        raise NotImplementedError
+        """The action's fields by name (not `dataclasses.asdict`: that would copy the dicts it holds)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_json(self) -> dict[str, Any]:
         return {self.kind: self.body()}
@@ -38,9 +39,6 @@ class Metadata(Action):
     libraries: dict[str, Any]
     pinned: dict[str, Any]
 
-    def body(self) -> dict[str, Any]:
-        return {"created_at": self.created_at, "job": self.job, "fingerprint": self.fingerprint,
-                "model": self.model, "input": self.input, "libraries": self.libraries, "pinned": self.pinned}
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,6 @@ class PinSchema(Action):
     arrow_schema: str
     schema: list[str]
 
-    def body(self) -> dict[str, Any]:
-        return {"input_schema": self.input_schema, "arrow_schema": self.arrow_schema, "schema": self.schema}
 
 
 @dataclass(frozen=True)
@@ -75,8 +71,6 @@ class RunStarted(Action):
     pid: int
     host: str
 
-    def body(self) -> dict[str, Any]:
-        return {"started_at": self.started_at, "engine": self.engine, "pid": self.pid, "host": self.host}
 
 
 @dataclass(frozen=True)
@@ -134,8 +128,6 @@ class UnitRemoved(Action):
     key: int
     kept: bool
 
-    def body(self) -> dict[str, Any]:
-        return {"key": self.key, "kept": self.kept}
 
 
 @dataclass(frozen=True)
@@ -146,8 +138,6 @@ class Planned(Action):
     limit: int | None
     input_rows: int | None
 
-    def body(self) -> dict[str, Any]:
-        return {"rows": self.rows, "shards": self.shards, "limit": self.limit, "input_rows": self.input_rows}
 
 
 @dataclass(frozen=True)
@@ -167,6 +157,3 @@ class Remove(Action):
     kind: ClassVar[str] = "remove"
     unit: int
     shard: int
-
-    def body(self) -> dict[str, Any]:
-        return {"unit": self.unit, "shard": self.shard}
