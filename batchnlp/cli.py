@@ -488,6 +488,25 @@ def report(output_dir: str, path: str, threshold: float, gold: str | None, color
     click.echo(f"{path}: {len(page.encode()) / 1024:.0f} KiB, charts: {', '.join(charts(page))}")
 
 
+@main.command()
+@click.argument("output_dir")
+@click.option("--format", "fmt", type=click.Choice(["openai-batch"]), required=True,
+              help="openai-batch: the OpenAI Batch API's output file (a JSON line per request, by custom_id).")
+@click.option("--to", "path", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="The file to write (-: standard output).")
+@user_errors
+def export(output_dir: str, fmt: str, path: str) -> None:
+    """Write OUTPUT_DIR's answers in another tool's format: with --format openai-batch, one line per
+    row as the OpenAI Batch API writes its results (custom_id from input.id_column; the text-generation
+    or extraction answer as the chat completion; a cut answer's finish_reason "length")."""
+    from batchnlp.export import export_openai_batch
+
+    with click.open_file(path, "w", encoding="utf-8", atomic=path != "-") as to:
+        lines = export_openai_batch(output_dir, to)
+    if path != "-":
+        click.echo(f"{path}: {lines} lines", err=True)
+
+
 @main.command("random-model")
 @click.argument("output_dir", type=click.Path(file_okay=False))
 @click.option("--shape", type=click.Choice(["distilbert-base", "bert-base", "smollm2-135m"]), default="distilbert-base",

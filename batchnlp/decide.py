@@ -216,7 +216,7 @@ def plan_job(spec: JobSpec, limit: int | None = None, previous: Any = (),
     """The job's input cut into shards (`previous`: the units an output recorded, by name)."""
     task_cls = task_class(spec.task.name)
     return make_plan(spec.input, spec.output.rows_per_shard, limit, task_cls.extra_columns(spec.task.params),
-                     previous, recheck)
+                     previous, recheck, messages=task_cls.takes_messages)
 
 
 # -- the input policies --------------------------------------------------------------------------

@@ -59,6 +59,10 @@ class Tally:
     gold: Counter = field(default_factory=Counter)
     #: Rows whose top score is exactly 0.5 (two labels: no decision).
     ties: int = 0
+    #: extraction: each field's values (array fields: their elements; free strings: their length
+    #: in characters, in `field_lengths`), and how many arrays had each length.
+    fields: dict[str, Counter] = field(default_factory=dict)
+    field_lengths: dict[str, list[int]] = field(default_factory=dict)
 
     def score(self, value: float | None, text: str, label: str) -> None:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -116,7 +120,9 @@ def report(output: str, threshold: float = THRESHOLD, gold: str | None = None, c
         raise UserError(f"--color-by: {output} has no column {color_by!r}; its columns are: "
                         f"{', '.join(data.schema.names)}")
     try:
-        tally = _gather(data, kind, prefix, text_column, threshold, gold, label_names, color_by)
+        properties = (job.get("task", {}).get("schema") or {}).get("properties", {})
+        tally = _gather(data, kind, prefix, text_column, threshold, gold, label_names, color_by, _free_strings(job),
+                        properties)
     except (OSError, pa.ArrowException) as e:  # a part with the recorded size and other bytes
         raise UserError(f"{output}: a part cannot be read ({str(e).strip().splitlines()[0]}), so no report is "
                         "written; batchnlp verify names the damaged part: delete it and run the job again to "
@@ -129,11 +135,13 @@ def report(output: str, threshold: float = THRESHOLD, gold: str | None = None, c
 
 
 def _gather(data: Any, kind: str, prefix: str, text_column: str, threshold: float, gold: str | None = None,
-            label_names: dict[int, str] | None = None, color_by: str | None = None) -> Tally:
+            label_names: dict[int, str] | None = None, color_by: str | None = None,
+            free: Iterable[str] = (), fields: Iterable[str] = ()) -> Tally:
     tally, rng = Tally(threshold=threshold), random.Random(0)
     names = set(data.schema.names)
-    wanted = [c for c in (text_column, *(prefix + n for n in COLUMNS.get(kind, ())), prefix + "error")
-              if c in names]
+    free_strings = set(free or ())
+    own = COLUMNS.get(kind, ()) if kind != "Extraction" else (*fields, "extracted")
+    wanted = [c for c in (text_column, *(prefix + n for n in own), prefix + "error") if c in names]
     extra = {gold: "_gold", color_by: "_color"}
     wanted += [c for c in (gold, color_by) if c is not None and c not in wanted]
     # One part read at a time, one batch ahead: memory stays that of a batch, however many parts.
@@ -150,10 +158,37 @@ def _gather(data: Any, kind: str, prefix: str, text_column: str, threshold: floa
             continue
         columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         texts = columns.get("_text", [""] * batch.num_rows)
+        if kind == "Extraction":
+            for i in range(batch.num_rows):
+                row = {k: v[i] for k, v in columns.items()}
+                _extracted(tally, row.pop("extracted", None) or row, free_strings)
+            continue
         for i in range(batch.num_rows):
             tally.seen += 1
             _row(kind, tally, {k: v[i] for k, v in columns.items()}, str(texts[i] or ""), rng)
     return tally
+
+
+def _free_strings(job: dict[str, Any]) -> list[str]:
+    """An extraction's string fields without an enum: their lengths are reported, not their values."""
+    properties = (job.get("task", {}).get("schema") or {}).get("properties", {})
+    return [name for name, prop in properties.items()
+            if "string" in (prop.get("type") if isinstance(prop.get("type"), list) else [prop.get("type")])
+            and "enum" not in prop and "const" not in prop]
+
+
+def _extracted(tally: Tally, row: dict[str, Any], free: set[str]) -> None:
+    for name, value in row.items():
+        if name.startswith("_") or name in ("error", "raw_json", "extracted"):
+            continue
+        if name in free and isinstance(value, str):
+            tally.field_lengths.setdefault(name, []).append(len(value))
+            continue
+        counts = tally.fields.setdefault(name, Counter())
+        for item in value if isinstance(value, list) else [value]:
+            counts[str(round(item, 2)) if isinstance(item, float) else str(item)] += 1
+        if isinstance(value, list):
+            tally.fields.setdefault(f"{name} (items per row)", Counter())[str(len(value))] += 1
 
 
 def _without_errors(batch: Any, tally: Tally) -> Any:
@@ -366,6 +401,18 @@ def _annotations(kind: str, tally: Tally, job: dict[str, Any], label_names: dict
         parts.append(scatter("projection", f"2-D projection (PCA) of {len(tally.sample)} sampled embeddings"
                              + (f", coloured by {color_by}" if colored else ""),
                              _project(tally.sample), tally.sample_colors if colored else None))
+    for name, counts in tally.fields.items():
+        top = counts.most_common(15)
+        chart = "field-" + "".join(c if c.isalnum() else "-" for c in name)
+        parts.append(bars(chart, f"{name}" + (" (top 15)" if len(counts) > 15 else ""), top))
+    for name, lengths in tally.field_lengths.items():
+        parts.append(histogram(f"field-{name}", f"{name}: length (characters)", *_bins([float(n) for n in lengths])))
+    if kind == "Extraction":
+        cut = sum(n for message, n in tally.errors.items() if message.startswith("cut:"))
+        invalid = sum(n for message, n in tally.errors.items() if message.startswith("invalid:"))
+        share = f" ({cut / tally.rows:.1%})" if tally.rows else ""
+        parts.append(f"<p class='cut'>cut before the answer was complete: {cut} of {tally.rows} rows{share}; "
+                     f"invalid answers: {invalid}</p>")
     if tally.lengths:
         parts.append(histogram("lengths", "Output length (words)", *_bins([float(n) for n in tally.lengths])))
         flags = ", ".join(f"{k}: {v}" for k, v in tally.flags.most_common()) or "none"

@@ -23,7 +23,7 @@ from batchnlp.settings import build, doc, kind_of
 from batchnlp.storage import check_url, is_url
 from batchnlp.tasks import canonical, task_class
 
-INPUT_FORMATS = ("csv", "parquet", "jsonl")
+INPUT_FORMATS = ("csv", "parquet", "jsonl", "openai-batch")
 _EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
                ".ndjson": "jsonl"}
 
@@ -34,8 +34,10 @@ class InputSpec:
     path: str | None = doc("A file, a directory or a glob (relative to the job file's folder), or the same in "
                            "object storage (s3://bucket/corpus/*.parquet, gs://, az://, hf://).",
                            default=None, identity=True)
-    format: Literal["csv", "parquet", "jsonl"] | None = doc(
-        "csv | parquet | jsonl; taken from the file extension when omitted.", default=None, identity=True)
+    format: Literal["csv", "parquet", "jsonl", "openai-batch"] | None = doc(
+        "csv | parquet | jsonl | openai-batch (the OpenAI Batch API's request file: each line's custom_id and "
+        "body.messages become the columns custom_id and messages); taken from the file extension when omitted.",
+        default=None, identity=True)
     text_pair_column: str | None = doc("Optional second text (sentence pairs, e.g. NLI).", default=None, identity=True)
     id_column: str | None = doc("Optional column identifying each row (kept; uniqueness is not checked).",
                                 default=None, identity=True)
@@ -438,6 +440,12 @@ def _input_root(spec: InputSpec) -> Path | None:
 
 
 def _parse_input(data: Any) -> InputSpec:
+    if isinstance(data, dict) and data.get("format") == "openai-batch":
+        data = {**data}
+        for key, column in (("text_column", "messages"), ("id_column", "custom_id")):
+            if data.setdefault(key, column) != column:
+                raise SpecError(f"input.{key}", f"an openai-batch file's rows have the columns custom_id and "
+                                                f"messages; leave input.{key} out (or give {column!r})")
     spec = build(InputSpec, data, "input")
     if bool(spec.path) == bool(spec.dataset):
         raise SpecError("input", "give exactly one of input.path (files) or input.dataset (Hugging Face dataset)")

@@ -40,6 +40,7 @@ class Prepared:
     outputs: list[Any] = field(default_factory=list)
     padded: int = 0
     batch_seconds: list[float] = field(default_factory=list)  # each batch's latency on the device
+    figures: dict[str, Any] = field(default_factory=dict)  # the task's own (Task.shard_figures)
 
 
 class Stages:
@@ -106,7 +107,9 @@ class Stages:
         began = time.perf_counter()
         self.task.start_shard(seed_offset)
         prepared.outputs = [None] * len(prepared.features)
-        if prepared.features:
+        if prepared.features and self.task.streams:
+            self._stream(prepared, on_batch)
+        elif prepared.features:
             device = self.placement.device
             for indices, batch, meta in loader(prepared.features, prepared.batches, self.job.tokenizer,
                                                self.task.padding_side, self.spec.runtime.num_workers,
@@ -118,6 +121,21 @@ class Stages:
                 if on_batch is not None:
                     on_batch(len(indices))
         prepared.seconds += time.perf_counter() - began
+
+    def _stream(self, prepared: Prepared, on_batch: Callable[[int], None] | None) -> None:
+        """A streaming task's shard: its features in the batcher's order, as many at a time as
+        the budget's largest batch holds (the batch is refilled as rows end)."""
+        order = [(i, prepared.features[i]) for batch in prepared.batches for i in batch]
+        capacity = max(map(len, prepared.batches))
+        started = time.perf_counter()
+        with self.placement.context():
+            for index, output in self.task.forward_stream(self.model, order, capacity):
+                prepared.outputs[index] = output
+                if on_batch is not None:
+                    on_batch(1)
+        prepared.batch_seconds.append(time.perf_counter() - started)
+        prepared.figures = self.task.shard_figures()
+        prepared.padded += prepared.figures.pop("prefilled", 0)
 
     def _run(self, prepared: Prepared, indices: list[int], batch: dict[str, Any], meta: list[Any]) -> None:
         """Run a batch, in pieces if it exceeds the (possibly lowered) budget or runs out of memory."""
@@ -163,6 +181,8 @@ class Stages:
                 decoded = self.decoder.decode(prepared.records[i], row_outputs)
             except RowError as e:
                 errors[i] = str(e)
+                for name, value in e.kept.items():
+                    values[name][i] = value
                 continue
             for f in fields:
                 values[f.name][i] = decoded[f.name]
@@ -175,7 +195,7 @@ class Stages:
                  "padded_tokens": prepared.padded, "errors": sum(e is not None for e in errors),
                  "rows_at_max_length": 0 if self.task.windowed else truncated,
                  "error_rate": round(sum(e is not None for e in errors) / n, 4) if n else 0.0,
-                 **latency(prepared.batch_seconds),
+                 **latency(prepared.batch_seconds), **prepared.figures,
                  "seconds": round(prepared.seconds + time.perf_counter() - began, 4)}
         return table, stats
 
@@ -214,6 +234,10 @@ def row_error(record: dict[str, Any]) -> str | None:
         value = record[key]
         if value is None:
             return f"null {what}"
+        if isinstance(value, list):  # chat messages (Task.takes_messages)
+            if not value or not any((m.get("content") or "").strip() for m in value):
+                return "no messages with content"
+            continue
         if not value.strip():
             return f"empty {what}"
     return None

@@ -70,13 +70,14 @@ def _check_against_output(spec: JobSpec) -> None:
 
 
 def _check_input(spec: JobSpec) -> tuple[list[str], str]:
-    task_columns = task_class(spec.task.name).extra_columns(spec.task.params)
+    task_cls = task_class(spec.task.name)
+    task_columns = task_cls.extra_columns(spec.task.params)
     if spec.input.path:
         paths = files.discover(spec.input)
         schemas = []
         for path in paths:  # every file's schema (Parquet metadata, a CSV's header and first block)
             schema = files.schema(spec.input, path)
-            check_columns(spec.input, schema, str(path), task_columns)
+            check_columns(spec.input, schema, str(path), task_columns, task_cls.takes_messages)
             schemas.append((str(path), schema))
         merged = columns.merge(spec.input, _output_columns(spec), schemas)
         return merged.names, f"{len(paths)} {spec.input.format or 'input'} file(s)"

@@ -39,7 +39,7 @@ def write_job(directory: Path, *, input: dict, task: dict, model: dict, output: 
             # and `auto` may pick bfloat16 on this CPU.
             "runtime": {"dtype": "float32", **(runtime or {})}}
     path = directory / name
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # as given: a schema's properties are in order
     return path
 
 

@@ -42,7 +42,7 @@ def test_defaults_are_filled_in():
     (with_("runtime", batch_tokens=0), "runtime.batch_tokens: must be at least 1"),
     (with_("runtime", max_batch_size="lots"), "runtime.max_batch_size: expected an integer"),
     (with_("input", colour="red"), "input.colour: unknown setting; known settings are: text_column"),
-    (with_("task", name="summarise"), "task.name: unknown task 'summarise'; known tasks are: embeddings, "
+    (with_("task", name="summarise"), "task.name: unknown task 'summarise'; known tasks are: embeddings, extraction, "
                                       "fill-mask, question-answering, summarization, text-classification"),
     (with_("task", pooling="max"), "task.pooling: must be one of mean, cls, none; got 'max'"),
     (with_("task", normalize="yes"), "task.normalize: expected true or false, got 'yes'"),

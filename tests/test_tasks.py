@@ -431,7 +431,7 @@ def test_own_greedy_loop_matches_generate_as_rows_end(causal_dir):
     that beginning's cache is kept from batch to batch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from batchnlp.tasks import decoding, likelihood
+    from batchnlp.tasks import likelihood, refill
 
     tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
@@ -445,7 +445,7 @@ def test_own_greedy_loop_matches_generate_as_rows_end(causal_dir):
     with torch.inference_mode():
         expected = model.generate(**batch, max_new_tokens=12, do_sample=False, eos_token_id=sorted(eos),
                                   pad_token_id=tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
-        made = decoding.greedy(model, batch, 12, eos, None, tokenizer)
+        made = refill.greedy(model, batch, 12, eos, None, tokenizer)
     assert len(made[0]) <= 3 and len(made[1]) <= 6 and len({len(t) for t in made}) >= 3  # ended at 3+ steps
     for row, tokens in zip(expected.tolist(), made):
         assert tokens == row[:len(tokens)] and all(t == tokenizer.pad_token_id for t in row[len(tokens):])
@@ -454,7 +454,7 @@ def test_own_greedy_loop_matches_generate_as_rows_end(causal_dir):
     with torch.inference_mode():
         for part in ([1], [0, 3], [2, 4, 5]):
             rows = dict(tokenizer([prompts[i] for i in part], return_tensors="pt", padding=True))
-            again += zip(part, decoding.greedy(model, rows, 12, eos, None, tokenizer, prefix))
+            again += zip(part, refill.greedy(model, rows, 12, eos, None, tokenizer, prefix))
     assert tokenizer.decode(prefix.tokens).startswith("Summarise this in a few words please:")
     assert [tokens for _, tokens in sorted(again)] == made
 
@@ -467,7 +467,7 @@ def test_greedy_prefills_prompts_of_different_lengths_in_groups_and_decodes_them
     any slip), with rows ending early, and again when the prompts' beginning is kept from before."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from batchnlp.tasks import decoding, likelihood
+    from batchnlp.tasks import likelihood, refill
 
     tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
@@ -489,11 +489,11 @@ def test_greedy_prefills_prompts_of_different_lengths_in_groups_and_decodes_them
     batch = dict(tokenizer(prompts, return_tensors="pt", padding=True))
     prefix = likelihood.PrefixCache()
     with torch.inference_mode():
-        assert decoding.greedy(model, batch, 10, eos, None, tokenizer) == expected
+        assert refill.greedy(model, batch, 10, eos, None, tokenizer) == expected
         assert [rows for rows, _ in groups] == [1, 3]  # the long prompt alone, the short ones together
         assert groups[1][1] < batch["input_ids"].shape[1] // 2
         for _ in range(2):  # the first keeps the long prompt's beginning, the second the shared part
-            assert decoding.greedy(model, batch, 10, eos, None, tokenizer, prefix) == expected
+            assert refill.greedy(model, batch, 10, eos, None, tokenizer, prefix) == expected
     assert tokenizer.decode(prefix.tokens).startswith("Summarise this in a few words please:")
     # Cache layers of another kind (sliding window, quantised) are not merged: after the first
     # group shows them, the batch runs as one.
@@ -502,7 +502,7 @@ def test_greedy_prefills_prompts_of_different_lengths_in_groups_and_decodes_them
     monkeypatch.setattr(transformers.cache_utils, "DynamicLayer", type("OtherLayer", (), {}))
     groups.clear()
     with torch.inference_mode():
-        assert decoding.greedy(model, batch, 10, eos, None, tokenizer) == expected
+        assert refill.greedy(model, batch, 10, eos, None, tokenizer) == expected
     assert [rows for rows, _ in groups] == [1, 4]
 
 
@@ -553,17 +553,85 @@ def test_greedy_row_that_ends_at_its_first_token(causal_dir):
     to (the preallocated buffer does not exist yet): it crashed the batch of three at stop 24."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from batchnlp.tasks import decoding
+    from batchnlp.tasks import refill
 
     tokenizer = AutoTokenizer.from_pretrained(causal_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
     batch = dict(tokenizer(["a good movie", "fine", "ok then"], return_tensors="pt", padding=True))
     with torch.inference_mode():
         free = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        made = decoding.greedy(model, batch, 4, {free[0, -4].item()}, None, tokenizer)
+        made = refill.greedy(model, batch, 4, {free[0, -4].item()}, None, tokenizer)
     assert made[0] == [free[0, -4].item()]
     for row, tokens in zip(free[1:, -4:].tolist(), made[1:]):
         assert tokens == row[:len(tokens)]
+
+
+@pytest.mark.parametrize("model_name", ["causal", "grouped"])
+def test_refilled_batch_decodes_each_prompt_as_alone(request, model_name):
+    """Continuous batching: 9 prompts of different lengths through a batch of 3 that is refilled
+    as rows end (end tokens picked so rows end at different steps): each prompt's tokens are its
+    own greedy continuation (model.generate, one prompt at a time, no padding; GPT-2's learned
+    positions and Llama's RoPE both show a slipped position), rows that join mid-way included; a
+    rerun takes the same steps; and the steps run fuller than batches of 3 that only drain."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import refill
+
+    directory = request.getfixturevalue(f"{model_name}_dir")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    texts = ["the quick brown fox jumps", "das", "a good movie with great acting", "the battery", "fine",
+             "where is the capital of france", "ok then", "summarize: the committee met on monday", "it is paris"]
+    prompts = [(i, tokenizer(t)["input_ids"]) for i, t in enumerate(texts)]
+    with torch.inference_mode():
+        free = [model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist() for _, ids in prompts]
+        eos = {free[0][1], free[3][4], free[5][7]}
+        alone = [model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=sorted(eos),
+                                pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist() for _, ids in prompts]
+        runs = []
+        for capacity in (3, 3, len(prompts)):
+            occupancy = refill.Occupancy()
+            made = dict((key, tokens) for key, tokens, _ in refill.decode(
+                model, prompts, capacity, refill.Ending(10, eos), occupancy=occupancy))
+            runs.append((made, occupancy))
+    made, occupancy = runs[0]
+    assert len({len(t) for t in made.values()}) >= 3 and occupancy.groups >= 3  # rows ended apart, refilled
+    for key, expected in enumerate(alone):
+        ended = next((i + 1 for i, t in enumerate(expected) if t in eos), len(expected))
+        assert made[key] == expected[:ended], key
+    assert runs[1] == runs[0]  # the same tokens, steps and groups again
+    assert runs[2][0] == made  # one batch holding every prompt: the same tokens
+    # Every token but a row's first (from its prefill) takes a decode step with the row live.
+    assert occupancy.live == sum(map(len, made.values())) - len(prompts)
+    # Without refilling, 3 batches of 3 (in order) each drain to their longest row: more steps
+    # for the same live rows, so a lower occupancy.
+    steps = sum(max(len(made[k]) for k in range(i, i + 3)) - 1 for i in range(0, 9, 3))
+    assert occupancy.steps < steps
+
+
+def test_generation_keeps_its_batch_full_through_a_run(tmp_path, causal_dir):
+    """Through the runner: 10 prompts in a shard whose budget holds 4 at a time give the texts of
+    the drained batches (continuous_batching: false) with fewer decode steps, and each part says
+    so (decode_steps, occupancy, batch_rows)."""
+    prompts = ["the quick brown fox jumps", "das", "a good movie with great acting", "the battery", "fine",
+               "where is the capital of france", "ok then", "summarize: the committee met", "it is paris", "a"]
+    figures = {}
+    for refilled in (True, False):
+        (tmp_path / str(refilled)).mkdir()
+        table = run_task(tmp_path / str(refilled), causal_dir, {"name": "text-generation", "max_new_tokens": 12,
+                                                                 "stop": ["s"], "continuous_batching": refilled},
+                         [{"text": t} for t in prompts], runtime={"batch_tokens": 4 * 30, "max_batch_size": 4})
+        figures[refilled] = (table.column("generated_text").to_pylist(), record(tmp_path / str(refilled) / "out"))
+    (texts, refilled), (drained_texts, drained) = figures[True], figures[False]
+    assert texts == drained_texts and len({len(t) for t in texts}) >= 3  # rows ended at different steps
+    for state in (refilled, drained):
+        assert all(p["batch_rows"] == 4 for p in state["parts"]) and len(state["parts"]) == 2
+    steps = [sum(p["decode_steps"] for p in state["parts"]) for state in (refilled, drained)]
+    assert steps[0] < steps[1]
+    occupancy = [sum(p["occupancy"] * p["decode_steps"] for p in state["parts"]) / s
+                 for state, s in zip((refilled, drained), steps)]
+    assert occupancy[0] > occupancy[1]
 
 
 def test_generation_options(tmp_path, causal_dir):

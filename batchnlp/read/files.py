@@ -17,6 +17,7 @@ from typing import IO, Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.json as pajson
 
@@ -182,6 +183,8 @@ def open_binary(spec: InputSpec, name: str) -> IO[bytes]:
 def _wanted(path: Path, fmt: str | None) -> bool:
     if path.name.startswith((".", "_")):
         return False
+    if fmt == "openai-batch":  # a request file is JSONL
+        fmt = "jsonl"
     return _format_of(path) == fmt if fmt else _format_of(path) is not None
 
 
@@ -192,8 +195,23 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
+#: What batchnlp reads of an OpenAI Batch API request line (the rest of it is ignored).
+OPENAI_REQUEST = pa.schema([("custom_id", pa.string()), ("body", pa.struct([("messages", pa.list_(pa.struct([
+    ("role", pa.string()), ("content", pa.string())])))]))])
+
+
+def openai_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """An OpenAI Batch request file's rows as batchnlp reads them: custom_id, messages."""
+    body = batch.column("body")
+    return pa.RecordBatch.from_arrays([batch.column("custom_id"), pc.struct_field(body, "messages")],
+                                      names=["custom_id", "messages"])
+
+
 def file_format(spec: InputSpec, name: str) -> ds.FileFormat:
     fmt = spec.format or _format_of(Path(name))
+    if fmt == "openai-batch":
+        return ds.JsonFileFormat(read_options=pajson.ReadOptions(block_size=1 << 22), parse_options=pajson.ParseOptions(
+            explicit_schema=OPENAI_REQUEST, unexpected_field_behavior="ignore"))
     text_columns = {c: pa.string() for c in (spec.text_column, spec.text_pair_column) if c}
     if fmt == "csv":
         # Text columns are read as strings, never inferred, so bytes that are not valid text fail
@@ -220,7 +238,10 @@ def open_dataset(spec: InputSpec, name: str) -> ds.Dataset:
 
 
 def schema(spec: InputSpec, name: str) -> pa.Schema:
-    return open_dataset(spec, name).schema
+    found = open_dataset(spec, name).schema
+    if spec.format == "openai-batch":
+        return openai_rows(pa.RecordBatch.from_pylist([], schema=found)).schema
+    return found
 
 
 def count_rows(spec: InputSpec, name: str) -> int:
@@ -279,6 +300,8 @@ def iter_batches(spec: InputSpec, path: str, start: int = 0) -> Iterator[pa.Reco
         else:
             # use_threads=False keeps the batch order equal to the file order, which resume relies on.
             batches = dataset.to_batches(batch_size=BATCH_ROWS, use_threads=False, batch_readahead=2)
+        if spec.format == "openai-batch":
+            batches = map(openai_rows, batches)
         yield from skipped(batches, skip)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
         raise InputError(describe(path, e)) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Container, Iterator, Sequence
+from typing import Any, Callable, Container, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -120,12 +120,17 @@ def open_source(spec: InputSpec) -> InputSource:
 
 def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
               task_columns: dict[str, str] | None = None, previous: Sequence[Unit] = (),
-              recheck: Container[str] = ()) -> Plan:
+              recheck: Container[str] = (), messages: bool = False) -> Plan:
     """Find the input and plan it. `previous`: the units an earlier run annotated; an entry with
     the same name, size and modification time keeps their content hash and row count without
     being read (unless its name is in `recheck`). Other entries are hashed, checked and counted
-    (CSV/JSONL parsed whole, so a bad row fails here, before anything is written)."""
+    (CSV/JSONL parsed whole, so a bad row fails here, before anything is written). `messages`:
+    the task takes chat messages in input.text_column."""
     source = open_source(spec)
+
+    def check(schema: pa.Schema, where: str) -> None:
+        check_columns(spec, schema, where, task_columns, messages)
+
     known = {u.name: u for u in previous if not u.superseded}  # a file's latest unit
     changes: dict[str, list[str]] = {"new": [], "touched": [], "changed": [], "removed": []}
     units, rows, next_key = [], 0, max((u.key + 1 for u in previous), default=0)
@@ -137,10 +142,10 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
             break  # no need to read files past the limit
         unit = known.get(entry.name)
         if unit is None:
-            unit, next_key = _counted(source, spec, entry, None, next_key, task_columns), next_key + 1
+            unit, next_key = _counted(source, entry, None, next_key, check), next_key + 1
             changes["new"].append(entry.name)
         elif not entry.same_as(unit) or entry.name in recheck:  # (a dataset has no time: always rehashed)
-            unit = _rehashed(source, spec, entry, unit, task_columns, changes)
+            unit = _rehashed(source, entry, unit, check, changes)
         units.append(unit)
         rows += unit.rows or 0
     listed = {e.name for e in entries}
@@ -160,13 +165,13 @@ def make_plan(spec: InputSpec, rows_per_shard: int, limit: int | None = None,
     return plan
 
 
-def _counted(source: InputSource, spec: InputSpec, entry: Entry, content_hash: str | None, key: int,
-             task_columns: dict[str, str] | None) -> Unit:
-    rows = source.count(entry, lambda schema, where: check_columns(spec, schema, where, task_columns))
+def _counted(source: InputSource, entry: Entry, content_hash: str | None, key: int,
+             check: Callable[[pa.Schema, str], None]) -> Unit:
+    rows = source.count(entry, check)
     return Unit.of(entry, rows, content_hash or source.content_hash(entry), key)
 
 
-def _rehashed(source: InputSource, spec: InputSpec, entry: Entry, unit: Unit, task_columns: dict[str, str] | None,
+def _rehashed(source: InputSource, entry: Entry, unit: Unit, check: Callable[[pa.Schema, str], None],
               changes: dict[str, list[str]]) -> Unit:
     """A known entry whose size or time changed (or that must be checked): the same content keeps
     its row count; other content is counted again, under the same key."""
@@ -176,7 +181,7 @@ def _rehashed(source: InputSource, spec: InputSpec, entry: Entry, unit: Unit, ta
             changes["touched"].append(entry.name)
         return replace(unit, size=entry.size, mtime_ns=entry.mtime_ns, version=entry.version)
     changes["changed"].append(entry.name)
-    return _counted(source, spec, entry, content, unit.key, task_columns)
+    return _counted(source, entry, content, unit.key, check)
 
 
 def _cut(units: list[Unit], limit: int) -> list[Unit]:
@@ -191,8 +196,9 @@ def _cut(units: list[Unit], limit: int) -> list[Unit]:
 
 
 def check_columns(spec: InputSpec, schema: pa.Schema, where: str,
-                  task_columns: dict[str, str] | None = None) -> None:
-    """Every column the job names exists; text columns hold text. task_columns: {"task.<key>": column}."""
+                  task_columns: dict[str, str] | None = None, messages: bool = False) -> None:
+    """Every column the job names exists; text columns hold text (or, where the task takes them,
+    `messages`, chat messages). task_columns: {"task.<key>": column}."""
     named = {f"input.{key}": getattr(spec, key) for key in ("text_column", "text_pair_column", "id_column")}
     for key, column in {**named, **(task_columns or {})}.items():
         if column is None:
@@ -200,8 +206,21 @@ def check_columns(spec: InputSpec, schema: pa.Schema, where: str,
         if column not in schema.names:
             raise SpecError(key, f'column "{column}" not found in {where}; columns are: {", ".join(schema.names)}')
         kind = schema.field(column).type
+        if key == "input.text_column" and is_messages(kind):
+            if not messages:
+                raise SpecError(key, f'column "{column}" in {where} holds chat messages; this task takes text '
+                                     "(text-generation and extraction take messages)")
+            continue
         if key in ("input.text_column", "input.text_pair_column") and not is_text(kind):
             raise SpecError(key, f'column "{column}" in {where} holds {kind}, not text')
+
+
+def is_messages(kind: pa.DataType) -> bool:
+    """Whether a column of this type holds chat messages: lists of {role, content} texts."""
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+        return False
+    fields = {f.name: f.type for f in kind.value_type}
+    return {"role", "content"} <= set(fields) and is_text(fields["role"]) and is_text(fields["content"])
 
 
 def is_text(kind: pa.DataType) -> bool:

@@ -22,6 +22,7 @@ _TASKS = {
     "text-generation": "batchnlp.tasks.text_generation",
     "summarization": "batchnlp.tasks.summarization",
     "translation": "batchnlp.tasks.translation",
+    "extraction": "batchnlp.tasks.extraction",
 }
 #: transformers' pipeline names for the same tasks (and batchnlp's older short ones), as the
 #: tutorials type them: `pipeline("sentiment-analysis")`, `pipeline("ner")`.

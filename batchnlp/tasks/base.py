@@ -12,7 +12,7 @@ devices nor changes precision.
 from __future__ import annotations
 
 import sys
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -26,7 +26,12 @@ Feature = dict[str, Any]
 
 class RowError(Exception):
     """Raised (or returned from `encode`) for one row that cannot be annotated; it lands in the
-    row's `error` column instead of stopping the job."""
+    row's `error` column instead of stopping the job. `kept`: annotation columns the row keeps
+    all the same (an extraction cut short keeps its raw text, for audit)."""
+
+    def __init__(self, message: str, kept: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.kept = kept or {}
 
 
 class Task(Comparison, BenchHooks):
@@ -50,6 +55,11 @@ class Task(Comparison, BenchHooks):
     groups_by_length: bool = False
     #: The longest input when runtime.max_length is not set, if shorter than the model's limit.
     default_max_length: ClassVar[int | None] = None
+    #: input.text_column may hold chat messages (lists of {role, content}) instead of texts.
+    takes_messages: ClassVar[bool] = False
+    #: The task decodes a shard's features as one stream, in a batch it keeps full (set by
+    #: `prepare` where it does): `forward_stream` then runs instead of `forward` per batch.
+    streams: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A task's parameters are the `Params` dataclass of its own module (the convention every
@@ -146,6 +156,16 @@ class Task(Comparison, BenchHooks):
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> Sequence[Any]:
         """Run one padded batch of features; return one output per feature."""
         raise NotImplementedError
+
+    def forward_stream(self, model: Any, features: list[tuple[int, Feature]], capacity: int
+                       ) -> Iterator[tuple[int, Any]]:
+        """A streaming task's run of a shard's features (in the batcher's order, `capacity` at a
+        time at most): yields (feature index, output) as each finishes."""
+        raise NotImplementedError
+
+    def shard_figures(self) -> dict[str, Any]:
+        """Figures of the shard just run, for its part's record (a streaming task's occupancy)."""
+        return {}
 
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
         """The annotation columns of one row from its features' outputs (in feature order)."""

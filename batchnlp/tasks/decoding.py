@@ -8,7 +8,7 @@ import functools
 import re
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
@@ -85,19 +85,48 @@ def seed_shard(seed: int, index: int) -> None:
     torch.manual_seed(seed + index)  # seeds CUDA too
 
 
-def build_prompt(tokenizer: Any, template: str, text: str, chat_template: bool, system_prompt: str | None,
+def build_prompt(tokenizer: Any, template: str, text: Any, chat_template: bool, system_prompt: str | None,
                  **slots: str) -> str:
     """The prompt for one text: `template` with {text} (and any other {slot}) filled, then, with
     `chat_template`, the user message of the model's chat template after an optional system
-    message. str.replace, not format: the text and the template may hold braces of their own."""
+    message. str.replace, not format: the text and the template may hold braces of their own.
+
+    `text` may be chat messages ([{role, content}, ...], Task.takes_messages): the template then
+    fills the last user message, and the system prompt goes first unless the messages have one."""
     for name, value in slots.items():
         template = template.replace("{" + name + "}", value)
+    if isinstance(text, list):
+        if not chat_template:
+            raise RowError("chat messages need task.chat_template: true")
+        messages = [{"role": m["role"], "content": m["content"] or ""} for m in text]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        if last is not None:
+            messages[last]["content"] = template.replace("{text}", messages[last]["content"])
+        if system_prompt and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     text = template.replace("{text}", text)
     if not chat_template:
         return text
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
     messages.append({"role": "user", "content": text})
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def prompts_of(rows: Sequence[dict[str, Any]], prompt: Any) -> list[str | RowError]:
+    """Each row's prompt (`prompt(text)`), or the RowError that row's text gives (messages where
+    no chat template applies)."""
+    out: list[str | RowError] = []
+    for row in rows:
+        try:
+            out.append(prompt(row["text"]))
+        except RowError as e:
+            out.append(e)
+    return out
+
+
+def last_user_message(messages: list[dict[str, Any]]) -> str:
+    return next((m["content"] or "" for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def cut_at_stop(text: str, stops: Any) -> str:
@@ -135,56 +164,6 @@ def own_greedy(model: Any, params: Any) -> str | None:
     if model.config.is_encoder_decoder:
         return "an encoder-decoder model"
     return None
-
-
-def greedy(model: Any, batch: dict[str, Any], new_tokens: int, eos: set[int], stops: list[str] | None,
-           tokenizer: Any, prefix: Any = None) -> list[list[int]]:
-    """Greedy decoding of a left-padded batch: the new tokens of each prompt, its end token
-    included. What model.generate does with do_sample=False, but cheaper on a CPU:
-
-    - the prompts' shared beginning (system prompt, instruction) runs once for all the batches
-      that share it (likelihood's prefill and its PrefixCache `prefix`), and only the last
-      position's logits are computed;
-    - a row that has ended (end token, or a stop string in its text) leaves the batch, and its
-      slice of the KV cache goes with it: the steps after it cost what the rows still running
-      cost, where generate carries every row, padded, until the longest ends. On 64 SST-2
-      prompts with SmolLM2 the median row ends after 23 of 64 tokens;
-    - the prompts run in groups of similar length (`prefill_in_groups`) and decode as one batch,
-      so a batch may hold prompts of any lengths without paying their padding.
-    """
-    import torch
-
-    after, cache, key, mask = prefill_in_groups(model, batch["input_ids"], batch["attention_mask"].long(), prefix)
-    grow_in_place(cache, new_tokens)
-    following = after[:, -1].argmax(-1)
-    lengths = mask.sum(-1, keepdim=True)
-    rows = torch.arange(following.shape[0], device=following.device)
-    made: list[list[int]] = [[] for _ in range(following.shape[0])]
-    ended: set[int] = set()
-    for step in range(new_tokens):
-        going = []
-        for slot, (row, token) in enumerate(zip(rows.tolist(), following.tolist())):
-            if row in ended:
-                continue
-            made[row].append(token)
-            if token in eos or (stops and _stopped(tokenizer, made[row], stops)):
-                ended.add(row)
-            else:
-                going.append(slot)
-        if not going or step == new_tokens - 1:
-            break
-        # Ended rows leave the batch once they are a quarter of it: each removal copies the
-        # cache, and a few ended rows riding along cost less than a copy per step.
-        if len(going) <= len(rows) * 3 // 4:
-            keep = torch.tensor(going, device=rows.device)
-            cache.batch_select_indices(keep)
-            rows, following, mask, lengths = rows[keep], following[keep], mask[keep], lengths[keep]
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        out = model(input_ids=following[:, None], attention_mask=mask, position_ids=lengths, use_cache=True,
-                    **{key: cache})
-        lengths = lengths + 1
-        following = out.logits[:, -1].argmax(-1)
-    return made
 
 
 #: What one more prompt group costs beyond its padded tokens, in tokens (as a batch of the
@@ -312,13 +291,6 @@ def eos_ids(model: Any) -> set[int]:
     """The tokens that end a generated text, by the model's generation config (one id or a list)."""
     eos = model.generation_config.eos_token_id
     return set(eos if isinstance(eos, list) else [eos]) - {None}
-
-
-def _stopped(tokenizer: Any, tokens: list[int], stops: list[str]) -> bool:
-    # The last few tokens suffice: a stop string ends where the newest token does, and every
-    # token but a special one writes at least a character.
-    text = tokenizer.decode(tokens[-(max(map(len, stops)) + 4):], skip_special_tokens=True)
-    return any(stop in text for stop in stops)
 
 
 class Generative(Task):

@@ -8,13 +8,13 @@ the user message of the model's chat template (after an optional system prompt).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
 from batchnlp.errors import SpecError
 from batchnlp.settings import doc
-from batchnlp.tasks import decoding, likelihood
+from batchnlp.tasks import decoding, likelihood, refill
 from batchnlp.tasks.bench_hooks import Baseline, make_pipeline
 from batchnlp.tasks.base import Feature, RowError
 
@@ -32,6 +32,11 @@ class Params(decoding.DecodingParams):
     chat_template: bool = doc("Wrap the text as the user message of the model's chat template.", default=False)
     system_prompt: str | None = doc("With chat_template: a system message before the user message.",
                                     default=None)
+    continuous_batching: bool = doc("Greedy decoding keeps its batch full: as rows end, waiting prompts of the "
+                                    "shard are prefilled and merged in (false: a batch decodes until its longest "
+                                    "row ends, then the next starts). The texts are the same either way; the "
+                                    "output's parts record the mean rows per decode step (occupancy).",
+                                    default=True)
 
     def validate(self) -> None:
         super().validate()
@@ -50,6 +55,7 @@ class TextGeneration(decoding.Generative):
     description = "Continue each text, or answer it as a chat prompt (AutoModelForCausalLM)."
     model_class = "AutoModelForCausalLM"
     padding_side = "left"
+    takes_messages = True
     #: Set by prepare(): whether batchnlp's greedy loop stands in for model.generate.
     own_greedy = False
 
@@ -70,12 +76,14 @@ class TextGeneration(decoding.Generative):
                 "flag": pa.string()}
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
-        prompts = [self._prompt(row["text"]) for row in rows]
+        prompts = decoding.prompts_of(rows, self._prompt)
         # A chat template writes its own special tokens; plain text gets the tokenizer's.
-        enc = self.tokenizer(prompts, add_special_tokens=not self.params.chat_template, return_attention_mask=False)
+        texts = [p for p in prompts if isinstance(p, str)]
+        enc = iter(self.tokenizer(texts, add_special_tokens=not self.params.chat_template,
+                                  return_attention_mask=False)["input_ids"] if texts else [])
         room = self.max_length - self.new_tokens
         # Too long a prompt loses its beginning, never its end: the end is what is continued.
-        return [[{"input_ids": ids[-room:], "meta": None}] for ids in enc["input_ids"]]
+        return [[{"input_ids": next(enc)[-room:], "meta": None}] if isinstance(p, str) else p for p in prompts]
 
     def _prompt(self, text: str) -> str:
         params = self.params
@@ -106,8 +114,24 @@ class TextGeneration(decoding.Generative):
     def prepare(self, model: Any) -> None:
         self.own_greedy = decoding.own_greedy(model, self.params) is None
         self.groups_by_length = self.own_greedy  # its greedy loop prefills in groups (decoding.prefill_in_groups)
+        self.streams = self.own_greedy  # its greedy loop runs the shard's prompts as one stream
         self.eos = decoding.eos_ids(model)
         self.prefix = likelihood.PrefixCache()
+        self.occupancy = refill.Occupancy()
+
+    def forward_stream(self, model: Any, features: list[tuple[int, Feature]], capacity: int
+                       ) -> Iterator[tuple[int, Any]]:
+        self.occupancy = refill.Occupancy()
+        ending = refill.Ending(self.new_tokens, self.eos, self.params.stop, self.tokenizer)
+        prompts = [(i, feature["input_ids"]) for i, feature in features]
+        for i, tokens, _ in refill.decode(model, prompts, capacity, ending, self.prefix, self.occupancy,
+                                          refill=self.params.continuous_batching):
+            self.occupancy.made += len(tokens)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            yield i, ([decoding.cut_at_stop(text, self.params.stop)], [None])
+
+    def shard_figures(self) -> dict[str, Any]:
+        return self.occupancy.figures()
 
     def padded_tokens(self, lengths: list[int]) -> int:
         if not self.groups_by_length:
@@ -115,11 +139,8 @@ class TextGeneration(decoding.Generative):
         return sum(len(rows) * max(lengths[i] for i in rows) for rows in decoding.length_groups(lengths))
 
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
-        if self.own_greedy:
-            made = decoding.greedy(model, batch, self.new_tokens, self.eos, self.params.stop, self.tokenizer,
-                                   self.prefix)
-            texts = self.tokenizer.batch_decode(made, skip_special_tokens=True)
-            return [([decoding.cut_at_stop(t, self.params.stop)], [None]) for t in texts]
+        """model.generate on a padded batch: sampling, beam search, a generation config that greedy
+        decoding alone cannot honour (batchnlp's own greedy loop is `forward_stream`)."""
         kwargs = decoding.generate_kwargs(self.params)
         kwargs.update(max_new_tokens=self.new_tokens, num_return_sequences=self.params.num_return_sequences,
                       pad_token_id=self.tokenizer.pad_token_id)
@@ -133,7 +154,8 @@ class TextGeneration(decoding.Generative):
                  flags[i * n:(i + 1) * n]) for i in range(len(meta))]
 
     def decode(self, row: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
-        prompt = self.params.prompt_template.replace("{text}", row["text"])
+        text = row["text"] if isinstance(row["text"], str) else decoding.last_user_message(row["text"])
+        prompt = self.params.prompt_template.replace("{text}", text)
         texts, flag = self.guard(*outputs[0])
         texts = [prompt + t if self.params.return_full_text else t for t in texts]
         return {"generated_text": texts[0] if self.params.num_return_sequences == 1 else texts, "flag": flag}
