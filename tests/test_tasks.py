@@ -610,6 +610,36 @@ def test_refilled_batch_decodes_each_prompt_as_alone(request, model_name):
     assert occupancy.steps < steps
 
 
+def test_a_refilled_cache_does_not_grow_with_the_rows_it_has_seen(causal_dir, monkeypatch):
+    """48 prompts through a batch of 3, refilled some 20 times: the merged cache keeps only the
+    positions its rows attend to, so its width stays within two rows' prompt and answer, where
+    keeping the history of every row that left would grow it with the steps taken."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batchnlp.tasks import refill
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(causal_dir).eval()
+    texts = ["the quick brown fox", "das", "a good movie", "the battery of", "fine", "where is it"] * 8
+    prompts = [(i, tokenizer(t)["input_ids"]) for i, t in enumerate(texts)]
+    widths, joined = [], refill._joined
+
+    def watched(running, fresh):
+        batch = joined(running, fresh)
+        widths.append(batch.mask.shape[1])
+        return batch
+
+    monkeypatch.setattr(refill, "_joined", watched)
+    with torch.inference_mode():
+        free = model.generate(torch.tensor([prompts[0][1]]), max_new_tokens=8, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id)[0, len(prompts[0][1]):].tolist()
+        occupancy = refill.Occupancy()
+        made = list(refill.decode(model, prompts, 3, refill.Ending(8, {free[2], free[5]}), occupancy=occupancy))
+    assert len(made) == len(prompts) and len(widths) >= 10
+    longest = max(len(ids) for _, ids in prompts)
+    assert max(widths) <= 2 * (longest + 8) < occupancy.steps
+
+
 def test_generation_keeps_its_batch_full_through_a_run(tmp_path, causal_dir):
     """Through the runner: 10 prompts in a shard whose budget holds 4 at a time give the texts of
     the drained batches (continuous_batching: false) with fewer decode steps, and each part says

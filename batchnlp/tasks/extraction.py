@@ -146,9 +146,6 @@ class Extraction(Task):
     def batch_overhead_tokens(self) -> int:
         return decoding.Generative.batch_overhead_tokens(self)  # a forward per new token: big batches
 
-    def padded_tokens(self, lengths: list[int]) -> int:
-        return sum(len(rows) * max(lengths[i] for i in rows) for rows in decoding.length_groups(lengths))
-
     def prepare(self, model: Any) -> None:
         from batchnlp.tasks import constraint
 

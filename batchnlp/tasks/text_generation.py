@@ -133,11 +133,6 @@ class TextGeneration(decoding.Generative):
     def shard_figures(self) -> dict[str, Any]:
         return self.occupancy.figures()
 
-    def padded_tokens(self, lengths: list[int]) -> int:
-        if not self.groups_by_length:
-            return super().padded_tokens(lengths)
-        return sum(len(rows) * max(lengths[i] for i in rows) for rows in decoding.length_groups(lengths))
-
     def forward(self, model: Any, batch: dict[str, Any], meta: list[Any]) -> list[Any]:
         """model.generate on a padded batch: sampling, beam search, a generation config that greedy
         decoding alone cannot honour (batchnlp's own greedy loop is `forward_stream`)."""
