@@ -54,8 +54,6 @@ def test_a_task_that_groups_by_length_pays_its_tokens_not_its_padding():
 def test_grouped_generation_counts_the_positions_its_groups_run():
     """A greedy batch prefills its long prompt alone and its short ones together: its padded
     tokens (the record's, the bench's padding efficiency) are those, not rows x longest."""
-    from types import SimpleNamespace
+    from batchnlp.tasks.decoding import grouped_positions
 
-    from batchnlp.tasks.text_generation import TextGeneration
-
-    assert TextGeneration.padded_tokens(SimpleNamespace(groups_by_length=True), [100, 10, 10, 12]) == 100 + 3 * 12
+    assert grouped_positions([100, 10, 10, 12]) == 100 + 3 * 12

@@ -202,6 +202,12 @@ def prefill_in_groups(model: Any, ids: Any, mask: Any, prefix: Any = None) -> tu
     return _merged(parts, ids.shape[0])
 
 
+def grouped_positions(lengths: list[int]) -> int:
+    """The positions prompts of these lengths run when prefilled in groups of similar length
+    (`prefill_in_groups`): what greedy generation records as its padded_tokens."""
+    return sum(len(rows) * max(lengths[i] for i in rows) for rows in length_groups(lengths))
+
+
 def length_groups(lengths: list[int]) -> list[list[int]]:
     """The groups of rows (indices) a batch of prompts of these lengths prefills in."""
     from batchnlp.batch.loader import token_budget_batches

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from batchnlp.tasks.decoding import grow_in_place, length_groups, prefill_in_groups
+from batchnlp.tasks.decoding import grouped_positions, grow_in_place, prefill_in_groups
 
 
 @dataclass
@@ -193,8 +193,7 @@ def _prefilled(model: Any, group: list[tuple[Any, list[int]]], ending: Ending, p
     grow_in_place(cache, ending.new_tokens)
     occupancy.groups += 1
     # the positions the group's prompts ran (in groups of similar length), not the merged width
-    lengths = [len(tokens) for _, tokens in group]
-    occupancy.prefilled += sum(len(rows) * max(lengths[i] for i in rows) for rows in length_groups(lengths))
+    occupancy.prefilled += grouped_positions([len(tokens) for _, tokens in group])
     keys = [k for k, _ in group]
     batch = _Batch(keys, None, mask, mask.sum(-1, keepdim=True), cache, key, [False] * len(group))
     if ending.grammar is not None:
