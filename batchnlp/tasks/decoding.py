@@ -113,16 +113,21 @@ def build_prompt(tokenizer: Any, template: str, text: Any, chat_template: bool, 
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def prompts_of(rows: Sequence[dict[str, Any]], prompt: Any) -> list[str | RowError]:
-    """Each row's prompt (`prompt(text)`), or the RowError that row's text gives (messages where
-    no chat template applies)."""
-    out: list[str | RowError] = []
+def prompt_ids(tokenizer: Any, rows: Sequence[dict[str, Any]], prompt: Any, chat_template: bool
+               ) -> list[list[int] | RowError]:
+    """Each row's prompt (`prompt(text)`) tokenized, or the RowError that row's text gives
+    (messages where no chat template applies). A chat template writes its own special tokens;
+    plain text gets the tokenizer's."""
+    prompts: list[str | RowError] = []
     for row in rows:
         try:
-            out.append(prompt(row["text"]))
+            prompts.append(prompt(row["text"]))
         except RowError as e:
-            out.append(e)
-    return out
+            prompts.append(e)
+    texts = [p for p in prompts if isinstance(p, str)]
+    ids = iter(tokenizer(texts, add_special_tokens=not chat_template, return_attention_mask=False)["input_ids"]
+               if texts else [])
+    return [next(ids) if isinstance(p, str) else p for p in prompts]
 
 
 def last_user_message(messages: list[dict[str, Any]]) -> str:

@@ -123,21 +123,17 @@ class Extraction(Task):
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
         params = self.params
-        prompts = decoding.prompts_of(rows, lambda text: decoding.build_prompt(
+        encoded = decoding.prompt_ids(self.tokenizer, rows, lambda text: decoding.build_prompt(
             self.tokenizer, params.prompt_template, text, params.chat_template, params.system_prompt,
-            schema=self.schema_text))
-        texts = [p for p in prompts if isinstance(p, str)]
-        enc = iter(self.tokenizer(texts, add_special_tokens=not params.chat_template,
-                                  return_attention_mask=False)["input_ids"] if texts else [])
+            schema=self.schema_text), params.chat_template)
         room = self.max_length - self.new_tokens
         out: list[list[Feature] | RowError] = []
-        for prompt in prompts:
-            ids = next(enc) if isinstance(prompt, str) else None
+        for ids in encoded:
             # The text sits inside the prompt: cutting it would lose the instruction or the text's
             # end without saying so. Said instead.
-            out.append(prompt if ids is None else [{"input_ids": ids, "meta": None}] if len(ids) <= room else RowError(
-                f"prompt too long: {len(ids)} tokens, room for {room} (max_length {self.max_length} less "
-                f"max_new_tokens {self.new_tokens})"))
+            out.append(ids if isinstance(ids, RowError) else [{"input_ids": ids, "meta": None}] if len(ids) <= room
+                       else RowError(f"prompt too long: {len(ids)} tokens, room for {room} (max_length "
+                                     f"{self.max_length} less max_new_tokens {self.new_tokens})"))
         return out
 
     def batch_length(self, feature: Feature) -> int:

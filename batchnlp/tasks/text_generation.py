@@ -76,14 +76,10 @@ class TextGeneration(decoding.Generative):
                 "flag": pa.string()}
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[Feature] | RowError]:
-        prompts = decoding.prompts_of(rows, self._prompt)
-        # A chat template writes its own special tokens; plain text gets the tokenizer's.
-        texts = [p for p in prompts if isinstance(p, str)]
-        enc = iter(self.tokenizer(texts, add_special_tokens=not self.params.chat_template,
-                                  return_attention_mask=False)["input_ids"] if texts else [])
+        encoded = decoding.prompt_ids(self.tokenizer, rows, self._prompt, self.params.chat_template)
         room = self.max_length - self.new_tokens
         # Too long a prompt loses its beginning, never its end: the end is what is continued.
-        return [[{"input_ids": next(enc)[-room:], "meta": None}] if isinstance(p, str) else p for p in prompts]
+        return [e if isinstance(e, RowError) else [{"input_ids": e[-room:], "meta": None}] for e in encoded]
 
     def _prompt(self, text: str) -> str:
         params = self.params
