@@ -27,6 +27,7 @@ from batchnlp.decide import plan_job
 from batchnlp.engines.local import annotate
 from batchnlp.job import describe_job, library_version
 from batchnlp.model import source
+from batchnlp.peers import for_job
 from batchnlp.probe import probe_summary
 from batchnlp.progress import Progress
 from batchnlp.read.plan import Plan, read_shards
@@ -68,9 +69,9 @@ class Measured:
     rows: list[dict[str, Any]]
     totals: dict[str, Any]
     baseline_rows: list[dict[str, Any]] | None
-    #: Another engine on the same model file (llama.cpp for a GGUF): seconds and its last rows.
-    peer: list[float] = field(default_factory=list)
-    peer_rows: list[dict[str, Any]] | None = None
+    #: Other engines on the same model (batchnlp.peers), by label: seconds and their last rows.
+    peers: dict[str, list[float]] = field(default_factory=dict)
+    peer_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool, repeats: int = 3,
@@ -84,18 +85,19 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
     naive = session.stages.task.baseline(reference_model, texts, batch_size) if baseline else None
     if baseline and naive is None:
         echo(f"  no pipeline baseline: transformers {library_version('transformers')} has no {spec.task.name} pipeline")
-    peer = _llama_cpp(session, texts, echo)
-    measured = measure(session.stages, naive, repeats, peer)
+    peers = for_job(session, texts, echo)
+    measured = measure(session.stages, naive, repeats, peers)
     _report_speed(report, session.stages, plan, measured, naive, batch_size, echo)
-    if peer is not None:
-        _report_peer(report, session.stages, measured, peer, echo)
-    if check_agreement:
-        _report_agreement(report, session.stages.in_float32(reference_model), measured, echo)
+    exact = _run_ours(session.stages.in_float32(reference_model))[1] if check_agreement else None
+    for peer in peers:
+        _report_peer(report, session.stages, measured, peer, exact, echo)
+    if exact is not None:
+        _report_agreement(report, session.stages.task, exact, measured, echo)
     _report_resources(report, session.stages, reference_model, measured, echo)
     return report
 
 
-def measure(annotator: Stages, naive: Baseline | None, repeats: int, peer: Baseline | None = None) -> Measured:
+def measure(annotator: Stages, naive: Baseline | None, repeats: int, peers: list[Baseline] = ()) -> Measured:
     """Alternate the sides, so a slow spell of the machine hits all alike."""
     measured = Measured([], [], [], {}, None)
     for _ in range(repeats):
@@ -105,56 +107,26 @@ def measure(annotator: Stages, naive: Baseline | None, repeats: int, peer: Basel
             began = time.perf_counter()
             measured.baseline_rows = naive.call()
             measured.theirs.append(time.perf_counter() - began)
-        if peer is not None:
+        for peer in peers:
             began = time.perf_counter()
-            measured.peer_rows = peer.call()
-            measured.peer.append(time.perf_counter() - began)
+            measured.peer_rows[peer.label] = peer.call()
+            measured.peers.setdefault(peer.label, []).append(time.perf_counter() - began)
     return measured
 
 
-def _llama_cpp(session: Session, texts: list[str], echo: Callable[[str], None]) -> Baseline | None:
-    """llama.cpp (llama-cpp-python) on the same GGUF file, one prompt at a time, greedy, with the
-    same prompts and token budget: the engine a user would pick for a GGUF on a CPU. Only for
-    greedy text-generation of a GGUF model, and only where llama-cpp-python is installed (it
-    builds from source, ~20 minutes: not a dependency)."""
-    import importlib.util
-
-    spec, task = session.job.spec, session.stages.task
-    if not spec.model.gguf_file or spec.task.name != "text-generation" or task.params.do_sample:
-        return None
-    if importlib.util.find_spec("llama_cpp") is None:
-        echo("  no llama.cpp comparison: pip install llama-cpp-python (builds from source) to add one")
-        return None
-    import torch
-    from llama_cpp import Llama
-
-    path = source.resolve(spec.model).directory / spec.model.gguf_file
-    llm = Llama(model_path=str(path), n_ctx=session.job.max_length, n_threads=torch.get_num_threads(),
-                n_batch=512, verbose=False)
-    prompts = [task._prompt(text) for text in texts]
-    stop = list(task.params.stop or [])
-
-    def generate() -> list[dict[str, Any]]:
-        return [{"generated_text": llm.create_completion(prompt, max_tokens=task.new_tokens, temperature=0.0, top_k=1,
-                                                         top_p=1.0, repeat_penalty=1.0, stop=stop or None)
-                 ["choices"][0]["text"]} for prompt in prompts]
-
-    version = library_version("llama_cpp_python")
-    return Baseline(generate, f"llama.cpp {version} (per prompt)", batches_features=False)
-
-
 def _report_peer(report: Report, annotator: Stages, measured: Measured, peer: Baseline,
-                 echo: Callable[[str], None]) -> None:
-    ours, theirs = statistics.median(measured.ours), statistics.median(measured.peer)
-    n = len(measured.rows)
-    identical = annotator.task.agreement(measured.rows, measured.peer_rows or [])
-    report.add("llama_cpp", {"seconds": measured.peer, "rows_per_second": n / theirs, "label": peer.label,
-                             "texts_identical_to_ours": identical})
+                 exact: list[dict[str, Any]] | None, echo: Callable[[str], None]) -> None:
+    ours, theirs = statistics.median(measured.ours), statistics.median(measured.peers[peer.label])
+    n, task, rows = len(measured.rows), annotator.task, measured.peer_rows[peer.label]
+    same = task.agreement(measured.rows, rows)
+    as_float32 = task.agreement(exact, rows) if exact is not None else None
+    report.data.setdefault("peers", {})[peer.label] = {
+        "seconds": measured.peers[peer.label], "rows_per_second": n / theirs, "speedup": theirs / ours,
+        "agreement_with_ours": same, "agreement_with_float32": as_float32}
     echo(f"  {peer.label:28}{n / theirs:>10.1f}{'':>12}{'-':>14}{theirs:>10.2f}")
-    report.add("speedup_over_llama_cpp", theirs / ours,
-               f"  speed-up over llama.cpp on the same .gguf: {theirs / ours:.2f}x rows/s; its texts identical to "
-               f"ours: {annotator.task.describe_agreement(identical)} (its own Q4_1 kernels, ours the float32 "
-               "dequantised weights)")
+    quality = f"; with float32's: {task.describe_agreement(as_float32)}" if as_float32 is not None else ""
+    report.lines.append(f"    batchnlp {theirs / ours:.2f}x its speed; its output agrees with ours: "
+                        f"{task.describe_agreement(same)}{quality}")
     echo(report.lines[-1])
 
 
@@ -167,9 +139,24 @@ def _header(report: Report, session: Session, echo: Callable[[str], None]) -> No
     report.add("task", spec.task.name)
     report.add("rows", n)
     report.add("device", placement.describe())
+    report.add("cpu", _cpu_model())
     probe = f" ({probe_summary(session.probe)})" if session.probe else ""
+    kernel = placement.linear_kernel()["linear_kernel"]
     echo(f"batchnlp bench {Path(spec.source_file).name}: {spec.task.name}, {n} rows, {placement.device} "
-         f"({torch.get_num_threads()} threads), dtype {placement.name}{probe}")
+         f"({torch.get_num_threads()} threads, {_cpu_model()}), dtype {placement.name}{probe}, linear layers {kernel}")
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (figures differ between CPUs of one machine kind: the report says which)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _report_speed(report: Report, annotator: Stages, plan: Plan, measured: Measured, naive: Baseline | None,
@@ -195,10 +182,8 @@ def _report_speed(report: Report, annotator: Stages, plan: Plan, measured: Measu
     echo(report.lines[-1])
 
 
-def _report_agreement(report: Report, reference: Stages, measured: Measured,
+def _report_agreement(report: Report, task: Any, exact: list[dict[str, Any]], measured: Measured,
                       echo: Callable[[str], None]) -> None:
-    task = reference.task
-    _, exact, _ = _run_ours(reference)
     value = task.agreement(measured.rows, exact)
     report.add("agreement_float32", value, f"  agreement with batchnlp float32: {task.describe_agreement(value)} "
                                            f"(threshold {task.agreement_threshold})")
@@ -261,19 +246,23 @@ def _run_ours(annotator: Stages) -> tuple[float, list[dict[str, Any]], dict[str,
 
 
 def _float32_model(session: Session) -> Any:
-    """A float32 copy of the model for the baseline and the agreement reference: the session's own
-    when its weights are float32 (CPU autocast changes no weights), else loaded again."""
+    """A float32 model with torch's own linear layers, for the baseline and the agreement
+    reference: the session's own when it is exactly that (float32 weights, nothing packed; CPU
+    autocast changes no weights), else loaded again."""
     import torch
+
+    from batchnlp.model import kernels
 
     annotator = session.stages
     placement = annotator.placement
-    if placement.weights_dtype == torch.float32 and not placement.quantize_int8:
+    if placement.weights_dtype == torch.float32 and not placement.quantize_int8 \
+            and kernels.decision(placement)[0] == "aten":
         return annotator.model
     from batchnlp.model import load
 
     job = session.job
     return load.load_model(job.model, job.task.model_class, placement.float32(), job.spec.model.trust_remote_code,
-                           job.spec.model.allow_missing_weights)
+                           job.spec.model.allow_missing_weights, packed=False)
 
 
 def _naive_padding(annotator: Stages, plan: Plan, batch_size: int) -> float | None:

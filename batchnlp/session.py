@@ -93,4 +93,9 @@ def settled(stages: Stages, probe: Callable[[Stages], dict[str, Any]]) -> tuple[
     if not stages.placement.needs_probe:
         return stages, probes.decided_without_rows(stages.placement)
     found = probe(stages)
-    return (stages if found["kept"] else stages.in_float32()), found
+    if found["kept"]:
+        return stages, found
+    from batchnlp.model import kernels
+
+    kernels.pack_linears(stages.model, stages.placement.float32())  # packed for autocast: now for float32
+    return stages.in_float32(), found

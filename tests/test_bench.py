@@ -115,3 +115,55 @@ def test_random_causal_lm_of_smollm2_shape_generates(tmp_path, reviews_csv, monk
     result = invoke("bench", job, "--rows", 4, "--repeats", 1, "--baseline", "none", "--check-agreement")
     assert result.exit_code == 0, result.output
     assert "agreement with batchnlp float32: 100.00% of rows" in result.output
+
+
+def test_bench_measures_each_peer_alternately_against_ours_and_float32(tmp_path, classifier_dir, reviews_csv,
+                                                                      monkeypatch):
+    """A peer runs once per round with ours, and its rows are compared with ours and with float32
+    apart: ours answer "BF16" under bfloat16 autocast, and so does this peer, so it agrees with ours
+    on every row and with float32 on none (a report that mixed the two columns up would say so)."""
+    import torch
+
+    from batchnlp import bench
+    from batchnlp.tasks.bench_hooks import Baseline
+    from batchnlp.tasks.classification import Classification
+
+    real = Classification.forward
+
+    def forward(self, model, batch, meta):
+        rows = real(self, model, batch, meta)
+        return [{**r, "label": "BF16"} for r in rows] if torch.is_autocast_enabled("cpu") else rows
+
+    calls = []
+
+    def peer() -> list[dict]:
+        calls.append(1)
+        return [{"label": "BF16", "score": 1.0} for _ in range(6)]
+
+    monkeypatch.setattr(Classification, "forward", forward)
+    monkeypatch.setattr(bench, "for_job", lambda session, texts, echo: [Baseline(peer, "an engine")])
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    result = invoke("bench", job, "--rows", 6, "--repeats", 3, "--check-agreement", "--dtype", "bfloat16",
+                    "--baseline", "none", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    theirs = report["peers"]["an engine"]
+    assert len(calls) == len(theirs["seconds"]) == len(report["batchnlp"]["seconds"]) == 3
+    assert theirs["speedup"] == pytest.approx(statistics.median(theirs["seconds"])
+                                              / statistics.median(report["batchnlp"]["seconds"]))
+    assert theirs["agreement_with_ours"] == 1.0 and theirs["agreement_with_float32"] == 0.0
+    assert "an engine" in result.output and "with float32's: 0.00% of rows" in result.output
+
+
+def test_bench_names_the_generation_peers_it_could_not_find(tmp_path, causal_dir, reviews_csv, monkeypatch):
+    from batchnlp.peers import ctranslate2, llama_cpp
+
+    monkeypatch.setattr(ctranslate2, "available", lambda: False)
+    monkeypatch.setattr(llama_cpp, "available", lambda: False)
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-generation", "max_new_tokens": 2}, model={"path": str(causal_dir)})
+    result = invoke("bench", job, "--rows", 2, "--repeats", 1, "--baseline", "none")
+    assert result.exit_code == 0, result.output
+    assert "no CTranslate2 peer: pip install ctranslate2" in result.output
+    assert "llama.cpp" not in result.output  # not a GGUF model: nothing for llama.cpp to run

@@ -57,7 +57,13 @@ class Placement:
                 "autocast_dtype": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else None,
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
                 "int8_engine": torch.backends.quantized.engine if self.quantize_int8 else None,
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), **self.linear_kernel()}
+
+    def linear_kernel(self) -> dict[str, str]:
+        from batchnlp.model import kernels
+
+        kernel, why = kernels.decision(self)
+        return {"linear_kernel": kernel, "linear_kernel_why": why}
 
 
 def choose(runtime: RuntimeSpec, pinned: str | None = None) -> Placement:

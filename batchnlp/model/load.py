@@ -59,9 +59,11 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool) -> Any:
 
 
 def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, trust_remote_code: bool,
-               allow_missing_weights: bool = False) -> Any:
+               allow_missing_weights: bool = False, packed: bool = True) -> Any:
     """The model on its device and precision. Weights the class needs but the checkpoint lacks
-    (a classifier head on a bare encoder) would be random: that stops the job unless allowed."""
+    (a classifier head on a bare encoder) would be random: that stops the job unless allowed.
+    `packed`: its linear layers packed for oneDNN where the placement calls for it (model.kernels);
+    false for the bench's float32 reference and pipeline baseline, torch's own layers."""
     import transformers
 
     try:
@@ -85,6 +87,10 @@ def load_model(resolved: ResolvedModel, model_class: str, placement: Placement, 
             "model.allow_missing_weights: true (speed benchmarks only)")
     model = model.to(placement.device).eval()
     use_grouped_attention(model)
+    if packed:
+        from batchnlp.model import kernels
+
+        kernels.pack_linears(model, placement)
     if placement.quantize_int8:
         import torch
 

@@ -149,7 +149,7 @@ class Extraction(Task):
         self.eos = decoding.eos_ids(model)
         self.prefix = likelihood.PrefixCache()
         self.occupancy = refill.Occupancy()
-        vocab = model.get_output_embeddings().weight.shape[0]
+        vocab = model.get_output_embeddings().out_features
         self.grammar = constraint.Grammar(self.params.closed, self.tokenizer, vocab, self.eos) \
             if self.params.constrained else None
         self.seed_offset = 0

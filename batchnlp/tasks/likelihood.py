@@ -50,7 +50,7 @@ def score(model: Any, batch: dict[str, Any], answers: dict[Any, list[int]], comm
     import torch
 
     ids, mask = batch["input_ids"], batch["attention_mask"].long()
-    common = _common_prefix(list(answers.values()))
+    common = common_prefix(list(answers.values()))
     lead = list(answers.values())[0][:common]
     rows = ids.shape[0]
     if lead:  # every answer begins so: it is the end of each prompt, run in the prompt's forward
@@ -93,7 +93,7 @@ def _extend(model: Any, tokens: list[int], after: Any, cache: Any, cache_key: st
     return total, logprobs[:, -1], step_mask
 
 
-def _common_prefix(sequences: Sequence[Sequence[int]], own: int = 1) -> int:
+def common_prefix(sequences: Sequence[Sequence[int]], own: int = 1) -> int:
     """How many first tokens all sequences share, leaving each at least `own` of its own (0 for
     fewer than two: nothing to share with)."""
     if len(sequences) < 2:
@@ -137,7 +137,7 @@ class PrefixCache:
         if state != self.state or not self.tokens:
             return 0
         limit = min(len(row) for row in rows) - own
-        return _common_prefix([self.tokens[:max(limit, 0)]] + rows, own=0)
+        return common_prefix([self.tokens[:max(limit, 0)]] + rows, own=0)
 
     def keep(self, tokens: list[int], cache: Any, key: str, state: tuple) -> None:
         self.tokens, self.cache, self.key, self.state = tokens, cache, key, state
@@ -210,7 +210,7 @@ def _shared_cache(model: Any, ids: Any, lengths: Any, own: int, prefix: PrefixCa
     prefix = prefix or PrefixCache()
     shared = prefix.shared_with(rows, own, state)
     if shared < MIN_SHARED:
-        shared = _common_prefix(rows, own) if len(rows) > 1 else (len(rows[0]) - own) * kept
+        shared = common_prefix(rows, own) if len(rows) > 1 else (len(rows[0]) - own) * kept
         if shared < MIN_SHARED:
             return 0, None, ""
         start = width - len(rows[0])

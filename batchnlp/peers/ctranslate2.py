@@ -1,0 +1,72 @@
+"""CTranslate2 on the job's own weights, greedy, the same prompt token ids and token budget as
+batchnlp: the C++ engine a user picks for int8 generation on a CPU. Its strongest form for a
+shard of prompts: one `generate_batch` for all of them, the prompts' common prefix given as its
+`static_prompt` (run once and kept), in int8 (weights and activations quantised: its fast
+path) and in float32 (its exact path: the bench checks its texts against ours).
+
+The model is converted once (`TransformersConverter` on the directory batchnlp loads, a GGUF's
+cached conversion included) into the model cache's `ctranslate2/` folder, keyed by the weights'
+sha256 and CTranslate2's version, built and published as the GGUF conversion is. Not a
+dependency (`pip install ctranslate2`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from batchnlp.tasks.bench_hooks import Baseline
+
+COMPUTE_TYPES = ("int8", "float32")
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+def converted(directory: Path) -> Path:
+    """The CTranslate2 conversion of the model in `directory`, from the cache or built now."""
+    from batchnlp.job import library_version
+    from batchnlp.model import cache
+
+    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    detail = json.dumps({"weights": [cache.file_sha256(p) for p in weights],
+                         "ctranslate2": library_version("ctranslate2")}, sort_keys=True)
+    entry = cache.root() / "ctranslate2" / hashlib.sha256(detail.encode()).hexdigest()[:32]
+    if cache.check_entry(entry) is None:
+        return entry
+
+    def build(into: Path) -> None:
+        from ctranslate2.converters import TransformersConverter
+
+        TransformersConverter(str(directory)).convert(str(into), force=True)
+
+    return cache.store(entry, build, source={"directory": str(directory)})
+
+
+def peers(directory: Path, prompts: list[list[int]], shared: int, new_tokens: int, threads: int,
+          tokenizer: Any, eos: set[int], detokenize: Any) -> list[Baseline]:
+    import ctranslate2
+
+    from batchnlp.job import library_version
+
+    path = str(converted(directory))
+    version = library_version("ctranslate2")
+    static = tokenizer.convert_ids_to_tokens(prompts[0][:shared]) if shared else None
+    own = [tokenizer.convert_ids_to_tokens(p[shared:]) for p in prompts]
+    ends = tokenizer.convert_ids_to_tokens(sorted(eos))
+    baselines = []
+    for compute_type in COMPUTE_TYPES:
+        generator = ctranslate2.Generator(path, device="cpu", compute_type=compute_type, intra_threads=threads)
+
+        def generate(generator: Any = generator) -> list[dict[str, Any]]:
+            results = generator.generate_batch(own, max_length=new_tokens, sampling_topk=1, max_batch_size=len(own),
+                                               include_prompt_in_result=False, end_token=ends,
+                                               **({"static_prompt": static} if static else {}))
+            return [{"generated_text": detokenize([t for t in r.sequences_ids[0] if t not in eos])} for r in results]
+
+        baselines.append(Baseline(generate, f"CTranslate2 {version} {compute_type}", batches_features=False))
+    return baselines
