@@ -6,7 +6,8 @@ are done here with onnxruntime's own tools): torch.onnx export, onnxruntime's tr
 optimiser at level 2 (fused attention, layer norm, GELU), then dynamic int8 quantisation of the
 weights (QInt8, per tensor, as optimum's avx512_vnni config). Its loop is the one optimum users
 write: rows sorted by length, batches of 32, tokenizer padding, one session.run per batch. A
-plain (not optimised) int8 export is measured too. batchnlp runs its own loop (the runner, parts
+plain (not optimised) int8 export is measured too. Both are `batchnlp bench`'s ONNX Runtime peers
+(batchnlp/peers/onnxruntime.py), built once into the model cache. batchnlp runs its own loop (the runner, parts
 written) in the job's int8. One warm-up of each, then --repeats alternating rounds; medians.
 Labels are compared with batchnlp's.
 
@@ -20,62 +21,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "jobs" / "bench" / "sst2_distilbert.yaml"
-
-
-def build_onnx(model_dir: Path, folder: Path, threads: int) -> dict[str, object]:
-    import onnxruntime as ort
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    plain = folder / "model.onnx"
-    dummy = {"input_ids": torch.ones(2, 16, dtype=torch.long), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
-    torch.onnx.export(model, (dummy["input_ids"], dummy["attention_mask"]), str(plain), dynamo=False,
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
-                                    "logits": {0: "batch"}})
-    optimised = folder / "model_o2.onnx"
-    config = model.config
-    optimize_model(str(plain), model_type="bert", num_heads=config.n_heads, hidden_size=config.dim,
-                   opt_level=2).save_model_to_file(str(optimised))
-    sessions = {}
-    for name, source in (("ONNX Runtime O2 int8", optimised), ("ONNX Runtime int8", plain)):
-        quantised = folder / f"{source.stem}_int8.onnx"
-        # The optimiser's fused operators carry no shape information: say what float tensors are.
-        quantize_dynamic(str(source), str(quantised), weight_type=QuantType.QInt8, per_channel=False,
-                         extra_options={"DefaultTensorType": 1})
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sessions[name] = ort.InferenceSession(str(quantised), options, providers=["CPUExecutionProvider"])
-    return sessions
-
-
-def ort_loop(session, tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
-    import numpy as np
-
-    def run() -> list[int]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        labels = [0] * len(texts)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
-            logits = session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
-                                        "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
-            for i, label in zip(chunk, logits.argmax(-1).tolist()):
-                labels[i] = label
-        return labels
-
-    return run
 
 
 def main() -> None:
@@ -87,9 +37,10 @@ def main() -> None:
     import torch
 
     from batchnlp import bench
-    from batchnlp.model import source
     from batchnlp.decide import plan_job
     from batchnlp.job import describe_job
+    from batchnlp.model import source
+    from batchnlp.peers import onnxruntime
     from batchnlp.session import open_session
     from batchnlp.spec import load_spec
 
@@ -99,30 +50,31 @@ def main() -> None:
     annotator = session.stages
     texts = bench._rows(plan).column(spec.input.text_column).to_pylist()
     threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = build_onnx(Path(spec.model.path), Path(tmp), threads)
-        loops = {name: ort_loop(s, session.job.tokenizer, texts, session.job.max_length) for name, s in sessions.items()}
-        times: dict[str, list[float]] = {"batchnlp (int8)": [], **{name: [] for name in loops}}
-        first: dict[str, float] = {}
-        labels: dict[str, list] = {}
-        label_of = {label: i for i, label in session.job.config.id2label.items()}
-        for round_ in range(args.repeats + 1):  # round 0: the warm-up, not counted
+    # The peer's models come from the model cache (built once: batchnlp/peers/onnxruntime.py).
+    sessions = onnxruntime.sessions(Path(spec.model.path), threads)
+    loops = {name: onnxruntime.loop(s, session.job.tokenizer, texts, session.job.max_length)
+             for name, s in sessions.items()}
+    times: dict[str, list[float]] = {"batchnlp (int8)": [], **{name: [] for name in loops}}
+    first: dict[str, float] = {}
+    labels: dict[str, list] = {}
+    label_of = {label: i for i, label in session.job.config.id2label.items()}
+    for round_ in range(args.repeats + 1):  # round 0: the warm-up, not counted
+        began = time.perf_counter()
+        _, rows, _ = bench._run_ours(annotator)
+        seconds = time.perf_counter() - began
+        if round_:
+            times["batchnlp (int8)"].append(seconds)
+        else:
+            first["batchnlp (int8)"] = seconds
+        labels["batchnlp (int8)"] = [label_of[r["label"]] for r in rows]
+        for name, loop in loops.items():
             began = time.perf_counter()
-            _, rows, _ = bench._run_ours(annotator)
+            labels[name] = loop()
             seconds = time.perf_counter() - began
             if round_:
-                times["batchnlp (int8)"].append(seconds)
+                times[name].append(seconds)
             else:
-                first["batchnlp (int8)"] = seconds
-            labels["batchnlp (int8)"] = [label_of[r["label"]] for r in rows]
-            for name, loop in loops.items():
-                began = time.perf_counter()
-                labels[name] = loop()
-                seconds = time.perf_counter() - began
-                if round_:
-                    times[name].append(seconds)
-                else:
-                    first[name] = seconds
+                first[name] = seconds
     n = len(texts)
     ours = statistics.median(times["batchnlp (int8)"])
     print(f"SST-2 dev, {n} rows, {threads} threads, median of {args.repeats} alternating rounds after a warm-up")

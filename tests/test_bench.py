@@ -156,14 +156,19 @@ def test_bench_measures_each_peer_alternately_against_ours_and_float32(tmp_path,
     assert "an engine" in result.output and "with float32's: 0.00% of rows" in result.output
 
 
-def test_bench_names_the_generation_peers_it_could_not_find(tmp_path, causal_dir, reviews_csv, monkeypatch):
-    from batchnlp.peers import ctranslate2, llama_cpp
+def test_bench_names_the_peers_it_could_not_find(tmp_path, causal_dir, classifier_dir, reviews_csv, monkeypatch):
+    from batchnlp.peers import ctranslate2, llama_cpp, onnxruntime
 
-    monkeypatch.setattr(ctranslate2, "available", lambda: False)
-    monkeypatch.setattr(llama_cpp, "available", lambda: False)
+    for module in (ctranslate2, llama_cpp, onnxruntime):
+        monkeypatch.setattr(module, "available", lambda: False)
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
                     task={"name": "text-generation", "max_new_tokens": 2}, model={"path": str(causal_dir)})
     result = invoke("bench", job, "--rows", 2, "--repeats", 1, "--baseline", "none")
     assert result.exit_code == 0, result.output
     assert "no CTranslate2 peer: pip install ctranslate2" in result.output
     assert "llama.cpp" not in result.output  # not a GGUF model: nothing for llama.cpp to run
+    job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
+                    task={"name": "text-classification"}, model={"path": str(classifier_dir)})
+    result = invoke("bench", job, "--rows", 2, "--repeats", 1, "--baseline", "none")
+    assert result.exit_code == 0, result.output
+    assert "no ONNX Runtime peer: pip install onnxruntime onnx" in result.output

@@ -51,7 +51,7 @@ def test_a_bfloat16_pack_runs_as_autocast_and_in_float32_when_the_call_is_float3
 
 def test_packing_follows_the_placement_and_the_switch(monkeypatch):
     assert kernels.decision(CPU_FP32)[0] == "onednn-packed"
-    assert kernels.decision(Placement(torch.device("cpu"), torch.float32, None, quantize_int8=True))[0] == "aten"
+    assert kernels.decision(Placement(torch.device("cpu"), torch.float32, None, quantize_int8=True))[0] == "int8-dynamic"
     assert kernels.decision(Placement(torch.device("cuda"), torch.float16, None))[0] == "aten"
     monkeypatch.setenv(kernels.SWITCH, "aten")
     assert kernels.decision(CPU_FP32) == ("aten", "BATCHNLP_LINEAR=aten")

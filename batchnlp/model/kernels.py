@@ -30,13 +30,14 @@ SWITCH = "BATCHNLP_LINEAR"
 
 
 def decision(placement: Any) -> tuple[str, str]:
-    """(kernel, why) for a placement: "onednn-packed" or "aten"."""
-    if os.environ.get(SWITCH, "").strip().lower() == "aten":
-        return "aten", f"{SWITCH}=aten"
+    """(kernel, why) for a placement: "onednn-packed", "int8-dynamic" (torch's dynamically
+    quantised layers) or "aten" (torch's own linear)."""
+    if placement.quantize_int8:
+        return "int8-dynamic", f"int8: torch's dynamically quantised layers ({torch.backends.quantized.engine} engine)"
     if placement.device.type != "cpu":
         return "aten", f"{placement.device.type}: its own kernels"
-    if placement.quantize_int8:
-        return "aten", "int8: the dynamically quantised layers"
+    if os.environ.get(SWITCH, "").strip().lower() == "aten":
+        return "aten", f"{SWITCH}=aten"
     if not torch.backends.mkldnn.is_available():
         return "aten", "this torch has no oneDNN"
     if placement.weights_dtype != torch.float32 or placement.autocast_dtype not in (None, torch.bfloat16):

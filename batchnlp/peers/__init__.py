@@ -5,10 +5,8 @@ column layout. None is a dependency; a peer that is not installed is named with 
 - greedy text-generation: llama.cpp on the job's .gguf (parallel sequences of one context, and
   one prompt at a time), CTranslate2 (int8 and float32, converted from the same weights);
 - embeddings: sentence-transformers in bfloat16 (for a sentence-transformers model folder);
+- text-classification: ONNX Runtime int8, plain and O2-optimised (optimum's recipe);
 - every task: transformers' pipeline, through the task's `baseline` (bench_hooks).
-
-ONNX Runtime int8 for the classifier is measured by benchmarks/onnxruntime_int8.py (its export
-and quantisation take a minute and are not cached yet).
 """
 
 from __future__ import annotations
@@ -18,7 +16,8 @@ from typing import Any, Callable
 from batchnlp.tasks.bench_hooks import Baseline
 
 INSTALL = {"llama.cpp": "pip install llama-cpp-python (builds from source, ~20 minutes)",
-           "CTranslate2": "pip install ctranslate2", "sentence-transformers": "pip install sentence-transformers"}
+           "CTranslate2": "pip install ctranslate2", "sentence-transformers": "pip install sentence-transformers",
+           "ONNX Runtime": "pip install onnxruntime onnx"}
 
 
 def for_job(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:
@@ -32,7 +31,24 @@ def for_job(session: Any, texts: list[str], echo: Callable[[str], None]) -> list
         return for_generation(session, texts, echo)
     if name == "embeddings":
         return for_embeddings(session, texts, echo)
+    if name == "text-classification":
+        return for_classification(session, texts, echo)
     return []
+
+
+def for_classification(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:
+    import torch
+
+    from batchnlp.peers import onnxruntime
+
+    job = session.job
+    if not onnxruntime.applies(job.config):
+        return []
+    if not onnxruntime.available():
+        echo(f"  no ONNX Runtime peer: {INSTALL['ONNX Runtime']}")
+        return []
+    return onnxruntime.peers(job.model.directory, texts, job.tokenizer, job.max_length, torch.get_num_threads(),
+                             {int(k): v for k, v in job.config.id2label.items()})
 
 
 def for_embeddings(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:
