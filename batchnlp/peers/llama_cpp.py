@@ -34,6 +34,9 @@ def available() -> bool:
 
 
 _QUIET: Any = None
+#: Most sequences one llama.cpp context holds (LLAMA_MAX_SEQ, src/llama-cparams.h): more prompts
+#: than this run in groups of it, one after another, as `llama-server -np` would serve them.
+MAX_SEQ = 256
 
 
 class Batched:
@@ -45,7 +48,7 @@ class Batched:
 
         global _QUIET
         _QUIET = _QUIET or lc.llama_log_callback(_quiet)  # kept alive: llama.cpp holds the pointer
-        self.lc, self.prompts, self.shared, self.new_tokens, self.eos = lc, prompts, shared, new_tokens, eos
+        self.lc, self.shared, self.new_tokens, self.eos = lc, shared, new_tokens, eos
         lc.llama_log_set(_QUIET, ctypes.c_void_p(0))
         lc.llama_backend_init()
         model_params = lc.llama_model_default_params()
@@ -55,9 +58,10 @@ class Batched:
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         params = lc.llama_context_default_params()
-        n = len(prompts)
+        self.groups = [prompts[i:i + MAX_SEQ] for i in range(0, len(prompts), MAX_SEQ)]
+        n = max(len(group) for group in self.groups)
         # Room for every sequence's whole prompt and answer in the one unified buffer.
-        params.n_ctx = sum(len(p) for p in prompts) + n * new_tokens + 64
+        params.n_ctx = max(sum(len(p) for p in group) for group in self.groups) + n * new_tokens + 64
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = n
         params.kv_unified = True
@@ -68,12 +72,6 @@ class Batched:
             raise RuntimeError("llama.cpp could not create a context for the batched peer")
         self.n_batch = params.n_batch
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
-
-    def close(self) -> None:
-        lc = self.lc
-        lc.llama_batch_free(self.batch)
-        lc.llama_free(self.ctx)
-        lc.llama_model_free(self.model)
 
     def _decode(self, items: list[tuple[int, int, int, bool]]) -> dict[int, int]:
         """Decode (token, position, sequence, wants logits) items in chunks of n_batch; the greedy
@@ -95,7 +93,10 @@ class Batched:
         return chosen
 
     def generate(self) -> list[list[int]]:
-        lc, prompts = self.lc, self.prompts
+        return [answer for group in self.groups for answer in self._generate(group)]
+
+    def _generate(self, prompts: list[list[int]]) -> list[list[int]]:
+        lc = self.lc
         memory = lc.llama_get_memory(self.ctx)
         lc.llama_memory_clear(memory, True)
         shared = self.shared
