@@ -18,7 +18,7 @@ import torch
 from helpers import run
 from batchnlp.spec import load_spec
 
-from helpers import read_output, write_job, record
+from helpers import invoke, read_output, record, write_job
 
 LONG = ("the story was slow but the ending was excellent and the music was great, i would recommend it to anyone "
         "who likes a good film with a long plot and great acting. the price of the ticket was cheap and the "
@@ -712,7 +712,9 @@ def test_sampling_is_reproducible_across_a_killed_run(tmp_path, causal_dir):
         return subprocess.run([sys.executable, "-m", "batchnlp", "run", str(j), "--quiet"],
                               env={**os.environ, "BATCHNLP_TEST_CRASH": crash}, capture_output=True, text=True)
 
-    assert launch(job(tmp_path / "a")).returncode == 0
+    # The uninterrupted run in this process, the killed one and its resumption in two others: the
+    # draws depend on the seed and the rows, not on the process.
+    assert invoke("run", job(tmp_path / "a"), "--quiet").exit_code == 0
     killed = job(tmp_path / "b")
     assert launch(killed, "shard-recorded:1").returncode == -9
     assert launch(killed).returncode == 0
