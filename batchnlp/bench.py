@@ -139,24 +139,14 @@ def _header(report: Report, session: Session, echo: Callable[[str], None]) -> No
     report.add("task", spec.task.name)
     report.add("rows", n)
     report.add("device", placement.describe())
-    report.add("cpu", _cpu_model())
+    from batchnlp.model.precision import hardware
+
+    cpu = hardware()["cpu"]  # figures differ between CPUs of one machine kind: the report says which
+    report.add("cpu", cpu)
     probe = f" ({probe_summary(session.probe)})" if session.probe else ""
     kernel = placement.linear_kernel()["linear_kernel"]
     echo(f"batchnlp bench {Path(spec.source_file).name}: {spec.task.name}, {n} rows, {placement.device} "
-         f"({torch.get_num_threads()} threads, {_cpu_model()}), dtype {placement.name}{probe}, linear layers {kernel}")
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (figures differ between CPUs of one machine kind: the report says which)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+         f"({torch.get_num_threads()} threads, {cpu}), dtype {placement.name}{probe}, linear layers {kernel}")
 
 
 def _report_speed(report: Report, annotator: Stages, plan: Plan, measured: Measured, naive: Baseline | None,
@@ -255,8 +245,7 @@ def _float32_model(session: Session) -> Any:
 
     annotator = session.stages
     placement = annotator.placement
-    if placement.weights_dtype == torch.float32 and not placement.quantize_int8 \
-            and kernels.decision(placement)[0] == "aten":
+    if placement.weights_dtype == torch.float32 and kernels.decision(placement)[0] == "aten":
         return annotator.model
     from batchnlp.model import load
 

@@ -13,14 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
 
 
 def main() -> None:
@@ -31,11 +23,13 @@ def main() -> None:
 
     import torch
 
+    from batchnlp.model.precision import hardware
+
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     weights = [torch.randn(6144, 576).to(dtype) for _ in range(30)]
     packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
-    print(f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dtype}; "
+    print(f"{hardware()['cpu']}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dtype}; "
           f"ms per pass over {sum(w.numel() for w in weights) / 1e6:.0f} M weights")
     print(f"{'rows':>6}{'torch':>10}{'oneDNN packed':>16}{'speed-up':>10}{'max diff':>12}")
     for rows in (1, 2, 4, 8, 16, 32, 64, 256):

@@ -187,6 +187,19 @@ def store(entry: Path, build: Callable[[Path], None], **record: Any) -> Path:
     return entry
 
 
+def derived(kind: str, directory: Path, versions: dict[str, Any], build: Callable[[Path], None]) -> Path:
+    """A folder another engine builds from the model in `directory` (a conversion, an export and
+    its quantisation: the bench's peers), kept in the cache's `kind/` folder under a key of the
+    weights' sha256 and `versions`: from the cache, or built now and published as a conversion is
+    (`store`)."""
+    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    detail = json.dumps({"weights": [file_sha256(p) for p in weights], **versions}, sort_keys=True)
+    entry = root() / kind / hashlib.sha256(detail.encode()).hexdigest()[:32]
+    if check_entry(entry) is None:
+        return entry
+    return store(entry, build, source={"directory": str(directory)})
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered by its absolute path, size and mtime in the cache folder."""
     path = Path(path).resolve()

@@ -63,7 +63,6 @@ class PackedLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self._weight = linear.weight.detach()
         self.bias = None if linear.bias is None else linear.bias.detach()
-        self.dtype = dtype
         self.pack(dtype)
 
     def pack(self, dtype: torch.dtype) -> None:

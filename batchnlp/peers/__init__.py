@@ -52,8 +52,6 @@ def for_classification(session: Any, texts: list[str], echo: Callable[[str], Non
 
 
 def for_embeddings(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:
-    import torch
-
     from batchnlp.peers import sentence_transformers
 
     job, params = session.job, session.stages.task.params
@@ -62,8 +60,7 @@ def for_embeddings(session: Any, texts: list[str], echo: Callable[[str], None]) 
     if not sentence_transformers.available():
         echo(f"  no sentence-transformers peer: {INSTALL['sentence-transformers']}")
         return []
-    return sentence_transformers.peers(job.model.directory, texts, job.max_length, params.normalize,
-                                       torch.get_num_threads())
+    return sentence_transformers.peers(job.model.directory, texts, job.max_length, params.normalize)
 
 
 def for_generation(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:

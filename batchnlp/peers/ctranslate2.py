@@ -11,8 +11,6 @@ dependency (`pip install ctranslate2`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +30,12 @@ def converted(directory: Path) -> Path:
     from batchnlp.job import library_version
     from batchnlp.model import cache
 
-    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-    detail = json.dumps({"weights": [cache.file_sha256(p) for p in weights],
-                         "ctranslate2": library_version("ctranslate2")}, sort_keys=True)
-    entry = cache.root() / "ctranslate2" / hashlib.sha256(detail.encode()).hexdigest()[:32]
-    if cache.check_entry(entry) is None:
-        return entry
-
     def build(into: Path) -> None:
         from ctranslate2.converters import TransformersConverter
 
         TransformersConverter(str(directory)).convert(str(into), force=True)
 
-    return cache.store(entry, build, source={"directory": str(directory)})
+    return cache.derived("ctranslate2", directory, {"ctranslate2": library_version("ctranslate2")}, build)
 
 
 def peers(directory: Path, prompts: list[list[int]], shared: int, new_tokens: int, threads: int,

@@ -12,8 +12,6 @@ folder, keyed by the weights' sha256 and the versions of onnxruntime and torch. 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +37,9 @@ def built(directory: Path) -> Path:
     from batchnlp.job import library_version
     from batchnlp.model import cache
 
-    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-    detail = json.dumps({"weights": [cache.file_sha256(p) for p in weights], "recipe": "o2+dynamic-qint8",
-                         "onnxruntime": library_version("onnxruntime"), "torch": library_version("torch")},
-                        sort_keys=True)
-    entry = cache.root() / "onnxruntime" / hashlib.sha256(detail.encode()).hexdigest()[:32]
-    if cache.check_entry(entry) is None:
-        return entry
-    return cache.store(entry, lambda into: _build(directory, into), source={"directory": str(directory)})
+    versions = {"recipe": "o2+dynamic-qint8", "onnxruntime": library_version("onnxruntime"),
+                "torch": library_version("torch")}
+    return cache.derived("onnxruntime", directory, versions, lambda into: _build(directory, into))
 
 
 def _build(directory: Path, into: Path) -> None:

@@ -22,13 +22,12 @@ def applies(directory: Path, pooling: str) -> bool:
     return (directory / "modules.json").is_file() and pooling == "mean"
 
 
-def peers(directory: Path, texts: list[str], max_length: int, normalize: bool, threads: int) -> list[Baseline]:
+def peers(directory: Path, texts: list[str], max_length: int, normalize: bool) -> list[Baseline]:
     import torch
     from sentence_transformers import SentenceTransformer
 
     from batchnlp.job import library_version
 
-    torch.set_num_threads(threads)
     model = SentenceTransformer(str(directory), device="cpu", model_kwargs={"dtype": torch.bfloat16})
     model.max_seq_length = max_length
 
