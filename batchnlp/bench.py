@@ -3,9 +3,11 @@ model and rows, in one process, alternating and repeated so that the ratio holds
 machine. Speed is shown by this command, never asserted by a timed test.
 
 Model-FLOPs utilisation (MFU) counts 2 x N FLOPs per real token, N the model's non-embedding
-parameters (a forward pass's matrix multiplies; attention scores and padding not counted), over
-the device's peak: on CUDA the data-sheet dense fp16/bf16 figure of known cards, on a CPU the
-matmul rate measured here in the same precision just before (so "of what this CPU can do").
+parameters (a whole forward pass's matrix multiplies; attention scores and padding not counted,
+and work batchnlp skips still counted, as model FLOPs are: a classifier's last layer run at its
+first position only (model/first_position.py) reads as a higher utilisation), over the device's
+peak: on CUDA the data-sheet dense fp16/bf16 figure of known cards, on a CPU the matmul rate
+measured here in the same precision just before (so "of what this CPU can do").
 """
 
 from __future__ import annotations
@@ -237,15 +239,17 @@ def _run_ours(annotator: Stages) -> tuple[float, list[dict[str, Any]], dict[str,
 
 def _float32_model(session: Session) -> Any:
     """A float32 model with torch's own linear layers, for the baseline and the agreement
-    reference: the session's own when it is exactly that (float32 weights, nothing packed; CPU
+    reference: the session's own when it is exactly that (float32 weights, nothing packed, the whole
+    last layer (model/first_position.py); CPU
     autocast changes no weights), else loaded again."""
     import torch
 
-    from batchnlp.model import kernels
+    from batchnlp.model import first_position, kernels
 
     annotator = session.stages
     placement = annotator.placement
-    if placement.weights_dtype == torch.float32 and kernels.decision(placement)[0] == "aten":
+    if (placement.weights_dtype == torch.float32 and kernels.decision(placement)[0] == "aten"
+            and first_position.last_layer(annotator.model) == "every position"):
         return annotator.model
     from batchnlp.model import load
 

@@ -30,10 +30,13 @@ class Session:
 
     def run_info(self) -> dict[str, Any]:
         """This run's device, precision and batch settings, for its entry in the output's record."""
+        from batchnlp.model import first_position
+
         runtime, model = self.job.spec.runtime, self.stages.model
         return {**self.stages.placement.describe(), "precision_probe": self.probe,
                 "precision": self.stages.placement.name,
                 "attention": getattr(model.config, "_attn_implementation", None),
+                "last_layer": first_position.last_layer(model),
                 "batch_tokens": runtime.batch_tokens, "max_batch_size": runtime.max_batch_size,
                 "num_workers": runtime.num_workers, "model_cache": self.job.model_cache,
                 "model_load_seconds": self.load_seconds, "probe_seconds": self.probe_seconds}

@@ -157,9 +157,9 @@ def test_bench_measures_each_peer_alternately_against_ours_and_float32(tmp_path,
 
 
 def test_bench_names_the_peers_it_could_not_find(tmp_path, causal_dir, classifier_dir, reviews_csv, monkeypatch):
-    from batchnlp.peers import ctranslate2, llama_cpp, onnxruntime
+    from batchnlp.peers import ctranslate2, llama_cpp, onnxruntime, openvino
 
-    for module in (ctranslate2, llama_cpp, onnxruntime):
+    for module in (ctranslate2, llama_cpp, onnxruntime, openvino):
         monkeypatch.setattr(module, "available", lambda: False)
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
                     task={"name": "text-generation", "max_new_tokens": 2}, model={"path": str(causal_dir)})
@@ -172,3 +172,4 @@ def test_bench_names_the_peers_it_could_not_find(tmp_path, causal_dir, classifie
     result = invoke("bench", job, "--rows", 2, "--repeats", 1, "--baseline", "none")
     assert result.exit_code == 0, result.output
     assert "no ONNX Runtime peer: pip install onnxruntime onnx" in result.output
+    assert "no OpenVINO peer: pip install openvino nncf" in result.output

@@ -5,7 +5,8 @@ column layout. None is a dependency; a peer that is not installed is named with 
 - greedy text-generation: llama.cpp on the job's .gguf (parallel sequences of one context, and
   one prompt at a time), CTranslate2 (int8 and float32, converted from the same weights);
 - embeddings: sentence-transformers in bfloat16 (for a sentence-transformers model folder);
-- text-classification: ONNX Runtime int8, plain and O2-optimised (optimum's recipe);
+- text-classification: ONNX Runtime int8, plain and O2-optimised (optimum's recipe), and OpenVINO
+  int8 (NNCF's static quantisation, OpenVINO's own recipe);
 - every task: transformers' pipeline, through the task's `baseline` (bench_hooks).
 """
 
@@ -17,7 +18,7 @@ from batchnlp.tasks.bench_hooks import Baseline
 
 INSTALL = {"llama.cpp": "pip install llama-cpp-python (builds from source, ~20 minutes)",
            "CTranslate2": "pip install ctranslate2", "sentence-transformers": "pip install sentence-transformers",
-           "ONNX Runtime": "pip install onnxruntime onnx"}
+           "ONNX Runtime": "pip install onnxruntime onnx", "OpenVINO": "pip install openvino nncf"}
 
 
 def for_job(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:
@@ -37,18 +38,22 @@ def for_job(session: Any, texts: list[str], echo: Callable[[str], None]) -> list
 
 
 def for_classification(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:
+    """ONNX Runtime's and OpenVINO's int8 on a single-label classifier (what argmax labels compare on)."""
     import torch
 
-    from batchnlp.peers import onnxruntime
+    from batchnlp.peers import onnxruntime, openvino
 
     job = session.job
     if not onnxruntime.applies(job.config):
         return []
-    if not onnxruntime.available():
-        echo(f"  no ONNX Runtime peer: {INSTALL['ONNX Runtime']}")
-        return []
-    return onnxruntime.peers(job.model.directory, texts, job.tokenizer, job.max_length, torch.get_num_threads(),
-                             {int(k): v for k, v in job.config.id2label.items()})
+    found, threads = [], torch.get_num_threads()
+    id2label = {int(k): v for k, v in job.config.id2label.items()}
+    for name, module in (("ONNX Runtime", onnxruntime), ("OpenVINO", openvino)):
+        if module.available():
+            found += module.peers(job.model.directory, texts, job.tokenizer, job.max_length, threads, id2label)
+        else:
+            echo(f"  no {name} peer: {INSTALL[name]}")
+    return found
 
 
 def for_embeddings(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:

@@ -47,6 +47,11 @@ class Classification(Task):
     def column_types(self) -> dict[str, pa.DataType]:
         return {"label": pa.string(), "score": pa.float32(), "scores": pa.list_(SCORE_ENTRY)}
 
+    def prepare(self, model: Any) -> None:
+        from batchnlp.model.first_position import keep_first_position
+
+        keep_first_position(model)  # the head reads position 0 alone
+
     def float32_head(self, model: Any) -> Any:
         return classifier_head(model)
 

@@ -154,6 +154,10 @@ class ZeroShot(Task):
     def prepare(self, model: Any) -> None:
         if self.params.method == "causal-lm" and (why := likelihood.check_croppable(model)) is not None:
             raise ModelUnavailableError(f"model: method causal-lm scores labels on the prompt's KV cache, and {why}")
+        if self.params.method == "nli":
+            from batchnlp.model.first_position import keep_first_position
+
+            keep_first_position(model)  # the NLI head reads position 0 alone
         self.prefix = likelihood.PrefixCache()
 
     def batch_length(self, feature: Feature) -> int:
