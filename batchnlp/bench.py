@@ -240,8 +240,7 @@ def _run_ours(annotator: Stages) -> tuple[float, list[dict[str, Any]], dict[str,
 def _float32_model(session: Session) -> Any:
     """A float32 model with torch's own linear layers, for the baseline and the agreement
     reference: the session's own when it is exactly that (float32 weights, nothing packed, the whole
-    last layer (model/first_position.py); CPU
-    autocast changes no weights), else loaded again."""
+    last layer (model/first_position.py); CPU autocast changes no weights), else loaded again."""
     import torch
 
     from batchnlp.model import first_position, kernels

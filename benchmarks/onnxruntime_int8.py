@@ -52,7 +52,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     # The peer's models come from the model cache (built once: batchnlp/peers/onnxruntime.py).
     sessions = onnxruntime.sessions(Path(spec.model.path), threads)
-    loops = {name: onnxruntime.loop(s, session.job.tokenizer, texts, session.job.max_length)
+    loops = {name: onnxruntime.loop(onnxruntime.infer(s), session.job.tokenizer, texts, session.job.max_length)
              for name, s in sessions.items()}
     times: dict[str, list[float]] = {"batchnlp (int8)": [], **{name: [] for name in loops}}
     first: dict[str, float] = {}

@@ -96,11 +96,11 @@ def keep_first_position(model: Any) -> str:
         return f"every position (attention implementation {implementation!r})"
     where, path, projections, output = FAMILIES[family]
     try:
-        layers = model.base_model.get_submodule(where)
+        layers = _layers(model)
         last = layers[-1]
         if not isinstance(last, FirstPositionLayer):
             inner = last.get_submodule(path)
-            for name in (*projections, output or projections[0], "attention_head_size", "scaling"):
+            for name in (*projections, *([output] if output else []), "attention_head_size", "scaling"):
                 getattr(inner, name)
             attention = FirstQueryAttention(inner, projections, output)
             parent, _, child = path.rpartition(".")
@@ -113,13 +113,13 @@ def keep_first_position(model: Any) -> str:
 
 def last_layer(model: Any) -> str:
     """What the run's record says of the model's last layer."""
-    layers = ()
-    family = getattr(getattr(model, "config", None), "model_type", None)
-    if family in FAMILIES:
-        try:
-            layers = model.base_model.get_submodule(FAMILIES[family][0])
-        except AttributeError:
-            pass
-    if layers and isinstance(layers[-1], FirstPositionLayer):
-        return "first position only"
-    return "every position"
+    try:
+        layers = _layers(model)
+    except (AttributeError, KeyError):
+        layers = ()
+    return "first position only" if layers and isinstance(layers[-1], FirstPositionLayer) else "every position"
+
+
+def _layers(model: Any) -> Any:
+    """The layer list of a model of a listed family (KeyError: not listed)."""
+    return model.base_model.get_submodule(FAMILIES[getattr(model.config, "model_type", None)][0])

@@ -86,19 +86,28 @@ def sessions(directory: Path, threads: int) -> dict[str, Any]:
     return found
 
 
-def loop(session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 32) -> Any:
-    """optimum users' loop: the label index of each text."""
+def encoded(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
+    """The texts as an exported classifier takes them: padded int64 ids and mask (numpy)."""
     import numpy as np
+
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+
+def infer(session: Any) -> Any:
+    """An ONNX Runtime session as `loop` calls an engine: inputs -> logits."""
+    return lambda inputs: session.run(None, inputs)[0]
+
+
+def loop(engine: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 32) -> Any:
+    """optimum users' loop around `engine` (encoded inputs -> logits): the label index of each text."""
 
     def run() -> list[int]:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         labels = [0] * len(texts)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
-            logits = session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
-                                        "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+            logits = engine(encoded(tokenizer, [texts[i] for i in chunk], max_length))
             for i, label in zip(chunk, logits.argmax(-1).tolist()):
                 labels[i] = label
         return labels
@@ -106,10 +115,14 @@ def loop(session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_
     return run
 
 
+def peer(engine: Any, label: str, tokenizer: Any, texts: list[str], max_length: int,
+         id2label: dict[int, str]) -> Baseline:
+    """The bench's peer of an engine (encoded inputs -> logits) in optimum users' loop."""
+    run = loop(engine, tokenizer, texts, max_length)
+    return Baseline(lambda: [{"label": id2label[i]} for i in run()], label, batches_features=False)
+
+
 def peers(directory: Path, texts: list[str], tokenizer: Any, max_length: int, threads: int,
           id2label: dict[int, str]) -> list[Baseline]:
-    found = []
-    for label, session in sessions(directory, threads).items():
-        run = loop(session, tokenizer, texts, max_length)
-        found.append(Baseline(lambda run=run: [{"label": id2label[i]} for i in run()], label, batches_features=False))
-    return found
+    return [peer(infer(session), label, tokenizer, texts, max_length, id2label)
+            for label, session in sessions(directory, threads).items()]

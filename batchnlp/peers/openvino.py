@@ -2,9 +2,9 @@
 (and optimum-intel's OVQuantizer, which pins transformers 4, so the steps are done here with
 openvino and nncf directly): the torch model converted by `openvino.convert_model`, then NNCF's
 post-training quantisation (static int8: weights and activations, activation scales calibrated
-once on the first 300 of the bench's rows, `ModelType.TRANSFORMER`). Its loop is the ONNX Runtime
-peer's (optimum users' loop): rows sorted by length, batches of 32, the tokenizer's padding, one
-inference a batch, on the bench's torch thread count.
+once on the first 300 of the bench's rows, `ModelType.TRANSFORMER`). It runs in the ONNX Runtime
+peer's loop (optimum users' loop, `onnxruntime.loop`): rows sorted by length, batches of 32, the
+tokenizer's padding, one inference a batch, on the bench's torch thread count.
 
 Built once into the model cache's `openvino/` folder, keyed by the weights' sha256, the versions of
 openvino, nncf and torch, and the calibration rows' digest. Not a dependency
@@ -40,23 +40,18 @@ def built(directory: Path, texts: list[str], tokenizer: Any, max_length: int) ->
                          lambda into: _build(directory, calibration, tokenizer, max_length, into))
 
 
-def _inputs(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
-    import numpy as np
-
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
-
-
 def _build(directory: Path, calibration: list[str], tokenizer: Any, max_length: int, into: Path) -> None:
     import nncf
     import openvino as ov
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from batchnlp.peers.onnxruntime import encoded
+
     model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
-    example = {name: torch.from_numpy(array) for name, array in _inputs(tokenizer, calibration[:2], max_length).items()}
+    example = {name: torch.from_numpy(array) for name, array in encoded(tokenizer, calibration[:2], max_length).items()}
     converted = ov.convert_model(model, example_input=example)
-    batches = [_inputs(tokenizer, calibration[i:i + 8], max_length) for i in range(0, len(calibration), 8)]
+    batches = [encoded(tokenizer, calibration[i:i + 8], max_length) for i in range(0, len(calibration), 8)]
     quantised = nncf.quantize(converted, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=len(batches))  # NNCF counts the dataset's items: batches of 8
     ov.save_model(quantised, str(into / "model_int8.xml"))
@@ -67,18 +62,9 @@ def peers(directory: Path, texts: list[str], tokenizer: Any, max_length: int, th
     import openvino as ov
 
     from batchnlp.job import library_version
+    from batchnlp.peers import onnxruntime
 
     folder = built(directory, texts, tokenizer, max_length)
     compiled = ov.Core().compile_model(str(folder / "model_int8.xml"), "CPU", {"INFERENCE_NUM_THREADS": threads})
-
-    def run() -> list[dict[str, Any]]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        labels: list[dict[str, Any]] = [{}] * len(texts)
-        for start in range(0, len(order), 32):
-            chunk = order[start:start + 32]
-            logits = compiled(_inputs(tokenizer, [texts[i] for i in chunk], max_length))[0]
-            for i, label in zip(chunk, logits.argmax(-1).tolist()):
-                labels[i] = {"label": id2label[label]}
-        return labels
-
-    return [Baseline(run, f"OpenVINO {library_version('openvino')} int8 (NNCF)", batches_features=False)]
+    return [onnxruntime.peer(lambda inputs: compiled(inputs)[0], f"OpenVINO {library_version('openvino')} int8 (NNCF)",
+                             tokenizer, texts, max_length, id2label)]
