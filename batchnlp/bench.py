@@ -110,9 +110,13 @@ def measure(annotator: Stages, naive: Baseline | None, repeats: int, peers: list
             measured.baseline_rows = naive.call()
             measured.theirs.append(time.perf_counter() - began)
         for peer in peers:
+            if peer.load is not None:
+                peer.load()
             began = time.perf_counter()
             measured.peer_rows[peer.label] = peer.call()
             measured.peers.setdefault(peer.label, []).append(time.perf_counter() - began)
+            if peer.unload is not None:
+                peer.unload()
     return measured
 
 

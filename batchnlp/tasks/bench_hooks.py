@@ -17,6 +17,10 @@ class Baseline:
     label: str
     #: The pipeline batches the task's features in input order (so its padding can be computed).
     batches_features: bool = True
+    #: Called before and after each timed `call`, untimed: for an engine that must not stay loaded
+    #: while the others run (an idle CTranslate2 generator slowed batchnlp's next rounds by 30-50%).
+    load: Callable[[], None] | None = None
+    unload: Callable[[], None] | None = None
 
 
 def make_pipeline(name: str, model: Any, tokenizer: Any) -> Any:
