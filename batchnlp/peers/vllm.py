@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,8 @@ DTYPES = ("float32", "bfloat16")
 START_LIMIT = 1200.0
 #: ... and one round may take.
 ROUND_LIMIT = 900.0
+#: ... and a suspended worker to stop (SIGSTOP cannot be caught: only a process stuck in the kernel waits).
+PAUSE_LIMIT = 30.0
 
 
 class PeerError(UserError):
@@ -117,8 +120,22 @@ class Worker:
         return answer
 
     def _pause(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGSTOP)
+        """Suspend the worker and return once the kernel reports it stopped: a signal is delivered
+        asynchronously, and the next engine's timed round must not start beside a running worker."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + PAUSE_LIMIT
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.process.pid, os.WUNTRACED | os.WNOHANG)
+            if pid and os.WIFSTOPPED(status):
+                return
+            if pid:  # it exited meanwhile: record it as Popen would, so poll() stays true
+                self.process.returncode = os.waitstatus_to_exitcode(status)
+                return
+            time.sleep(0.001)
+        self.close()
+        raise PeerError(f"{self.what} did not stop within {PAUSE_LIMIT:.0f} s of SIGSTOP; its log: {self.log}")
 
     def close(self) -> None:
         _stop(self.process)
