@@ -442,6 +442,8 @@ def _history_lines(state: Any, output: str) -> list[str]:
 @click.option("--check-agreement", is_flag=True, help="Compare the outputs with float32 (and the pipeline's).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Alternating timed runs of each side; the median is reported.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed runs of each side first (a first run pays one-time costs: allocation, kernel set-up).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="The pipeline's batch_size.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16", "int8"]),
@@ -450,7 +452,7 @@ def _history_lines(state: Any, output: str) -> list[str]:
 @set_option
 @user_errors
 def bench(job: str, overrides: tuple[str, ...], rows: int, baseline: str, check_agreement: bool, repeats: int,
-          batch_size: int, dtype: str | None, json_path: str | None) -> None:
+          warmup: int, batch_size: int, dtype: str | None, json_path: str | None) -> None:
     """Time JOB's task through batchnlp against the naive pipeline loop (nothing is written to the
     job's output)."""
     import dataclasses
@@ -462,7 +464,7 @@ def bench(job: str, overrides: tuple[str, ...], rows: int, baseline: str, check_
     if dtype:
         spec = dataclasses.replace(spec, runtime=dataclasses.replace(spec.runtime, dtype=dtype))
     report = benchmark.bench(spec, rows, None if baseline == "none" else baseline, check_agreement,
-                             repeats, batch_size, echo=click.echo)
+                             repeats, batch_size, echo=click.echo, warmup=warmup)
     if json_path:
         benchmark.save(report, json_path)
 
