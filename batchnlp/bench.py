@@ -74,6 +74,8 @@ class Measured:
     #: Other engines on the same model (batchnlp.peers), by label: seconds and their last rows.
     peers: dict[str, list[float]] = field(default_factory=dict)
     peer_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Untimed rounds of each side before the timed ones.
+    warmup: int = 0
 
 
 def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool, repeats: int = 3,
@@ -89,7 +91,7 @@ def bench(spec: JobSpec, rows: int, baseline: str | None, check_agreement: bool,
         echo(f"  no pipeline baseline: transformers {library_version('transformers')} has no {spec.task.name} pipeline")
     peers = for_job(session, texts, echo)
     measured = measure(session.stages, naive, repeats, peers, warmup)
-    report.add("rounds", {"warmup": warmup, "timed": repeats})
+    report.add("rounds", {"warmup": measured.warmup, "timed": len(measured.ours)})
     _report_speed(report, session.stages, plan, measured, naive, batch_size, echo)
     exact = _run_ours(session.stages.in_float32(reference_model))[1] if check_agreement else None
     for peer in peers:
@@ -107,7 +109,7 @@ def measure(annotator: Stages, naive: Baseline | None, repeats: int, peers: list
     first pages, kernels set up, a prompt prefix cached): on the generation bench, batchnlp's first
     round took 10.5 s against 8.4-8.5 for the next two, CTranslate2 int8's 10.7 against 7.9-8.2, so
     with three timed rounds the median leaned on whichever side had the slower second round."""
-    measured = Measured([], [], [], {}, None)
+    measured = Measured([], [], [], {}, None, warmup=warmup)
     for index in range(warmup + repeats):
         timed = index >= warmup
         seconds, measured.rows, measured.totals = _run_ours(annotator)
@@ -185,7 +187,7 @@ def _report_speed(report: Report, annotator: Stages, plan: Plan, measured: Measu
     echo(f"  {naive.label:28}{n / theirs:>10.1f}{tokens / theirs:>12.0f}{pad}{theirs:>10.2f}")
     report.add("speedup", theirs / ours,
                f"  speed-up: {theirs / ours:.2f}x rows/s (median of {len(measured.ours)}, alternating, after "
-               f"{report.data['rounds']['warmup']} untimed)")
+               f"{measured.warmup} untimed)")
     echo(report.lines[-1])
 
 

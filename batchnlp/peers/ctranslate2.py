@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batchnlp.tasks.bench_hooks import Baseline
+from batchnlp.tasks.bench_hooks import Baseline, generated_rows
 
 COMPUTE_TYPES = ("int8", "float32")
 
@@ -66,7 +66,7 @@ def peers(directory: Path, prompts: list[list[int]], shared: int, new_tokens: in
             results = held["generator"].generate_batch(own, max_length=new_tokens, sampling_topk=1,
                                                        max_batch_size=len(own), include_prompt_in_result=False,
                                                        end_token=ends, **({"static_prompt": static} if static else {}))
-            return [{"generated_text": detokenize([t for t in r.sequences_ids[0] if t not in eos])} for r in results]
+            return generated_rows([r.sequences_ids[0] for r in results], eos, detokenize)
 
         baselines.append(Baseline(generate, f"CTranslate2 {version} {compute_type}", batches_features=False,
                                   load=load, unload=held.clear))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from batchnlp.errors import UserError
-from batchnlp.tasks.bench_hooks import Baseline
+from batchnlp.tasks.bench_hooks import Baseline, generated_rows
 
 #: The environment variable naming the python that has vLLM (a venv of its own).
 PYTHON = "BATCHNLP_VLLM_PYTHON"
@@ -169,8 +169,7 @@ def peers(python: str, directory: Path, config: Any, prompts: list[list[int]], n
             continue
 
         def generate(worker: Worker = worker) -> list[dict[str, Any]]:
-            made = worker.generate(prompts, new_tokens, stop)
-            return [{"generated_text": detokenize([t for t in ids if t not in eos])} for ids in made]
+            return generated_rows(worker.generate(prompts, new_tokens, stop), eos, detokenize)
 
         baselines.append(Baseline(generate, f"vLLM-CPU {worker.version} {dtype}", batches_features=False))
     return baselines

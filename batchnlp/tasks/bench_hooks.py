@@ -23,6 +23,13 @@ class Baseline:
     unload: Callable[[], None] | None = None
 
 
+def generated_rows(sequences: list[list[int]], eos: set[int], detokenize: Callable[[list[int]], str]
+                   ) -> list[dict[str, Any]]:
+    """An engine's generated token ids as text-generation rows, its end tokens left out (an engine
+    may return the stop token it was given; batchnlp's texts never hold it)."""
+    return [{"generated_text": detokenize([t for t in ids if t not in eos])} for ids in sequences]
+
+
 def make_pipeline(name: str, model: Any, tokenizer: Any) -> Any:
     """transformers' pipeline for `name` on an already loaded model (the bench's float32 twin)."""
     import warnings
